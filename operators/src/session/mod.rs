@@ -1,0 +1,10 @@
+//! Sessionization: pure session state ([`state`]), the per-worker keyed store ([`store`]) and
+//! the timely operator ([`operator`]).
+
+pub mod operator;
+pub mod state;
+pub mod store;
+
+pub use operator::{Sessionize, Sessionized};
+pub use state::{Session, SessionConfig, Snapshot};
+pub use store::{SessionCounters, SessionOutput, SessionStore};

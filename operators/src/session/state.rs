@@ -1,0 +1,640 @@
+//! One session's state and its snapshot (pure code, no timely).
+//!
+//! Memory and output speed drive the layout: the listed events (the first `max_events` in
+//! `(timestamp, event_id)` order) are kept *pre-serialized* in one byte arena per session, so a
+//! snapshot is a header plus a run of `memcpy`s. Each event's `attributes` part (the keys whose
+//! value differs from the session's) is kept apart as a short tail, rebuilt only in the rare
+//! case that an earlier-timestamped event changes a session attribute's value. Events past the
+//! cap keep only what exact counting and merging need (id, timestamp, revenue).
+
+use std::cmp::Ordering;
+
+use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::event::{AttrValue, Event};
+use crate::json;
+
+/// Session semantics parameters (see `shared/spec/sessions.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Window length `W`, in milliseconds; the timely timestamp is `timestamp / W`.
+    pub window_ms: u64,
+    /// Inactivity gap that closes a session, in milliseconds.
+    pub gap_ms: u64,
+    /// Out-of-orderness bound `L` of each partition's watermark, in milliseconds.
+    pub lateness_ms: u64,
+    /// Most events listed in a snapshot, in events; counters stay exact past it.
+    pub max_events: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig { window_ms: 60_000, gap_ms: 30 * 60_000, lateness_ms: 5_000, max_events: 1000 }
+    }
+}
+
+impl SessionConfig {
+    /// Checks the parameters make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window_ms == 0 {
+            return Err("window must be at least 1 ms".into());
+        }
+        if self.max_events > u32::MAX as usize {
+            return Err("max-events must fit in 32 bits".into());
+        }
+        Ok(())
+    }
+
+    /// `w(t)`: the window of an event time (ms). Times before the epoch map to window 0.
+    pub fn window_of(&self, t: i64) -> u64 {
+        if t <= 0 {
+            0
+        } else {
+            t as u64 / self.window_ms
+        }
+    }
+
+    /// How many windows a closed key stays in the closed set: `ceil(gap / W)`.
+    pub fn closed_windows(&self) -> u64 {
+        self.gap_ms.div_ceil(self.window_ms)
+    }
+
+    /// The window at which a session with this `end`, last changed in window `m`, closes:
+    /// the smallest window `c >= m` with `end + gap < (c + 1) * W`.
+    pub fn close_window(&self, end: i64, m: u64) -> u64 {
+        let due = (end as i128 + self.gap_ms as i128).max(0) as u128 / self.window_ms as u128;
+        (due.min(u64::MAX as u128) as u64).max(m)
+    }
+
+    /// Whether event time `t` falls within the gap of a session spanning `[start, end]`.
+    pub fn within_gap(&self, start: i64, end: i64, t: i64) -> bool {
+        let gap = self.gap_ms as i128;
+        (start as i128 - gap) <= t as i128 && t as i128 <= end as i128 + gap
+    }
+}
+
+/// What a snapshot says about its session, besides the JSON itself (for sinks and queries).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Output session id (`{visitor_id}@{t}` for sessions without a client id).
+    pub session_id: String,
+    /// Whether the session is gap-based (the event had no `session_id`).
+    pub gap_based: bool,
+    /// Project of the first event.
+    pub project_id: u64,
+    /// Visitor of the first event.
+    pub visitor_id: String,
+    /// Smallest event time, ms.
+    pub start: i64,
+    /// Largest event time, ms.
+    pub end: i64,
+    /// Accepted events.
+    pub event_count: u64,
+    /// Sum of revenue, minor units.
+    pub revenue: i128,
+    /// Sorted `(experiment_id, variation_id)` pairs.
+    pub experiments: Vec<(u64, u64)>,
+    /// Window index `m` of this snapshot.
+    pub window: u64,
+    /// Whether this is the session's final snapshot.
+    pub closed: bool,
+    /// Survivor's id when this session was merged into another.
+    pub merged_into: Option<String>,
+    /// The spec's snapshot JSON object (one line, no newline).
+    pub json: String,
+}
+
+/// A session attribute with the `(timestamp, event_id)` of the event that gave it.
+#[derive(Clone, Debug)]
+struct SessionAttr {
+    key: Box<str>,
+    value: AttrValue,
+    ts: i64,
+    event_id: Box<str>,
+}
+
+/// A listed event: where its bytes are in the arena.
+#[derive(Clone, Copy, Debug)]
+struct Listed {
+    ts: i64,
+    revenue: i64,
+    /// Offset of `[id][body][tail]` in the arena.
+    off: u32,
+    /// Length of the JSON up to (not including) its `attributes` part and closing brace.
+    body_len: u32,
+    /// Length of `,"attributes":{..}}` or `}`.
+    tail_len: u32,
+    /// Index in `attr_sets`, or `NO_ATTRS`.
+    attrs: u16,
+    id_len: u8,
+}
+
+const NO_ATTRS: u16 = u16::MAX;
+/// Above this many listed events, duplicate checks use a hash index instead of a scan.
+const SCAN_LIMIT: usize = 24;
+
+/// An accepted event past the list cap: what counting and merging still need.
+#[derive(Clone, Copy, Debug)]
+struct Unlisted {
+    revenue: i64,
+}
+
+/// One open session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    id: Box<str>,
+    visitor_id: Box<str>,
+    project_id: u64,
+    first_ts: i64,
+    first_id: Box<str>,
+    start: i64,
+    end: i64,
+    event_count: u64,
+    revenue: i128,
+    attrs: Vec<SessionAttr>,
+    experiments: Vec<(u64, u64)>,
+    attr_sets: Vec<Vec<(String, AttrValue)>>,
+    listed: Vec<Listed>,
+    arena: Vec<u8>,
+    garbage: usize,
+    listed_hashes: Option<HashMap<u64, u32>>,
+    unlisted: Option<Box<HashMap<Box<str>, Unlisted>>>,
+    /// Window at which the session is due to close (maintained by the store; `u64::MAX` until
+    /// first indexed).
+    pub close_at: u64,
+    /// `window + 1` of the last window that touched it (maintained by the store).
+    pub touched: u64,
+}
+
+/// An event about to be listed: its sort key, bytes and attribute set.
+struct Incoming<'a> {
+    ts: i64,
+    id: &'a str,
+    revenue: i64,
+    body: &'a [u8],
+    attrs: Option<&'a [(String, AttrValue)]>,
+}
+
+fn id_hash(id: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
+    h.write(id.as_bytes());
+    h.finish()
+}
+
+/// The JSON of an event up to its attributes: `{"event_id":..,"timestamp":..,"type":..,...`.
+fn event_body(e: &Event, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"event_id\":");
+    json::write_str(out, &e.event_id);
+    out.extend_from_slice(b",\"timestamp\":");
+    json::write_int(out, e.timestamp);
+    out.extend_from_slice(b",\"type\":");
+    json::write_str(out, &e.kind);
+    if let Some(name) = &e.name {
+        out.extend_from_slice(b",\"name\":");
+        json::write_str(out, name);
+    }
+    if let Some(r) = e.revenue {
+        out.extend_from_slice(b",\"revenue\":");
+        json::write_int(out, r);
+    }
+    if let Some(v) = &e.value {
+        out.extend_from_slice(b",\"value\":");
+        json::write_number(out, v);
+    }
+    if let Some(tags) = &e.tags {
+        out.extend_from_slice(b",\"tags\":{");
+        for (i, (k, v)) in tags.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json::write_str(out, k);
+            out.push(b':');
+            json::write_str(out, v);
+        }
+        out.push(b'}');
+    }
+    if let Some(exps) = &e.experiments {
+        out.extend_from_slice(b",\"experiments\":[");
+        for (i, x) in exps.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"experiment_id\":");
+            json::write_int(out, x.experiment_id);
+            out.extend_from_slice(b",\"variation_id\":");
+            json::write_int(out, x.variation_id);
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+}
+
+impl Session {
+    /// Opens a session with its first event (not yet accepted: call [`Session::accept`]).
+    pub fn open(id: &str, first: &Event) -> Session {
+        Session {
+            id: id.into(),
+            visitor_id: first.visitor_id.as_str().into(),
+            project_id: first.project_id,
+            first_ts: first.timestamp,
+            first_id: first.event_id.as_str().into(),
+            start: first.timestamp,
+            end: first.timestamp,
+            event_count: 0,
+            revenue: 0,
+            attrs: Vec::new(),
+            experiments: Vec::new(),
+            attr_sets: Vec::new(),
+            listed: Vec::new(),
+            arena: Vec::new(),
+            garbage: 0,
+            listed_hashes: None,
+            unlisted: None,
+            close_at: u64::MAX,
+            touched: 0,
+        }
+    }
+
+    /// The output session id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Smallest event time, ms.
+    pub fn start(&self) -> i64 {
+        self.start
+    }
+
+    /// Largest event time, ms.
+    pub fn end(&self) -> i64 {
+        self.end
+    }
+
+    /// Accepted events.
+    pub fn event_count(&self) -> u64 {
+        self.event_count
+    }
+
+    fn listed_id(&self, l: &Listed) -> &[u8] {
+        &self.arena[l.off as usize..l.off as usize + l.id_len as usize]
+    }
+
+    fn cmp_listed(&self, l: &Listed, ts: i64, id: &str) -> Ordering {
+        l.ts.cmp(&ts).then_with(|| self.listed_id(l).cmp(id.as_bytes()))
+    }
+
+    /// Whether this session already accepted an event with this id.
+    pub fn has_event(&self, id: &str) -> bool {
+        let scan = |s: &Session| s.listed.iter().any(|l| s.listed_id(l) == id.as_bytes());
+        let listed = match &self.listed_hashes {
+            None => scan(self),
+            Some(h) => h.contains_key(&id_hash(id)) && scan(self),
+        };
+        listed || self.unlisted.as_ref().is_some_and(|u| u.contains_key(id))
+    }
+
+    /// Accepts an event (the caller checked it is not a duplicate).
+    pub fn accept(&mut self, e: &Event, cfg: &SessionConfig) {
+        let mut body = Vec::with_capacity(96);
+        event_body(e, &mut body);
+        let attrs = e.attributes.as_deref().filter(|a| !a.is_empty());
+        self.offer_first(e.timestamp, &e.event_id, &e.visitor_id, e.project_id);
+        let changed = self.count_in(e.timestamp, &e.event_id, e.revenue.unwrap_or(0), attrs);
+        if let Some(exps) = &e.experiments {
+            for x in exps {
+                self.add_experiment((x.experiment_id, x.variation_id));
+            }
+        }
+        let inc = Incoming { ts: e.timestamp, id: &e.event_id, revenue: e.revenue.unwrap_or(0), body: &body, attrs };
+        self.list(inc, cfg);
+        if changed {
+            self.rebuild_tails();
+        }
+    }
+
+    /// Counts an event into the aggregates; returns whether a session attribute changed value.
+    fn count_in(&mut self, ts: i64, id: &str, revenue: i64, attrs: Option<&[(String, AttrValue)]>) -> bool {
+        self.event_count += 1;
+        self.revenue += revenue as i128;
+        self.start = self.start.min(ts);
+        self.end = self.end.max(ts);
+        let mut changed = false;
+        for (k, v) in attrs.unwrap_or(&[]) {
+            changed |= self.offer_attr(k, v, ts, id);
+        }
+        changed
+    }
+
+    /// Offers an attribute value from event `(ts, id)`; returns whether an existing key changed value.
+    fn offer_attr(&mut self, key: &str, value: &AttrValue, ts: i64, id: &str) -> bool {
+        match self.attrs.binary_search_by(|a| a.key.as_ref().cmp(key)) {
+            Err(pos) => {
+                let attr = SessionAttr { key: key.into(), value: value.clone(), ts, event_id: id.into() };
+                self.attrs.insert(pos, attr);
+                false
+            }
+            Ok(pos) => {
+                let a = &mut self.attrs[pos];
+                if (ts, id.as_bytes()) < (a.ts, a.event_id.as_bytes()) {
+                    let changed = a.value != *value;
+                    a.value = value.clone();
+                    a.ts = ts;
+                    a.event_id = id.into();
+                    changed
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    fn add_experiment(&mut self, pair: (u64, u64)) {
+        if let Err(pos) = self.experiments.binary_search(&pair) {
+            self.experiments.insert(pos, pair);
+        }
+    }
+
+    /// Offers the first-event identity `(ts, id)` for `visitor_id` / `project_id`.
+    fn offer_first(&mut self, ts: i64, id: &str, visitor: &str, project: u64) {
+        if (ts, id.as_bytes()) < (self.first_ts, self.first_id.as_bytes()) {
+            self.first_ts = ts;
+            self.first_id = id.into();
+            self.visitor_id = visitor.into();
+            self.project_id = project;
+        }
+    }
+
+    fn intern_attrs(&mut self, attrs: Option<&[(String, AttrValue)]>) -> u16 {
+        let Some(attrs) = attrs else { return NO_ATTRS };
+        if let Some(i) = self.attr_sets.iter().position(|s| s.as_slice() == attrs) {
+            return i as u16;
+        }
+        if self.attr_sets.len() >= NO_ATTRS as usize - 1 {
+            // Pathological: tens of thousands of distinct maps among listed events. Drop the
+            // sets no listed event uses any more before adding one.
+            self.compact_attr_sets();
+        }
+        self.attr_sets.push(attrs.to_vec());
+        (self.attr_sets.len() - 1) as u16
+    }
+
+    fn compact_attr_sets(&mut self) {
+        let mut used = vec![u16::MAX; self.attr_sets.len()];
+        let mut kept = Vec::new();
+        for l in &mut self.listed {
+            if l.attrs != NO_ATTRS {
+                let slot = &mut used[l.attrs as usize];
+                if *slot == u16::MAX {
+                    *slot = kept.len() as u16;
+                    kept.push(std::mem::take(&mut self.attr_sets[l.attrs as usize]));
+                }
+                l.attrs = *slot;
+            }
+        }
+        self.attr_sets = kept;
+    }
+
+    /// `,"attributes":{..}}` with the keys whose value differs from the session's, or `}`.
+    fn write_tail(&self, set: u16, out: &mut Vec<u8>) {
+        let mut first = true;
+        if set != NO_ATTRS {
+            for (k, v) in &self.attr_sets[set as usize] {
+                let same = match self.attrs.binary_search_by(|a| a.key.as_ref().cmp(k.as_str())) {
+                    Ok(pos) => self.attrs[pos].value == *v,
+                    Err(_) => false,
+                };
+                if same {
+                    continue;
+                }
+                out.extend_from_slice(if first { b",\"attributes\":{" } else { b"," });
+                first = false;
+                json::write_str(out, k);
+                out.push(b':');
+                json::write_attr(out, v);
+            }
+        }
+        if !first {
+            out.push(b'}');
+        }
+        out.push(b'}');
+    }
+
+    /// Puts an accepted event into the list (or past the cap).
+    fn list(&mut self, inc: Incoming<'_>, cfg: &SessionConfig) {
+        let pos = self.listed.partition_point(|l| self.cmp_listed(l, inc.ts, inc.id) == Ordering::Less);
+        if pos >= cfg.max_events {
+            self.unlist(inc.id, Unlisted { revenue: inc.revenue });
+            return;
+        }
+        let attrs = self.intern_attrs(inc.attrs);
+        let off = self.arena.len();
+        self.arena.extend_from_slice(inc.id.as_bytes());
+        self.arena.extend_from_slice(inc.body);
+        let before = self.arena.len();
+        let mut tail = Vec::with_capacity(32);
+        self.write_tail(attrs, &mut tail);
+        self.arena.extend_from_slice(&tail);
+        let entry = Listed {
+            ts: inc.ts,
+            revenue: inc.revenue,
+            off: off as u32,
+            body_len: inc.body.len() as u32,
+            tail_len: (self.arena.len() - before) as u32,
+            attrs,
+            id_len: inc.id.len() as u8,
+        };
+        self.listed.insert(pos, entry);
+        if let Some(h) = &mut self.listed_hashes {
+            *h.entry(id_hash(inc.id)).or_insert(0) += 1;
+        } else if self.listed.len() > SCAN_LIMIT {
+            let mut h = HashMap::with_capacity(self.listed.len() * 2);
+            for l in &self.listed {
+                let id = std::str::from_utf8(self.listed_id(l)).unwrap_or_default();
+                *h.entry(id_hash(id)).or_insert(0u32) += 1;
+            }
+            self.listed_hashes = Some(h);
+        }
+        if self.listed.len() > cfg.max_events {
+            if let Some(last) = self.listed.pop() {
+                let id = String::from_utf8_lossy(self.listed_id(&last)).into_owned();
+                if let Some(h) = &mut self.listed_hashes {
+                    if let Some(c) = h.get_mut(&id_hash(&id)) {
+                        *c -= 1;
+                        if *c == 0 {
+                            h.remove(&id_hash(&id));
+                        }
+                    }
+                }
+                self.garbage += last.id_len as usize + (last.body_len + last.tail_len) as usize;
+                self.unlist(&id, Unlisted { revenue: last.revenue });
+            }
+        }
+        if self.garbage > 4096 && self.garbage * 2 > self.arena.len() {
+            self.rebuild_tails();
+        }
+    }
+
+    fn unlist(&mut self, id: &str, u: Unlisted) {
+        self.unlisted.get_or_insert_with(Default::default).insert(id.into(), u);
+    }
+
+    /// Rewrites the arena in list order with fresh attribute tails (after a session attribute
+    /// changed value, or to drop evicted bytes).
+    fn rebuild_tails(&mut self) {
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage + 64);
+        let mut listed = std::mem::take(&mut self.listed);
+        for l in &mut listed {
+            let start = l.off as usize;
+            let keep = l.id_len as usize + l.body_len as usize;
+            let off = arena.len();
+            arena.extend_from_slice(&self.arena[start..start + keep]);
+            let before = arena.len();
+            self.write_tail(l.attrs, &mut arena);
+            l.off = off as u32;
+            l.tail_len = (arena.len() - before) as u32;
+        }
+        self.listed = listed;
+        self.arena = arena;
+        self.garbage = 0;
+    }
+
+    /// Moves every accepted event of `other` into `self` (a gap-session merge). Returns the
+    /// number of `other`'s events dropped because `self` already had their id.
+    pub fn absorb(&mut self, other: Session, cfg: &SessionConfig) -> u64 {
+        let mut dropped = 0u64;
+        let mut dropped_revenue = 0i128;
+        self.offer_first(other.first_ts, &other.first_id, &other.visitor_id, other.project_id);
+        for a in &other.attrs {
+            // Tails are rebuilt once below, whatever changed.
+            self.offer_attr(&a.key, &a.value, a.ts, &a.event_id);
+        }
+        for x in &other.experiments {
+            self.add_experiment(*x);
+        }
+        for l in &other.listed {
+            let id = std::str::from_utf8(other.listed_id(l)).unwrap_or_default();
+            if self.has_event(id) {
+                dropped += 1;
+                dropped_revenue += l.revenue as i128;
+                continue;
+            }
+            let s = l.off as usize + l.id_len as usize;
+            let body = &other.arena[s..s + l.body_len as usize];
+            let attrs = (l.attrs != NO_ATTRS).then(|| other.attr_sets[l.attrs as usize].as_slice());
+            self.list(Incoming { ts: l.ts, id, revenue: l.revenue, body, attrs }, cfg);
+        }
+        if let Some(unlisted) = other.unlisted {
+            for (id, u) in unlisted.iter() {
+                if self.has_event(id) {
+                    dropped += 1;
+                    dropped_revenue += u.revenue as i128;
+                } else {
+                    self.unlist(id, *u);
+                }
+            }
+        }
+        self.event_count += other.event_count - dropped;
+        self.revenue += other.revenue - dropped_revenue;
+        self.start = self.start.min(other.start);
+        self.end = self.end.max(other.end);
+        self.rebuild_tails();
+        dropped
+    }
+
+    /// Builds the snapshot at window `m`.
+    pub fn snapshot(&self, gap_based: bool, m: u64, closed: bool, merged_into: Option<&str>) -> Snapshot {
+        let mut out = Vec::with_capacity(256 + self.arena.len());
+        self.write_json(&mut out, m, closed, merged_into);
+        Snapshot {
+            session_id: self.id.to_string(),
+            gap_based,
+            project_id: self.project_id,
+            visitor_id: self.visitor_id.to_string(),
+            start: self.start,
+            end: self.end,
+            event_count: self.event_count,
+            revenue: self.revenue,
+            experiments: self.experiments.clone(),
+            window: m,
+            closed,
+            merged_into: merged_into.map(str::to_string),
+            // The arena holds only bytes written from `&str`s and ASCII, so this never replaces.
+            json: String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        }
+    }
+
+    /// Writes the spec's snapshot JSON object.
+    pub fn write_json(&self, out: &mut Vec<u8>, m: u64, closed: bool, merged_into: Option<&str>) {
+        out.extend_from_slice(b"{\"session_id\":");
+        json::write_str(out, &self.id);
+        out.extend_from_slice(b",\"project_id\":");
+        json::write_int(out, self.project_id);
+        out.extend_from_slice(b",\"visitor_id\":");
+        json::write_str(out, &self.visitor_id);
+        out.extend_from_slice(b",\"start\":");
+        json::write_int(out, self.start);
+        out.extend_from_slice(b",\"end\":");
+        json::write_int(out, self.end);
+        out.extend_from_slice(b",\"event_count\":");
+        json::write_int(out, self.event_count);
+        out.extend_from_slice(b",\"revenue\":");
+        json::write_int(out, self.revenue);
+        out.extend_from_slice(b",\"attributes\":{");
+        for (i, a) in self.attrs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            json::write_str(out, &a.key);
+            out.push(b':');
+            json::write_attr(out, &a.value);
+        }
+        out.extend_from_slice(b"},\"experiments\":[");
+        for (i, (x, v)) in self.experiments.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.push(b'[');
+            json::write_int(out, *x);
+            out.push(b',');
+            json::write_int(out, *v);
+            out.push(b']');
+        }
+        out.extend_from_slice(b"],\"events\":[");
+        for (i, l) in self.listed.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let s = l.off as usize + l.id_len as usize;
+            out.extend_from_slice(&self.arena[s..s + (l.body_len + l.tail_len) as usize]);
+        }
+        out.extend_from_slice(b"],\"truncated\":");
+        let truncated = self.event_count > self.listed.len() as u64;
+        out.extend_from_slice(if truncated { b"true" } else { b"false" });
+        out.extend_from_slice(b",\"window\":");
+        json::write_int(out, m);
+        out.extend_from_slice(b",\"closed\":");
+        out.extend_from_slice(if closed { b"true" } else { b"false" });
+        if let Some(s) = merged_into {
+            out.extend_from_slice(b",\"merged_into\":");
+            json::write_str(out, s);
+        }
+        out.push(b'}');
+    }
+
+    /// Approximate heap bytes held by this session (for memory reporting).
+    pub fn heap_bytes(&self) -> usize {
+        let attrs: usize = self.attrs.iter().map(|a| 48 + a.key.len() + a.event_id.len()).sum();
+        let sets: usize = self.attr_sets.iter().map(|s| s.capacity() * 56).sum();
+        self.arena.capacity()
+            + self.listed.capacity() * std::mem::size_of::<Listed>()
+            + attrs
+            + sets
+            + self.experiments.capacity() * 16
+            + self.id.len()
+            + self.visitor_id.len()
+            + self.first_id.len()
+    }
+}

@@ -1,0 +1,349 @@
+//! The keyed session store of one worker: buffers events per window and processes a window
+//! exactly as `shared/spec/sessions.md` says (pure code, no timely).
+//!
+//! Work is proportional to change: a window touches only its own events, the sessions due to
+//! close in it (an index by closing window) and the closed-set entries expiring in it. Nothing
+//! ever scans all open sessions.
+
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
+
+use super::state::{Session, SessionConfig, Snapshot};
+use crate::record::{DeadLetter, Sourced, SESSION_CLOSED};
+
+/// What processing a window produces.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SessionOutput {
+    /// A session snapshot at the window.
+    Snapshot(Snapshot),
+    /// A `session_closed` dead letter.
+    DeadLetter(DeadLetter),
+}
+
+/// Counters of the session store (the spec's counters, but for the source's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionCounters {
+    /// Events accepted into a session (net of merge duplicates).
+    pub accepted: u64,
+    /// Events dropped as duplicates of an accepted event.
+    pub duplicates: u64,
+    /// Events dead-lettered as `session_closed`.
+    pub late: u64,
+    /// Sessions opened.
+    pub sessions_opened: u64,
+    /// Sessions closed (including merged-away gap sessions).
+    pub sessions_closed: u64,
+    /// Snapshots emitted.
+    pub snapshots: u64,
+}
+
+impl SessionCounters {
+    /// Adds another worker's counters.
+    pub fn add(&mut self, o: &SessionCounters) {
+        self.accepted += o.accepted;
+        self.duplicates += o.duplicates;
+        self.late += o.late;
+        self.sessions_opened += o.sessions_opened;
+        self.sessions_closed += o.sessions_closed;
+        self.snapshots += o.snapshots;
+    }
+}
+
+/// Gap-based sessions of one `(project_id, visitor_id)` pair.
+#[derive(Debug, Default)]
+struct GapGroup {
+    open: Vec<Session>,
+    /// Recently closed sessions: `(start, end, closed through window)`.
+    closed: Vec<(i64, i64, u64)>,
+}
+
+type Pair = (u64, Box<str>);
+
+/// A reference to an open session, for the close index and the touched list.
+#[derive(Clone, Debug)]
+enum SessionRef {
+    Id(Box<str>),
+    Gap(u64, Box<str>, Box<str>),
+}
+
+/// A reference to a closed-set entry, for the expiry index.
+#[derive(Clone, Debug)]
+enum ClosedRef {
+    Id(Box<str>),
+    Gap(u64, Box<str>),
+}
+
+/// All session state of one worker.
+#[derive(Debug)]
+pub struct SessionStore {
+    cfg: SessionConfig,
+    pending: BTreeMap<u64, Vec<Sourced>>,
+    sessions: HashMap<Box<str>, Session>,
+    gaps: HashMap<Pair, GapGroup>,
+    closed: HashMap<Box<str>, u64>,
+    close_index: BTreeMap<u64, Vec<SessionRef>>,
+    expire_index: BTreeMap<u64, Vec<ClosedRef>>,
+    counters: SessionCounters,
+    open: usize,
+}
+
+impl SessionStore {
+    /// An empty store.
+    pub fn new(cfg: SessionConfig) -> Self {
+        SessionStore {
+            cfg,
+            pending: BTreeMap::new(),
+            sessions: HashMap::new(),
+            gaps: HashMap::new(),
+            closed: HashMap::new(),
+            close_index: BTreeMap::new(),
+            expire_index: BTreeMap::new(),
+            counters: SessionCounters::default(),
+            open: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    /// Buffers an event assigned to `window` until the window is processed.
+    pub fn insert(&mut self, window: u64, rec: Sourced) {
+        self.pending.entry(window).or_default().push(rec);
+    }
+
+    /// The smallest window with work (events to apply or sessions due to close).
+    pub fn next_window(&self) -> Option<u64> {
+        let a = self.pending.keys().next().copied();
+        let b = self.close_index.keys().next().copied();
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> &SessionCounters {
+        &self.counters
+    }
+
+    /// Open sessions right now.
+    pub fn open_sessions(&self) -> usize {
+        self.open
+    }
+
+    /// Events buffered for windows not processed yet.
+    pub fn pending_events(&self) -> usize {
+        self.pending.values().map(Vec::len).sum()
+    }
+
+    /// Processes window `m`: applies its events in order, emits the snapshots of the sessions
+    /// it changed, and closes the sessions due. The caller guarantees that every event of `m`
+    /// was inserted and that windows are processed in increasing order.
+    pub fn process(&mut self, m: u64, out: &mut impl FnMut(SessionOutput)) {
+        self.expire(m);
+        let mut touched: Vec<SessionRef> = Vec::new();
+        if let Some(mut events) = self.pending.remove(&m) {
+            events.sort_unstable_by(|a, b| {
+                (a.event.timestamp, a.event.event_id.as_bytes(), a.partition, a.offset).cmp(&(
+                    b.event.timestamp,
+                    b.event.event_id.as_bytes(),
+                    b.partition,
+                    b.offset,
+                ))
+            });
+            for rec in events {
+                if rec.event.session_id.is_some() {
+                    self.apply_keyed(m, rec, &mut touched, out);
+                } else {
+                    self.apply_gap(m, rec, &mut touched, out);
+                }
+            }
+        }
+        // Sessions due to close at m (stale index entries are skipped).
+        let closing = self.close_index.remove(&m).unwrap_or_default();
+        for r in &closing {
+            self.close(m, r, out);
+        }
+        for r in touched {
+            // Sessions that closed at m were emitted (closed) and removed above.
+            if let Some(s) = self.get(&r) {
+                out(SessionOutput::Snapshot(s.snapshot(matches!(r, SessionRef::Gap(..)), m, false, None)));
+                self.counters.snapshots += 1;
+            }
+        }
+    }
+
+    fn get(&self, r: &SessionRef) -> Option<&Session> {
+        match r {
+            SessionRef::Id(k) => self.sessions.get(k),
+            SessionRef::Gap(p, v, id) => {
+                let g = self.gaps.get(&(*p, v.clone()))?;
+                g.open.iter().find(|s| s.id() == id.as_ref())
+            }
+        }
+    }
+
+    fn late(&mut self, rec: Sourced, out: &mut impl FnMut(SessionOutput)) {
+        self.counters.late += 1;
+        out(SessionOutput::DeadLetter(DeadLetter {
+            partition: rec.partition,
+            offset: rec.offset,
+            reason: SESSION_CLOSED.to_string(),
+            raw: rec.raw,
+        }));
+    }
+
+    /// Re-indexes a session's closing window after it changed in window `m`.
+    fn reindex(cfg: &SessionConfig, idx: &mut BTreeMap<u64, Vec<SessionRef>>, s: &mut Session, m: u64, r: impl FnOnce() -> SessionRef) {
+        let c = cfg.close_window(s.end(), m);
+        if c != s.close_at {
+            s.close_at = c;
+            idx.entry(c).or_default().push(r());
+        }
+    }
+
+    fn apply_keyed(&mut self, m: u64, rec: Sourced, touched: &mut Vec<SessionRef>, out: &mut impl FnMut(SessionOutput)) {
+        let Some(sid) = rec.event.session_id.as_deref() else { return };
+        if self.closed.get(sid).is_some_and(|&until| until >= m) {
+            return self.late(rec, out);
+        }
+        let e = &rec.event;
+        if !self.sessions.contains_key(sid) {
+            self.counters.sessions_opened += 1;
+            self.open += 1;
+            self.sessions.insert(sid.into(), Session::open(sid, e));
+        }
+        let Some(s) = self.sessions.get_mut(sid) else { return };
+        if s.has_event(&e.event_id) {
+            self.counters.duplicates += 1;
+            return;
+        }
+        s.accept(e, &self.cfg);
+        self.counters.accepted += 1;
+        Self::reindex(&self.cfg, &mut self.close_index, s, m, || SessionRef::Id(sid.into()));
+        if s.touched != m + 1 {
+            s.touched = m + 1;
+            touched.push(SessionRef::Id(sid.into()));
+        }
+    }
+
+    fn apply_gap(&mut self, m: u64, rec: Sourced, touched: &mut Vec<SessionRef>, out: &mut impl FnMut(SessionOutput)) {
+        let cfg = &self.cfg;
+        let e = &rec.event;
+        let t = e.timestamp;
+        let pair: Pair = (e.project_id, e.visitor_id.as_str().into());
+        let group = self.gaps.entry(pair.clone()).or_default();
+        let mut matches: Vec<usize> =
+            (0..group.open.len()).filter(|&i| cfg.within_gap(group.open[i].start(), group.open[i].end(), t)).collect();
+        if matches.iter().any(|&i| group.open[i].has_event(&e.event_id)) {
+            self.counters.duplicates += 1;
+            return;
+        }
+        let survivor_at = if matches.is_empty() {
+            if group.closed.iter().any(|&(s, en, until)| until >= m && cfg.within_gap(s, en, t)) {
+                return self.late(rec, out);
+            }
+            self.counters.sessions_opened += 1;
+            self.open += 1;
+            let id = format!("{}@{}", e.visitor_id, t);
+            group.open.push(Session::open(&id, e));
+            group.open.len() - 1
+        } else {
+            // Merge every match into the one with the smallest (start, session_id).
+            matches.sort_by(|&a, &b| {
+                let (x, y) = (&group.open[a], &group.open[b]);
+                (x.start(), x.id()).cmp(&(y.start(), y.id()))
+            });
+            let survivor_id: Box<str> = group.open[matches[0]].id().into();
+            let mut others: Vec<Session> = Vec::new();
+            // Remove the merged-away sessions (highest index first keeps indexes valid).
+            let mut remove: Vec<usize> = matches[1..].to_vec();
+            remove.sort_unstable_by(|a, b| b.cmp(a));
+            for i in remove {
+                others.push(group.open.swap_remove(i));
+            }
+            others.sort_by(|x, y| (x.start(), x.id()).cmp(&(y.start(), y.id())));
+            let at = group.open.iter().position(|s| s.id() == survivor_id.as_ref()).unwrap_or(0);
+            for other in others {
+                out(SessionOutput::Snapshot(other.snapshot(true, m, true, Some(&survivor_id))));
+                self.counters.snapshots += 1;
+                self.counters.sessions_closed += 1;
+                self.open -= 1;
+                let dropped = group.open[at].absorb(other, cfg);
+                self.counters.accepted -= dropped;
+                self.counters.duplicates += dropped;
+            }
+            at
+        };
+        let s = &mut group.open[survivor_at];
+        s.accept(e, cfg);
+        self.counters.accepted += 1;
+        let id: Box<str> = s.id().into();
+        Self::reindex(cfg, &mut self.close_index, s, m, || SessionRef::Gap(pair.0, pair.1.clone(), id.clone()));
+        if s.touched != m + 1 {
+            s.touched = m + 1;
+            touched.push(SessionRef::Gap(pair.0, pair.1, id));
+        }
+    }
+
+    /// Closes the session behind `r` if it is still due at `m`, emitting its final snapshot.
+    fn close(&mut self, m: u64, r: &SessionRef, out: &mut impl FnMut(SessionOutput)) {
+        let until = m + self.cfg.closed_windows();
+        let (session, gap_based) = match r {
+            SessionRef::Id(k) => {
+                if !self.sessions.get(k).is_some_and(|s| s.close_at == m) {
+                    return;
+                }
+                let Some(s) = self.sessions.remove(k) else { return };
+                self.closed.insert(k.clone(), until);
+                self.expire_index.entry(until).or_default().push(ClosedRef::Id(k.clone()));
+                (s, false)
+            }
+            SessionRef::Gap(p, v, id) => {
+                let key = (*p, v.clone());
+                let Some(g) = self.gaps.get_mut(&key) else { return };
+                let Some(i) = g.open.iter().position(|s| s.id() == id.as_ref() && s.close_at == m) else { return };
+                let s = g.open.swap_remove(i);
+                g.closed.push((s.start(), s.end(), until));
+                self.expire_index.entry(until).or_default().push(ClosedRef::Gap(*p, v.clone()));
+                (s, true)
+            }
+        };
+        out(SessionOutput::Snapshot(session.snapshot(gap_based, m, true, None)));
+        self.counters.snapshots += 1;
+        self.counters.sessions_closed += 1;
+        self.open -= 1;
+    }
+
+    /// Drops closed-set entries whose time ran out before window `m`.
+    fn expire(&mut self, m: u64) {
+        while let Some(entry) = self.expire_index.first_entry() {
+            if *entry.key() >= m {
+                break;
+            }
+            let (until, refs) = entry.remove_entry();
+            for r in refs {
+                match r {
+                    ClosedRef::Id(k) => {
+                        if self.closed.get(&k) == Some(&until) {
+                            self.closed.remove(&k);
+                        }
+                    }
+                    ClosedRef::Gap(p, v) => {
+                        let key = (p, v);
+                        if let Some(g) = self.gaps.get_mut(&key) {
+                            g.closed.retain(|c| c.2 >= m);
+                            if g.closed.is_empty() && g.open.is_empty() {
+                                self.gaps.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! File sinks: snapshots as JSON lines sorted by `(window, session_id, line)`, dead letters
+//! sorted by `(partition, offset)`. Both write to a temporary file that is renamed into place
+//! only when the run completes, so a failed run never leaves a half-written file looking whole.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::StreamVec;
+
+use crate::record::DeadLetter;
+use crate::session::Snapshot;
+
+/// A JSON-lines output file written under a temporary name and renamed by [`LineFile::finish`].
+pub struct LineFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: Option<BufWriter<File>>,
+    error: Option<String>,
+    /// Lines written so far.
+    pub lines: u64,
+}
+
+impl LineFile {
+    /// Creates `path.tmp`; the error names the path.
+    pub fn create(path: &Path) -> Result<LineFile, String> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let file = File::create(&tmp).map_err(|e| format!("cannot create output {}: {e}", path.display()))?;
+        Ok(LineFile { path: path.to_path_buf(), tmp, out: Some(BufWriter::with_capacity(1 << 20, file)), error: None, lines: 0 })
+    }
+
+    /// Appends one line (a newline is added). The first error is kept and reported by `finish`.
+    pub fn write_line(&mut self, line: &[u8]) {
+        if let Some(out) = self.out.as_mut() {
+            if let Err(e) = out.write_all(line).and_then(|_| out.write_all(b"\n")) {
+                self.error = Some(format!("cannot write output {}: {e}", self.path.display()));
+                self.out = None;
+            } else {
+                self.lines += 1;
+            }
+        }
+    }
+
+    /// Flushes, syncs and renames the file into place.
+    pub fn finish(&mut self) -> Result<(), String> {
+        if let Some(e) = self.error.take() {
+            self.abandon();
+            return Err(e);
+        }
+        let Some(out) = self.out.take() else { return Err(format!("output {} already finished", self.path.display())) };
+        let fail = |e: std::io::Error| format!("cannot write output {}: {e}", self.path.display());
+        let file = out.into_inner().map_err(|e| fail(e.into_error()))?;
+        file.sync_all().map_err(fail)?;
+        std::fs::rename(&self.tmp, &self.path).map_err(fail)
+    }
+
+    /// Removes the temporary file (after a failed run).
+    pub fn abandon(&mut self) {
+        self.out = None;
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// A shared handle on a [`LineFile`], owned by the worker that writes it.
+pub type SharedLineFile = Rc<RefCell<LineFile>>;
+
+/// Extension trait: `snapshots.sink_snapshot_file(file)`.
+pub trait SinkSnapshotFile<'scope> {
+    /// Routes every snapshot to worker 0, which writes each window once the frontier passed it,
+    /// sorted by `(session_id, line)`: the file is sorted by `(window, session_id, line)` and
+    /// byte-identical for any number of workers. Workers other than 0 pass `None`.
+    /// Returns an empty stream whose frontier is the written frontier (to probe).
+    ///
+    /// ```
+    /// use sessionflow_operators::sink::files::{LineFile, SinkSnapshotFile};
+    /// use sessionflow_operators::session::Snapshot;
+    /// use timely::dataflow::operators::ToStream;
+    /// use std::{cell::RefCell, rc::Rc};
+    ///
+    /// let dir = std::env::temp_dir().join(format!("sf-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// let path = dir.join("out.jsonl");
+    /// let file = Rc::new(RefCell::new(LineFile::create(&path).unwrap()));
+    /// let snap = |id: &str| Snapshot { session_id: id.into(), gap_based: false, project_id: 1,
+    ///     visitor_id: "v".into(), start: 0, end: 0, event_count: 1, revenue: 0,
+    ///     experiments: vec![], window: 0, closed: true, merged_into: None,
+    ///     json: format!("{{\"session_id\":\"{id}\"}}") };
+    /// let f = file.clone();
+    /// timely::example(move |scope| {
+    ///     vec![snap("b"), snap("a")].to_stream(scope).sink_snapshot_file(Some(f));
+    /// });
+    /// file.borrow_mut().finish().unwrap();
+    /// let text = std::fs::read_to_string(&path).unwrap();
+    /// assert_eq!(text, "{\"session_id\":\"a\"}\n{\"session_id\":\"b\"}\n");
+    /// ```
+    fn sink_snapshot_file(self, file: Option<SharedLineFile>) -> StreamVec<'scope, u64, ()>;
+}
+
+impl<'scope> SinkSnapshotFile<'scope> for StreamVec<'scope, u64, Snapshot> {
+    fn sink_snapshot_file(self, file: Option<SharedLineFile>) -> StreamVec<'scope, u64, ()> {
+        self.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Exchange::new(|_: &Snapshot| 0u64),
+            "SnapshotFile",
+            move |_cap, _info| {
+                let mut windows: BTreeMap<u64, Vec<(String, String)>> = BTreeMap::new();
+                move |(input, frontier), _output| {
+                    input.for_each(|time, data| {
+                        let Some(&t) = time.least() else { return };
+                        let slot = windows.entry(t).or_default();
+                        slot.extend(data.drain(..).map(|s| (s.session_id, s.json)));
+                    });
+                    while let Some(entry) = windows.first_entry() {
+                        if frontier.less_equal(entry.key()) {
+                            break;
+                        }
+                        let mut lines = entry.remove();
+                        lines.sort_unstable();
+                        if let Some(f) = &file {
+                            let mut f = f.borrow_mut();
+                            for (_, json) in &lines {
+                                f.write_line(json.as_bytes());
+                            }
+                        }
+                    }
+                }
+            },
+        )
+    }
+}
+
+/// Extension trait: `dead_letters.sink_dead_letter_file(file)`.
+pub trait SinkDeadLetterFile<'scope> {
+    /// Routes every dead letter to worker 0, which writes them all, sorted by
+    /// `(partition, offset)`, when the input ends (bounded runs). Workers other than 0 pass
+    /// `None`.
+    ///
+    /// ```
+    /// use sessionflow_operators::sink::files::{LineFile, SinkDeadLetterFile};
+    /// use sessionflow_operators::record::DeadLetter;
+    /// use timely::dataflow::operators::ToStream;
+    /// use std::{cell::RefCell, rc::Rc};
+    ///
+    /// let path = std::env::temp_dir().join(format!("sf-doc-dead-{}.jsonl", std::process::id()));
+    /// let file = Rc::new(RefCell::new(LineFile::create(&path).unwrap()));
+    /// let d = |o: u64| DeadLetter { partition: 0, offset: o, reason: "invalid".into(), raw: "x".into() };
+    /// let f = file.clone();
+    /// timely::example(move |scope| {
+    ///     vec![d(5), d(1)].to_stream(scope).sink_dead_letter_file(Some(f));
+    /// });
+    /// file.borrow_mut().finish().unwrap();
+    /// let text = std::fs::read_to_string(&path).unwrap();
+    /// assert!(text.starts_with("{\"reason\":\"invalid\",\"partition\":0,\"offset\":1,"));
+    /// ```
+    fn sink_dead_letter_file(self, file: Option<SharedLineFile>) -> StreamVec<'scope, u64, ()>;
+}
+
+impl<'scope> SinkDeadLetterFile<'scope> for StreamVec<'scope, u64, DeadLetter> {
+    fn sink_dead_letter_file(self, file: Option<SharedLineFile>) -> StreamVec<'scope, u64, ()> {
+        self.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            Exchange::new(|_: &DeadLetter| 0u64),
+            "DeadLetterFile",
+            move |_cap, _info| {
+                let mut all: Vec<DeadLetter> = Vec::new();
+                let mut done = false;
+                move |(input, frontier), _output| {
+                    input.for_each(|_time, data| all.append(data));
+                    if !done && frontier.is_empty() {
+                        done = true;
+                        all.sort_unstable();
+                        if let Some(f) = &file {
+                            let mut f = f.borrow_mut();
+                            let mut line = Vec::with_capacity(512);
+                            for d in all.drain(..) {
+                                line.clear();
+                                d.write_json(&mut line);
+                                f.write_line(&line);
+                            }
+                        }
+                    }
+                }
+            },
+        )
+    }
+}

@@ -1,0 +1,3 @@
+//! Output operators: files (replay and `--output`), and the external systems.
+
+pub mod files;

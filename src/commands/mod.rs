@@ -1,0 +1,3 @@
+//! The `sessionflow` subcommands.
+
+pub mod replay;

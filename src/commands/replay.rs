@@ -1,0 +1,124 @@
+//! `sessionflow replay`: the deterministic reference run over files, one per partition.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use clap::Args;
+use sessionflow_operators::sink::files::LineFile;
+use sessionflow_operators::source::files::FileReader;
+
+use crate::cluster::ClusterArgs;
+use crate::config::SessionArgs;
+use crate::pipeline::{self, Outputs};
+use crate::stats::Stats;
+
+/// Flags of `sessionflow replay`.
+#[derive(Args, Clone, Debug)]
+pub struct ReplayArgs {
+    /// Input JSON-lines file of one partition; repeat in partition order.
+    #[arg(long = "input", required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Snapshot output: one JSON object per line, sorted by (window, session_id, line).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Dead-letter output: one JSON object per line, sorted by (partition, offset).
+    #[arg(long)]
+    pub dead_letter: PathBuf,
+    /// Counters output: one JSON object.
+    #[arg(long)]
+    pub stats: PathBuf,
+    /// Session semantics.
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Workers and cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Checks an output path can be created (clear error, before any work).
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    let mut probe = path.as_os_str().to_owned();
+    probe.push(".tmp");
+    std::fs::File::create(&probe).map_err(|e| format!("cannot create output {}: {e}", path.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Writes a JSON value to `path` atomically (temporary file, then rename).
+pub fn write_json_file<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String> {
+    let mut file = LineFile::create(path)?;
+    let text = serde_json::to_vec(value).map_err(|e| format!("cannot encode {}: {e}", path.display()))?;
+    file.write_line(&text);
+    file.finish()
+}
+
+/// Runs a replay; returns the counters (process 0) once every output is in place.
+pub fn run(args: ReplayArgs) -> Result<Option<Stats>, String> {
+    let job = args.session.job()?;
+    let config = args.cluster.timely_config()?;
+    FileReader::check(&args.inputs)?;
+    let writes = args.cluster.writes_outputs();
+    if writes {
+        for p in [&args.output, &args.dead_letter, &args.stats] {
+            check_writable(p)?;
+        }
+    }
+    let args = std::sync::Arc::new(args);
+    let guards = timely::execute(config, move |worker| -> Result<Option<Stats>, String> {
+        let index = worker.index();
+        let peers = worker.peers();
+        let reader = FileReader::open(&args.inputs, index, peers);
+        let (reader, open_error) = match reader {
+            Ok(r) => (r, None),
+            // Every worker must build the same dataflow: carry on with nothing to read.
+            Err(e) => (FileReader::empty(), Some(e)),
+        };
+        let files = if index == 0 && writes {
+            let snaps = LineFile::create(&args.output).map(|f| Rc::new(RefCell::new(f)));
+            let dead = LineFile::create(&args.dead_letter).map(|f| Rc::new(RefCell::new(f)));
+            match (snaps, dead) {
+                (Ok(s), Ok(d)) => Some((s, d)),
+                (s, d) => return Err(s.err().or(d.err()).unwrap_or_default()),
+            }
+        } else {
+            None
+        };
+        let outputs = Outputs {
+            snapshot_file: files.as_ref().map(|f| Rc::clone(&f.0)),
+            dead_letter_file: files.as_ref().map(|f| Rc::clone(&f.1)),
+            ..Outputs::default()
+        };
+        let built = pipeline::build(worker, &job, reader, outputs);
+        pipeline::run_to_completion(worker, &built, Duration::from_secs(3600), |_| {});
+        let error = open_error.or_else(|| built.source.borrow().error.clone());
+        let gathered = pipeline::gather_stats(worker, built.stats(), error);
+        let Some((stats, errors)) = gathered else { return Ok(None) };
+        let Some((snaps, dead)) = files else { return Ok(Some(stats)) };
+        if let Some(e) = errors.into_iter().next() {
+            snaps.borrow_mut().abandon();
+            dead.borrow_mut().abandon();
+            return Err(e);
+        }
+        if !stats.balanced() {
+            snaps.borrow_mut().abandon();
+            dead.borrow_mut().abandon();
+            return Err(format!("internal error: counters do not balance: {stats:?}"));
+        }
+        snaps.borrow_mut().finish()?;
+        dead.borrow_mut().finish()?;
+        write_json_file(&args.stats, &stats)?;
+        Ok(Some(stats))
+    })?;
+    let mut result = None;
+    for r in guards.join() {
+        match r {
+            Ok(Ok(Some(s))) => result = Some(s),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(format!("worker failed: {e}")),
+        }
+    }
+    Ok(result)
+}

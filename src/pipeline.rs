@@ -1,0 +1,149 @@
+//! The whole job, top to bottom.
+//!
+//! ```text
+//!  replay files / Kafka partitions / in-memory demo events
+//!        |  PartitionReader (partition p read by worker p % workers)
+//!        v
+//!  partitioned_source: parse + validate, per-partition watermark -> window assignment,
+//!        |             capability = smallest window a live partition holds,
+//!        |             throttled against the sink's frontier (probe)
+//!        |----------------------------------------------> invalid dead letters --+
+//!        v                                                                       |
+//!  [ enrich ... ]  (compose more operators on the event stream here)             |
+//!        |                                                                       |
+//!  sessionize: exchange by hash(session key); per window, when the frontier      |
+//!        |     passes it: apply events in order, dedup, close, emit snapshots    |
+//!        |----------------------------------------------> session_closed --------+
+//!        v                                                                       v
+//!  snapshots (time = window) --> snapshot file sink (sorted)          dead-letter file sink
+//!        |                  \--> [extra sinks: Kafka, HBase ...]
+//!        v
+//!  probe: the frontier of everything written; the source throttles on it
+//! ```
+//!
+//! After the dataflow completes, [`gather_stats`] sums every worker's counters at worker 0.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use sessionflow_operators::record::DeadLetter;
+use sessionflow_operators::session::operator::SessionGauges;
+use sessionflow_operators::session::{Sessionize, Snapshot};
+use sessionflow_operators::sink::files::{SharedLineFile, SinkDeadLetterFile, SinkSnapshotFile};
+use sessionflow_operators::source::{partitioned_source, PartitionReader, SourceGauges};
+use timely::dataflow::operators::vec::Input;
+use timely::dataflow::operators::{Concat, Exchange, Inspect, Probe};
+use timely::dataflow::{ProbeHandle, StreamVec};
+use timely::worker::Worker;
+
+use crate::config::JobConfig;
+use crate::stats::Stats;
+
+/// Where a job's output goes (each `None` is off; files are `Some` on worker 0 only).
+#[derive(Default)]
+pub struct Outputs<'a> {
+    /// Snapshot JSON-lines file, sorted by `(window, session_id, line)`.
+    pub snapshot_file: Option<SharedLineFile>,
+    /// Dead-letter JSON-lines file, sorted by `(partition, offset)`.
+    pub dead_letter_file: Option<SharedLineFile>,
+    /// Further sinks on the snapshot stream; each returns a stream to probe for durability.
+    #[allow(clippy::type_complexity)]
+    pub snapshot_sinks:
+        Vec<Box<dyn for<'s> FnOnce(StreamVec<'s, u64, Snapshot>) -> StreamVec<'s, u64, ()> + 'a>>,
+    /// Further sinks on the dead-letter stream.
+    #[allow(clippy::type_complexity)]
+    pub dead_letter_sinks:
+        Vec<Box<dyn for<'s> FnOnce(StreamVec<'s, u64, DeadLetter>) -> StreamVec<'s, u64, ()> + 'a>>,
+}
+
+/// Handles on a built job.
+pub struct Job {
+    /// Frontier of everything written.
+    pub probe: ProbeHandle<u64>,
+    /// This worker's source figures.
+    pub source: Rc<RefCell<SourceGauges>>,
+    /// This worker's sessionize figures.
+    pub session: Rc<RefCell<SessionGauges>>,
+}
+
+impl Job {
+    /// This worker's counters.
+    pub fn stats(&self) -> Stats {
+        Stats::from_parts(&self.source.borrow(), &self.session.borrow().counters)
+    }
+}
+
+/// Builds the job's dataflow on `worker`.
+pub fn build<R: PartitionReader>(
+    worker: &mut Worker,
+    job: &JobConfig,
+    reader: R,
+    outputs: Outputs<'_>,
+) -> Job {
+    let probe = ProbeHandle::new();
+    let throttle = probe.clone();
+    let (source, session) = worker.dataflow::<u64, _, _>(|scope| {
+        // 1. Partitioned input: parse, validate, assign windows by partition watermark.
+        let input = partitioned_source(scope, "Source", job.source.clone(), reader, Some(throttle));
+
+        // 2. Sessionize (exchanges by session key internally).
+        let sessions = input.events.sessionize(job.session.clone());
+
+        // 3. Sinks. Everything written is probed; the source throttles on it.
+        let dead = input.dead_letters.concat(sessions.dead_letters);
+        for sink in outputs.dead_letter_sinks {
+            sink(dead.clone()).probe_with(&probe);
+        }
+        dead.sink_dead_letter_file(outputs.dead_letter_file).probe_with(&probe);
+        for sink in outputs.snapshot_sinks {
+            sink(sessions.snapshots.clone()).probe_with(&probe);
+        }
+        sessions.snapshots.sink_snapshot_file(outputs.snapshot_file).probe_with(&probe);
+        (input.gauges, sessions.gauges)
+    });
+    Job { probe, source, session }
+}
+
+/// Steps the worker until the job's probe is done, calling `tick` about every `every`.
+pub fn run_to_completion(worker: &mut Worker, job: &Job, every: Duration, mut tick: impl FnMut(&Job)) {
+    let mut last = std::time::Instant::now();
+    while !job.probe.done() {
+        worker.step_or_park(Some(Duration::from_millis(5)));
+        if last.elapsed() >= every {
+            tick(job);
+            last = std::time::Instant::now();
+        }
+    }
+    tick(job);
+}
+
+/// Sums every worker's counters (and read errors) at worker 0, which gets `Some`.
+pub fn gather_stats(worker: &mut Worker, local: Stats, error: Option<String>) -> Option<(Stats, Vec<String>)> {
+    let total = Rc::new(RefCell::new((Stats::default(), Vec::new())));
+    let sink = Rc::clone(&total);
+    let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let (input, stream) = scope.new_input::<(Stats, Option<String>)>();
+        let probe = stream
+            .exchange(|_| 0)
+            .inspect(move |(s, e): &(Stats, Option<String>)| {
+                let mut t = sink.borrow_mut();
+                t.0.add(s);
+                t.1.extend(e.clone());
+            })
+            .probe()
+            .0;
+        (input, probe)
+    });
+    input.send((local, error));
+    input.close();
+    while !probe.done() {
+        worker.step_or_park(Some(Duration::from_millis(5)));
+    }
+    if worker.index() == 0 {
+        let t = total.borrow();
+        Some((t.0, t.1.clone()))
+    } else {
+        None
+    }
+}
