@@ -17,6 +17,10 @@ struct Cli {
 enum Command {
     /// Deterministic reference run over files, one per partition.
     Replay(commands::replay::ReplayArgs),
+    /// Writes a synthetic click stream, one file per partition.
+    Generate(sessionflow::generate::GenerateArgs),
+    /// Runs the whole pipeline in this process on generated events, no servers needed.
+    Demo(commands::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +34,8 @@ fn main() -> ExitCode {
                 );
             }
         }),
+        Command::Generate(args) => sessionflow::generate::run(args),
+        Command::Demo(args) => commands::demo::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

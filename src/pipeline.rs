@@ -47,14 +47,16 @@ pub struct Outputs<'a> {
     pub snapshot_file: Option<SharedLineFile>,
     /// Dead-letter JSON-lines file, sorted by `(partition, offset)`.
     pub dead_letter_file: Option<SharedLineFile>,
-    /// Further sinks on the snapshot stream; each returns a stream to probe for durability.
-    #[allow(clippy::type_complexity)]
-    pub snapshot_sinks:
-        Vec<Box<dyn for<'s> FnOnce(StreamVec<'s, u64, Snapshot>) -> StreamVec<'s, u64, ()> + 'a>>,
+    /// Further sinks on the snapshot stream.
+    pub snapshot_sinks: Vec<Box<dyn Attach<Snapshot> + 'a>>,
     /// Further sinks on the dead-letter stream.
-    #[allow(clippy::type_complexity)]
-    pub dead_letter_sinks:
-        Vec<Box<dyn for<'s> FnOnce(StreamVec<'s, u64, DeadLetter>) -> StreamVec<'s, u64, ()> + 'a>>,
+    pub dead_letter_sinks: Vec<Box<dyn Attach<DeadLetter> + 'a>>,
+}
+
+/// A sink (or any consumer) attached to a stream of `D`.
+pub trait Attach<D> {
+    /// Consumes `stream`; returns a stream whose frontier says what is durably written (probed).
+    fn attach<'s>(self: Box<Self>, stream: StreamVec<'s, u64, D>) -> StreamVec<'s, u64, ()>;
 }
 
 /// Handles on a built job.
@@ -93,11 +95,11 @@ pub fn build<R: PartitionReader>(
         // 3. Sinks. Everything written is probed; the source throttles on it.
         let dead = input.dead_letters.concat(sessions.dead_letters);
         for sink in outputs.dead_letter_sinks {
-            sink(dead.clone()).probe_with(&probe);
+            sink.attach(dead.clone()).probe_with(&probe);
         }
         dead.sink_dead_letter_file(outputs.dead_letter_file).probe_with(&probe);
         for sink in outputs.snapshot_sinks {
-            sink(sessions.snapshots.clone()).probe_with(&probe);
+            sink.attach(sessions.snapshots.clone()).probe_with(&probe);
         }
         sessions.snapshots.sink_snapshot_file(outputs.snapshot_file).probe_with(&probe);
         (input.gauges, sessions.gauges)

@@ -1,3 +1,4 @@
 //! The `sessionflow` subcommands.
 
+pub mod demo;
 pub mod replay;

@@ -100,6 +100,9 @@ pub struct Snapshot {
     pub window: u64,
     /// Whether this is the session's final snapshot.
     pub closed: bool,
+    /// Window in which the session opened (with the id, it names the session for its life:
+    /// a client id reused after its closed-set entry expired is a new session).
+    pub opened_window: u64,
     /// Survivor's id when this session was merged into another.
     pub merged_into: Option<String>,
     /// The spec's snapshot JSON object (one line, no newline).
@@ -145,6 +148,7 @@ struct Unlisted {
 #[derive(Clone, Debug)]
 pub struct Session {
     id: Box<str>,
+    opened: u64,
     visitor_id: Box<str>,
     project_id: u64,
     first_ts: i64,
@@ -233,10 +237,12 @@ fn event_body(e: &Event, out: &mut Vec<u8>) {
 }
 
 impl Session {
-    /// Opens a session with its first event (not yet accepted: call [`Session::accept`]).
-    pub fn open(id: &str, first: &Event) -> Session {
+    /// Opens a session in window `m` with its first event (not yet accepted: call
+    /// [`Session::accept`]).
+    pub fn open(id: &str, first: &Event, m: u64) -> Session {
         Session {
             id: id.into(),
+            opened: m,
             visitor_id: first.visitor_id.as_str().into(),
             project_id: first.project_id,
             first_ts: first.timestamp,
@@ -560,6 +566,7 @@ impl Session {
             experiments: self.experiments.clone(),
             window: m,
             closed,
+            opened_window: self.opened,
             merged_into: merged_into.map(str::to_string),
             // The arena holds only bytes written from `&str`s and ASCII, so this never replaces.
             json: String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),

@@ -215,7 +215,7 @@ impl SessionStore {
         if !self.sessions.contains_key(sid) {
             self.counters.sessions_opened += 1;
             self.open += 1;
-            self.sessions.insert(sid.into(), Session::open(sid, e));
+            self.sessions.insert(sid.into(), Session::open(sid, e, m));
         }
         let Some(s) = self.sessions.get_mut(sid) else { return };
         if s.has_event(&e.event_id) {
@@ -250,7 +250,7 @@ impl SessionStore {
             self.counters.sessions_opened += 1;
             self.open += 1;
             let id = format!("{}@{}", e.visitor_id, t);
-            group.open.push(Session::open(&id, e));
+            group.open.push(Session::open(&id, e, m));
             group.open.len() - 1
         } else {
             // Merge every match into the one with the smallest (start, session_id).

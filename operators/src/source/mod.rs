@@ -9,6 +9,7 @@
 //! probe on the sink so memory stays bounded when the output lags.
 
 pub mod files;
+pub mod memory;
 
 use std::cell::RefCell;
 use std::rc::Rc;
