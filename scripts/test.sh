@@ -37,7 +37,8 @@ trap cleanup EXIT
 ignored=()
 if [ "${SKIP_SERVICES:-0}" != 1 ]; then
   step "services up (Kafka, HBase)"
-  services_up=1
+  # Stop them at the end only if this run started them (a developer's running servers stay).
+  if ! scripts/services.sh status >/dev/null 2>&1; then services_up=1; fi
   scripts/services.sh up
   export KAFKA_BROKERS=127.0.0.1:9092 HBASE_THRIFT=127.0.0.1:9090
   # Tests that need a real server are #[ignore]d by default; run them here.
