@@ -53,7 +53,7 @@ impl SessionArgs {
     /// The job configuration these flags describe.
     pub fn job(&self) -> Result<JobConfig, String> {
         let session =
-            SessionConfig { window_ms: self.window, gap_ms: self.gap, lateness_ms: self.lateness, max_events: self.max_events };
+            SessionConfig { window_ms: self.window, gap_ms: self.gap, lateness_ms: self.lateness, max_events: self.max_events, emit_state: false };
         session.validate()?;
         let source = SourceConfig { window_ms: self.window, lateness_ms: self.lateness, ..SourceConfig::default() };
         Ok(JobConfig { session, source })

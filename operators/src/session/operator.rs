@@ -68,11 +68,23 @@ pub trait Sessionize<'scope> {
     /// assert!(snaps[0].closed && snaps[0].event_count == 2);
     /// ```
     fn sessionize(self, cfg: SessionConfig) -> Sessionized<'scope>;
+
+    /// Like [`Sessionize::sessionize`], starting from a store that already holds restored
+    /// state (sessions open and closed-set entries at a resume point, see
+    /// [`SessionStore::restore_open`]). The store must hold only keys this worker owns
+    /// (`key_hash % peers == index`).
+    fn sessionize_from(self, store: SessionStore) -> Sessionized<'scope>;
 }
 
 /// The routing hash of an event's session key: `session_id`, else `(project_id, visitor_id)`.
 /// Portable (FNV-1a then a 64-bit finalizer), so every process of a cluster routes alike.
 pub fn route_hash(rec: &Sourced) -> u64 {
+    key_hash(rec.event.session_id.as_deref(), rec.event.project_id, &rec.event.visitor_id)
+}
+
+/// The routing hash of a session key (see [`route_hash`]); worker `key_hash % peers` owns it
+/// (timely's exchange takes the hash modulo the number of workers).
+pub fn key_hash(session_id: Option<&str>, project_id: u64, visitor_id: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -80,15 +92,15 @@ pub fn route_hash(rec: &Sourced) -> u64 {
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
     };
-    match &rec.event.session_id {
+    match session_id {
         Some(s) => {
             eat(b"s");
             eat(s.as_bytes());
         }
         None => {
             eat(b"g");
-            eat(&rec.event.project_id.to_le_bytes());
-            eat(rec.event.visitor_id.as_bytes());
+            eat(&project_id.to_le_bytes());
+            eat(visitor_id.as_bytes());
         }
     }
     // splitmix64 finalizer: timely routes on the low bits.
@@ -101,12 +113,17 @@ pub fn route_hash(rec: &Sourced) -> u64 {
 
 impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Sourced> {
     fn sessionize(self, cfg: SessionConfig) -> Sessionized<'scope> {
+        self.sessionize_from(SessionStore::new(cfg))
+    }
+
+    fn sessionize_from(self, store: SessionStore) -> Sessionized<'scope> {
         let gauges = Rc::new(RefCell::new(SessionGauges::default()));
         let shared = Rc::clone(&gauges);
-        let outputs: StreamVec<'scope, u64, SessionOutput> = self.unary_frontier::<CapacityContainerBuilder<Vec<SessionOutput>>, _, _, _>(Exchange::new(route_hash), "Sessionize", move |_cap, _info| {
-            let mut store = SessionStore::new(cfg);
-            // One capability, at the smallest window with work.
-            let mut cap: Option<Capability<u64>> = None;
+        let outputs: StreamVec<'scope, u64, SessionOutput> = self.unary_frontier::<CapacityContainerBuilder<Vec<SessionOutput>>, _, _, _>(Exchange::new(route_hash), "Sessionize", move |initial, _info| {
+            let mut store = store;
+            // One capability, at the smallest window with work (restored sessions due to close
+            // count as work from the start).
+            let mut cap: Option<Capability<u64>> = store.next_window().map(|w| initial.delayed(&w));
             move |(input, frontier), output| {
                 input.for_each(|time, data| {
                     let Some(&t) = time.least() else { return };

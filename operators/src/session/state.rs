@@ -27,11 +27,14 @@ pub struct SessionConfig {
     pub lateness_ms: u64,
     /// Most events listed in a snapshot, in events; counters stay exact past it.
     pub max_events: usize,
+    /// Attach to each snapshot the session's full state (bytes), for sinks that make the job
+    /// resumable from their contents (SessionDB). Off by default (boolean).
+    pub emit_state: bool,
 }
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { window_ms: 60_000, gap_ms: 30 * 60_000, lateness_ms: 5_000, max_events: 1000 }
+        SessionConfig { window_ms: 60_000, gap_ms: 30 * 60_000, lateness_ms: 5_000, max_events: 1000, emit_state: false }
     }
 }
 
@@ -107,10 +110,13 @@ pub struct Snapshot {
     pub merged_into: Option<String>,
     /// The spec's snapshot JSON object (one line, no newline).
     pub json: String,
+    /// The session's state ([`Session::to_state`]) when `emit_state` is on and the session is
+    /// still open after this window.
+    pub state: Option<Vec<u8>>,
 }
 
 /// A session attribute with the `(timestamp, event_id)` of the event that gave it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct SessionAttr {
     key: Box<str>,
     value: AttrValue,
@@ -119,7 +125,7 @@ struct SessionAttr {
 }
 
 /// A listed event: where its bytes are in the arena.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Listed {
     ts: i64,
     revenue: i64,
@@ -139,13 +145,13 @@ const NO_ATTRS: u16 = u16::MAX;
 const SCAN_LIMIT: usize = 24;
 
 /// An accepted event past the list cap: what counting and merging still need.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Unlisted {
     revenue: i64,
 }
 
 /// One open session.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Session {
     id: Box<str>,
     opened: u64,
@@ -568,6 +574,7 @@ impl Session {
             closed,
             opened_window: self.opened,
             merged_into: merged_into.map(str::to_string),
+            state: None,
             // The arena holds only bytes written from `&str`s and ASCII, so this never replaces.
             json: String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         }
@@ -629,6 +636,31 @@ impl Session {
             json::write_str(out, s);
         }
         out.push(b'}');
+    }
+
+    /// The session's whole state as bytes: everything exact resumption needs (listed events,
+    /// every accepted id past the cap with its revenue, attribute provenance).
+    pub fn to_state(&self) -> Vec<u8> {
+        // Serializing plain owned data into a Vec cannot fail.
+        bincode::serialize(self).unwrap_or_default()
+    }
+
+    /// Rebuilds a session from [`Session::to_state`] bytes.
+    pub fn from_state(bytes: &[u8]) -> Result<Session, String> {
+        let mut s: Session = bincode::deserialize(bytes).map_err(|e| format!("bad session state: {e}"))?;
+        s.close_at = u64::MAX;
+        s.touched = 0;
+        Ok(s)
+    }
+
+    /// Project of the first event.
+    pub fn project_id(&self) -> u64 {
+        self.project_id
+    }
+
+    /// Visitor of the first event.
+    pub fn visitor_id(&self) -> &str {
+        &self.visitor_id
     }
 
     /// Approximate heap bytes held by this session (for memory reporting).

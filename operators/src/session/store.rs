@@ -171,8 +171,49 @@ impl SessionStore {
         for r in touched {
             // Sessions that closed at m were emitted (closed) and removed above.
             if let Some(s) = self.get(&r) {
-                out(SessionOutput::Snapshot(s.snapshot(matches!(r, SessionRef::Gap(..)), m, false, None)));
+                let mut snap = s.snapshot(matches!(r, SessionRef::Gap(..)), m, false, None);
+                if self.cfg.emit_state {
+                    snap.state = Some(s.to_state());
+                }
+                out(SessionOutput::Snapshot(snap));
                 self.counters.snapshots += 1;
+            }
+        }
+    }
+
+    /// Restores a session that was open at the end of window `resume - 1` (read back from a
+    /// durable sink); the job then resumes processing at window `resume`. `gap_based` tells
+    /// whether it is keyed by `(project_id, visitor_id)` instead of its id.
+    pub fn restore_open(&mut self, gap_based: bool, mut session: Session, resume: u64) {
+        session.close_at = self.cfg.close_window(session.end(), resume);
+        self.open += 1;
+        if gap_based {
+            let pair: Pair = (session.project_id(), session.visitor_id().into());
+            let r = SessionRef::Gap(pair.0, pair.1.clone(), session.id().into());
+            self.close_index.entry(session.close_at).or_default().push(r);
+            self.gaps.entry(pair).or_default().open.push(session);
+        } else {
+            let key: Box<str> = session.id().into();
+            self.close_index.entry(session.close_at).or_default().push(SessionRef::Id(key.clone()));
+            if self.sessions.insert(key, session).is_some() {
+                self.open -= 1;
+            }
+        }
+    }
+
+    /// Restores a closed-set entry: the session closed at window `closed_at`, so its key stays
+    /// closed through `closed_at + ceil(gap / W)`. Gap-based sessions give their pair and span.
+    pub fn restore_closed(&mut self, gap: Option<(u64, &str, i64, i64)>, session_id: &str, closed_at: u64) {
+        let until = closed_at + self.cfg.closed_windows();
+        match gap {
+            None => {
+                self.closed.insert(session_id.into(), until);
+                self.expire_index.entry(until).or_default().push(ClosedRef::Id(session_id.into()));
+            }
+            Some((project, visitor, start, end)) => {
+                let pair: Pair = (project, visitor.into());
+                self.gaps.entry(pair.clone()).or_default().closed.push((start, end, until));
+                self.expire_index.entry(until).or_default().push(ClosedRef::Gap(pair.0, pair.1));
             }
         }
     }

@@ -92,7 +92,7 @@ pub trait SinkSnapshotFile<'scope> {
     /// let snap = |id: &str| Snapshot { session_id: id.into(), gap_based: false, project_id: 1,
     ///     visitor_id: "v".into(), start: 0, end: 0, event_count: 1, revenue: 0,
     ///     experiments: vec![], window: 0, closed: true, opened_window: 0, merged_into: None,
-    ///     json: format!("{{\"session_id\":\"{id}\"}}") };
+    ///     json: format!("{{\"session_id\":\"{id}\"}}"), state: None };
     /// let f = file.clone();
     /// timely::example(move |scope| {
     ///     vec![snap("b"), snap("a")].to_stream(scope).sink_snapshot_file(Some(f));
