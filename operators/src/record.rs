@@ -66,3 +66,23 @@ mod tests {
         assert_eq!(v["raw"], "{\"a\"");
     }
 }
+
+#[cfg(test)]
+mod exchange_tests {
+    use crate::event::parse_event;
+    use crate::record::Sourced;
+
+    /// timely exchanges data between processes with bincode, which cannot read
+    /// self-describing values: every event must survive it unchanged.
+    #[test]
+    fn events_survive_bincode() {
+        let line = br#"{"event_id":"e","visitor_id":"v","project_id":1,"timestamp":1700000000000,"type":"t","value":1.5e3,"attributes":{"a":"x","b":2,"c":-3.25,"d":true,"e":null,"f":18446744073709551615},"tags":{"k":"v"},"experiments":[{"experiment_id":1,"variation_id":2}]}"#;
+        let event = parse_event(line).unwrap();
+        let rec = Sourced { partition: 3, offset: 9, raw: String::from_utf8_lossy(line).into_owned(), event };
+        let bytes = bincode::serialize(&rec).unwrap();
+        let back: Sourced = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back, rec);
+        let json = serde_json::to_string(&rec).unwrap();
+        assert_eq!(serde_json::from_str::<Sourced>(&json).unwrap(), rec);
+    }
+}

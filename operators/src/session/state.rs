@@ -106,6 +106,9 @@ pub struct Snapshot {
     /// Window in which the session opened (with the id, it names the session for its life:
     /// a client id reused after its closed-set entry expired is a new session).
     pub opened_window: u64,
+    /// Project of the event that opened the session (unlike `project_id`, which follows the
+    /// first event in `(timestamp, event_id)` order, it never changes: fit for a row key).
+    pub opened_project: u64,
     /// Survivor's id when this session was merged into another.
     pub merged_into: Option<String>,
     /// The spec's snapshot JSON object (one line, no newline).
@@ -155,6 +158,7 @@ struct Unlisted {
 pub struct Session {
     id: Box<str>,
     opened: u64,
+    opened_project: u64,
     visitor_id: Box<str>,
     project_id: u64,
     first_ts: i64,
@@ -249,6 +253,7 @@ impl Session {
         Session {
             id: id.into(),
             opened: m,
+            opened_project: first.project_id,
             visitor_id: first.visitor_id.as_str().into(),
             project_id: first.project_id,
             first_ts: first.timestamp,
@@ -573,6 +578,7 @@ impl Session {
             window: m,
             closed,
             opened_window: self.opened,
+            opened_project: self.opened_project,
             merged_into: merged_into.map(str::to_string),
             state: None,
             // The arena holds only bytes written from `&str`s and ASCII, so this never replaces.
@@ -675,5 +681,242 @@ impl Session {
             + self.id.len()
             + self.visitor_id.len()
             + self.first_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Experiment;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    fn ev(id: &str, ts: i64) -> Event {
+        Event {
+            event_id: id.into(),
+            session_id: Some("s1".into()),
+            visitor_id: "v1".into(),
+            project_id: 7,
+            timestamp: ts,
+            kind: "pageview".into(),
+            name: None,
+            revenue: None,
+            value: None,
+            attributes: None,
+            tags: None,
+            experiments: None,
+        }
+    }
+
+    fn attrs(kv: &[(&str, &str)]) -> Option<Vec<(String, AttrValue)>> {
+        Some(kv.iter().map(|(k, v)| (k.to_string(), AttrValue::Str(v.to_string()))).collect())
+    }
+
+    fn snap_value(s: &Session, m: u64, closed: bool) -> Value {
+        let mut out = Vec::new();
+        s.write_json(&mut out, m, closed, None);
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn the_spec_example() {
+        let cfg = SessionConfig::default();
+        let mut e1 = ev("e1", 1_700_000_000_000);
+        e1.attributes = attrs(&[("browser", "chrome"), ("country", "US")]);
+        e1.experiments = Some(vec![Experiment { experiment_id: 11, variation_id: 2 }]);
+        let mut e2 = ev("e2", 1_700_000_060_000);
+        e2.kind = "click".into();
+        e2.name = Some("add_to_cart".into());
+        e2.revenue = Some(1299);
+        e2.tags = Some(vec![("sku".into(), "A1".into())]);
+        e2.attributes = attrs(&[("browser", "chrome"), ("country", "CA")]);
+        e2.experiments = Some(vec![Experiment { experiment_id: 12, variation_id: 1 }]);
+        let mut s = Session::open("s1", &e1, 0);
+        s.accept(&e1, &cfg);
+        s.accept(&e2, &cfg);
+        let got = snap_value(&s, 28_333_334, false);
+        let want = json!({"session_id":"s1","project_id":7,"visitor_id":"v1","start":1700000000000i64,
+            "end":1700000060000i64,"event_count":2,"revenue":1299,
+            "attributes":{"browser":"chrome","country":"US"},"experiments":[[11,2],[12,1]],
+            "events":[{"event_id":"e1","timestamp":1700000000000i64,"type":"pageview",
+                       "experiments":[{"experiment_id":11,"variation_id":2}]},
+                      {"event_id":"e2","timestamp":1700000060000i64,"type":"click","name":"add_to_cart",
+                       "revenue":1299,"tags":{"sku":"A1"},"experiments":[{"experiment_id":12,"variation_id":1}],
+                       "attributes":{"country":"CA"}}],
+            "truncated":false,"window":28333334,"closed":false});
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn an_earlier_event_changes_attributes_and_first_event() {
+        let cfg = SessionConfig::default();
+        let mut late = ev("a", 100);
+        late.attributes = attrs(&[("country", "FR")]);
+        late.visitor_id = "v0".into();
+        let mut e = ev("b", 200);
+        e.attributes = attrs(&[("country", "US")]);
+        let mut s = Session::open("s1", &e, 0);
+        s.accept(&e, &cfg);
+        assert_eq!(snap_value(&s, 1, false)["events"][0].get("attributes"), None);
+        s.accept(&late, &cfg);
+        let v = snap_value(&s, 2, false);
+        assert_eq!(v["attributes"], json!({"country":"FR"}));
+        assert_eq!(v["visitor_id"], "v0");
+        assert_eq!(v["events"][0]["event_id"], "a");
+        assert_eq!(v["events"][0].get("attributes"), None);
+        assert_eq!(v["events"][1]["attributes"], json!({"country":"US"}));
+        assert_eq!(v["start"], 100);
+    }
+
+    #[test]
+    fn truncation_keeps_the_first_events_and_exact_counters() {
+        let cfg = SessionConfig { max_events: 2, ..SessionConfig::default() };
+        let mut s = Session::open("s1", &ev("e5", 500), 0);
+        for (id, ts, rev) in [("e5", 500, 1), ("e3", 300, 10), ("e4", 400, 100), ("e1", 100, 1000), ("e2", 200, 10000)] {
+            let mut e = ev(id, ts);
+            e.revenue = Some(rev);
+            assert!(!s.has_event(id));
+            s.accept(&e, &cfg);
+            assert!(s.has_event(id));
+        }
+        let v = snap_value(&s, 1, true);
+        assert_eq!(v["event_count"], 5);
+        assert_eq!(v["revenue"], 11111);
+        assert_eq!(v["truncated"], true);
+        let ids: Vec<&str> = v["events"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["e1", "e2"]);
+    }
+
+    #[test]
+    fn absorb_drops_copies_the_survivor_has() {
+        let cfg = SessionConfig { max_events: 2, ..SessionConfig::default() };
+        let mut a = Session::open("v@1", &ev("x", 1), 0);
+        let mut b = Session::open("v@5", &ev("y", 5), 0);
+        for (id, ts, rev) in [("x", 1, 1), ("dup", 3, 10)] {
+            let mut e = ev(id, ts);
+            e.revenue = Some(rev);
+            a.accept(&e, &cfg);
+        }
+        for (id, ts, rev) in [("y", 5, 100), ("dup", 3, 10), ("z", 9, 1000)] {
+            let mut e = ev(id, ts);
+            e.revenue = Some(rev);
+            b.accept(&e, &cfg);
+        }
+        let dropped = a.absorb(b, &cfg);
+        assert_eq!(dropped, 1);
+        let v = snap_value(&a, 1, false);
+        assert_eq!(v["event_count"], 4);
+        assert_eq!(v["revenue"], 1111);
+        assert_eq!((v["start"].as_i64(), v["end"].as_i64()), (Some(1), Some(9)));
+        assert!(a.has_event("z") && a.has_event("y"));
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let cfg = SessionConfig { max_events: 3, ..SessionConfig::default() };
+        let mut s = Session::open("s1", &ev("a", 10), 4);
+        for i in 0..6 {
+            let mut e = ev(&format!("e{i}"), 10 + i);
+            e.attributes = attrs(&[("k", if i % 2 == 0 { "x" } else { "y" })]);
+            s.accept(&e, &cfg);
+        }
+        let back = Session::from_state(&s.to_state()).unwrap();
+        assert_eq!(snap_value(&back, 9, false), snap_value(&s, 9, false));
+        assert!(back.has_event("e5") && !back.has_event("nope"));
+        assert!(Session::from_state(b"garbage").is_err());
+    }
+
+    #[test]
+    fn close_window_boundary() {
+        let cfg = SessionConfig { window_ms: 1000, gap_ms: 5000, ..SessionConfig::default() };
+        // end + gap < (m + 1) * W: end 2000 -> 7000 < (m+1)*1000 -> m = 7.
+        assert_eq!(cfg.close_window(2000, 0), 7);
+        assert_eq!(cfg.close_window(2999, 0), 7);
+        assert_eq!(cfg.close_window(2000, 9), 9);
+        assert_eq!(cfg.closed_windows(), 5);
+        assert_eq!(SessionConfig { gap_ms: 5001, ..cfg }.closed_windows(), 6);
+    }
+
+    /// A plain model of the snapshot over a set of accepted events (ids unique).
+    fn model(events: &[Event], max: usize) -> Value {
+        let mut sorted: Vec<&Event> = events.iter().collect();
+        sorted.sort_by(|a, b| (a.timestamp, &a.event_id).cmp(&(b.timestamp, &b.event_id)));
+        let mut session_attrs = serde_json::Map::new();
+        for e in &sorted {
+            for (k, v) in e.attributes.iter().flatten() {
+                if !session_attrs.contains_key(k) {
+                    session_attrs.insert(k.clone(), serde_json::to_value(v).unwrap());
+                }
+            }
+        }
+        let listed: Vec<Value> = sorted
+            .iter()
+            .take(max)
+            .map(|e| {
+                let mut o = serde_json::Map::new();
+                o.insert("event_id".into(), json!(e.event_id));
+                o.insert("timestamp".into(), json!(e.timestamp));
+                o.insert("type".into(), json!(e.kind));
+                if let Some(r) = e.revenue {
+                    o.insert("revenue".into(), json!(r));
+                }
+                let diff: serde_json::Map<String, Value> = e
+                    .attributes
+                    .iter()
+                    .flatten()
+                    .filter(|(k, v)| session_attrs.get(k) != Some(&serde_json::to_value(v).unwrap()))
+                    .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap()))
+                    .collect();
+                if !diff.is_empty() {
+                    o.insert("attributes".into(), Value::Object(diff));
+                }
+                Value::Object(o)
+            })
+            .collect();
+        json!({
+            "session_id": "s1", "project_id": sorted[0].project_id, "visitor_id": sorted[0].visitor_id,
+            "start": sorted.iter().map(|e| e.timestamp).min(), "end": sorted.iter().map(|e| e.timestamp).max(),
+            "event_count": events.len(), "revenue": events.iter().map(|e| e.revenue.unwrap_or(0)).sum::<i64>(),
+            "attributes": session_attrs, "experiments": [], "events": listed,
+            "truncated": events.len() > max, "window": 1, "closed": false,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn snapshot_matches_a_plain_model(
+            raw in proptest::collection::vec((0i64..20, 0u8..4, 0u8..3, proptest::option::of(-50i64..50)), 1..40),
+            max in 0usize..6,
+        ) {
+            let cfg = SessionConfig { max_events: max, ..SessionConfig::default() };
+            let mut events = Vec::new();
+            for (i, (ts, v1, v2, rev)) in raw.iter().enumerate() {
+                let mut e = ev(&format!("e{:02}", (i * 7) % 41), 1_000 + ts);
+                e.visitor_id = format!("v{v1}");
+                e.revenue = *rev;
+                let vals = ["a", "b", "c", "d"];
+                e.attributes = match v2 { 0 => None, 1 => attrs(&[("k", vals[*v1 as usize])]),
+                    _ => attrs(&[("k", vals[(*v1 as usize + 1) % 4]), ("z", "1")]) };
+                if !events.iter().any(|x: &Event| x.event_id == e.event_id) {
+                    events.push(e);
+                }
+            }
+            let mut s = Session::open("s1", &events[0], 0);
+            for e in &events {
+                prop_assert!(!s.has_event(&e.event_id));
+                s.accept(e, &cfg);
+            }
+            prop_assert_eq!(snap_value(&s, 1, false), model(&events, max));
+            // Splitting the events over two sessions and merging gives the same snapshot.
+            let (left, right) = events.split_at(events.len() / 2);
+            if !left.is_empty() && !right.is_empty() {
+                let mut a = Session::open("s1", &left[0], 0);
+                left.iter().for_each(|e| a.accept(e, &cfg));
+                let mut b = Session::open("s2", &right[0], 0);
+                right.iter().for_each(|e| b.accept(e, &cfg));
+                prop_assert_eq!(a.absorb(b, &cfg), 0);
+                prop_assert_eq!(snap_value(&a, 1, false), model(&events, max));
+            }
+        }
     }
 }

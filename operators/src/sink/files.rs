@@ -91,7 +91,7 @@ pub trait SinkSnapshotFile<'scope> {
     /// let file = Rc::new(RefCell::new(LineFile::create(&path).unwrap()));
     /// let snap = |id: &str| Snapshot { session_id: id.into(), gap_based: false, project_id: 1,
     ///     visitor_id: "v".into(), start: 0, end: 0, event_count: 1, revenue: 0,
-    ///     experiments: vec![], window: 0, closed: true, opened_window: 0, merged_into: None,
+    ///     experiments: vec![], window: 0, closed: true, opened_window: 0, opened_project: 1, merged_into: None,
     ///     json: format!("{{\"session_id\":\"{id}\"}}"), state: None };
     /// let f = file.clone();
     /// timely::example(move |scope| {

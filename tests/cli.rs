@@ -1,0 +1,115 @@
+//! Command-line behaviour: clear errors naming paths, no half-written outputs, the demo and
+//! generate commands end to end.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sessionflow"))
+}
+
+fn replay(dir: &Path, inputs: &[&Path], output: &Path) -> std::process::Output {
+    let mut c = bin();
+    c.arg("replay");
+    for i in inputs {
+        c.arg("--input").arg(i);
+    }
+    c.arg("--output").arg(output);
+    c.arg("--dead-letter").arg(dir.join("dead.jsonl"));
+    c.arg("--stats").arg(dir.join("stats.json"));
+    c.output().unwrap()
+}
+
+const LINE: &str = r#"{"event_id":"e1","session_id":"s1","visitor_id":"v1","project_id":7,"timestamp":1700000000000,"type":"pageview"}"#;
+
+#[test]
+fn missing_input_is_a_clear_error_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.jsonl");
+    let out = replay(dir.path(), &[&missing], &dir.path().join("out.jsonl"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope.jsonl"), "stderr: {err}");
+    assert!(!dir.path().join("out.jsonl").exists());
+    assert!(!dir.path().join("stats.json").exists());
+}
+
+#[test]
+fn unwritable_output_is_a_clear_error_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("p0.jsonl");
+    std::fs::write(&input, format!("{LINE}\n")).unwrap();
+    let output = dir.path().join("no-such-dir").join("out.jsonl");
+    let out = replay(dir.path(), &[&input], &output);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-dir"), "stderr: {err}");
+    assert!(!dir.path().join("dead.jsonl").exists());
+    assert!(!dir.path().join("stats.json").exists());
+}
+
+#[test]
+fn replay_writes_all_three_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("p0.jsonl");
+    std::fs::write(&input, format!("{LINE}\r\n\n   \n{{\"a\":1e400}}\n{LINE}")).unwrap();
+    let output = dir.path().join("out.jsonl");
+    let out = replay(dir.path(), &[&input], &output);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let snaps = std::fs::read_to_string(&output).unwrap();
+    assert_eq!(snaps.lines().count(), 2, "{snaps}");
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("stats.json")).unwrap()).unwrap();
+    // 4 non-empty lines: 1 accepted, 1 duplicate, 2 invalid (spaces, 1e400).
+    assert_eq!(stats["events_read"], 4);
+    assert_eq!(stats["accepted"], 1);
+    assert_eq!(stats["duplicates"], 1);
+    assert_eq!(stats["invalid"], 2);
+    let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
+    let offsets: Vec<u64> =
+        dead.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, [2, 3]);
+    assert!(!dir.path().join("out.jsonl.tmp").exists());
+}
+
+#[test]
+fn generate_then_replay_is_identical_for_1_and_3_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let st = bin().args(["generate", "--events", "20000", "--partitions", "3", "--seed", "7", "--out-dir"]).arg(&data).status().unwrap();
+    assert!(st.success());
+    let mut outs = Vec::new();
+    for w in ["1", "3"] {
+        let o = dir.path().join(format!("out{w}.jsonl"));
+        let mut c = bin();
+        c.arg("replay");
+        for p in 0..3 {
+            c.arg("--input").arg(data.join(format!("p{p}.jsonl")));
+        }
+        c.arg("--output").arg(&o).arg("--dead-letter").arg(dir.path().join(format!("dead{w}.jsonl")));
+        c.arg("--stats").arg(dir.path().join(format!("stats{w}.json"))).args(["--workers", w]);
+        let r = c.output().unwrap();
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        outs.push((
+            std::fs::read(&o).unwrap(),
+            std::fs::read(dir.path().join(format!("dead{w}.jsonl"))).unwrap(),
+            std::fs::read(dir.path().join(format!("stats{w}.json"))).unwrap(),
+        ));
+    }
+    assert!(!outs[0].0.is_empty());
+    assert!(outs[0] == outs[1], "outputs differ between 1 and 3 workers");
+}
+
+#[test]
+fn demo_runs_and_prints_the_variation_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin().args(["demo", "--events", "20000", "--workers", "2", "--out-dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("(all sessions)") && table.contains("exp "), "{table}");
+    let rows = std::fs::read_to_string(dir.path().join("sessiondb.jsonl")).unwrap();
+    assert!(rows.lines().count() > 100);
+    assert!(rows.lines().all(|l| l.contains("\"closed\":true")));
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["events_read"], 20000);
+}
