@@ -388,3 +388,156 @@ impl SessionStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    const W: u64 = 1_000;
+
+    fn cfg() -> SessionConfig {
+        SessionConfig { window_ms: W, gap_ms: 3 * W, lateness_ms: 0, max_events: 10, emit_state: false }
+    }
+
+    fn rec(id: &str, session: Option<&str>, visitor: &str, ts: i64) -> Sourced {
+        Sourced {
+            partition: 0,
+            offset: ts as u64,
+            raw: format!("raw-{id}"),
+            event: Event {
+                event_id: id.into(),
+                session_id: session.map(Into::into),
+                visitor_id: visitor.into(),
+                project_id: 1,
+                timestamp: ts,
+                kind: "pageview".into(),
+                name: None,
+                revenue: Some(1),
+                value: None,
+                attributes: None,
+                tags: None,
+                experiments: None,
+            },
+        }
+    }
+
+    /// Processes every window with work up to `until` (inclusive), like the operator does.
+    fn run(store: &mut SessionStore, until: u64) -> Vec<SessionOutput> {
+        let mut out = Vec::new();
+        while let Some(m) = store.next_window() {
+            if m > until {
+                break;
+            }
+            store.process(m, &mut |o| out.push(o));
+        }
+        out
+    }
+
+    fn snaps(out: &[SessionOutput]) -> Vec<(&str, u64, bool, Option<&str>, u64)> {
+        out.iter()
+            .filter_map(|o| match o {
+                SessionOutput::Snapshot(s) => {
+                    Some((s.session_id.as_str(), s.window, s.closed, s.merged_into.as_deref(), s.event_count))
+                }
+                SessionOutput::DeadLetter(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sessions_close_in_windows_without_data() {
+        let mut st = SessionStore::new(cfg());
+        st.insert(10, rec("a", Some("s"), "v", 10_500));
+        let out = run(&mut st, 10);
+        assert_eq!(snaps(&out), [("s", 10, false, None, 1)]);
+        // end 10_500 + gap 3_000 < (m+1) * 1_000  =>  m = 13; nothing arrives meanwhile.
+        assert_eq!(st.next_window(), Some(13));
+        let out = run(&mut st, 100);
+        assert_eq!(snaps(&out), [("s", 13, true, None, 1)]);
+        assert_eq!(st.open_sessions(), 0);
+        assert_eq!(st.counters().sessions_closed, 1);
+    }
+
+    #[test]
+    fn closed_keys_reject_events_until_the_entry_expires() {
+        let mut st = SessionStore::new(cfg());
+        st.insert(10, rec("a", Some("s"), "v", 10_000));
+        run(&mut st, 100); // closes at 13; closed through 13 + 3 = 16
+        st.insert(16, rec("b", Some("s"), "v", 16_000));
+        let out = run(&mut st, 16);
+        assert!(matches!(&out[..], [SessionOutput::DeadLetter(d)] if d.reason == "session_closed" && d.raw == "raw-b"));
+        st.insert(17, rec("c", Some("s"), "v", 17_000));
+        let out = run(&mut st, 17);
+        assert_eq!(snaps(&out), [("s", 17, false, None, 1)]);
+        let c = st.counters();
+        assert_eq!((c.accepted, c.late, c.sessions_opened), (2, 1, 2));
+    }
+
+    #[test]
+    fn one_snapshot_per_session_per_window_and_duplicates_counted() {
+        let mut st = SessionStore::new(cfg());
+        for (id, ts) in [("a", 10_100), ("b", 10_200), ("a", 10_300)] {
+            st.insert(10, rec(id, Some("s"), "v", ts));
+        }
+        let out = run(&mut st, 10);
+        assert_eq!(snaps(&out), [("s", 10, false, None, 2)]);
+        assert_eq!(st.counters().duplicates, 1);
+    }
+
+    #[test]
+    fn gap_sessions_merge_into_the_earliest() {
+        let mut st = SessionStore::new(cfg());
+        st.insert(20, rec("a", None, "v", 20_000));
+        run(&mut st, 20);
+        // Two late events in window 21: the first opens v@15000 (too far from v@20000), the
+        // second is within the gap of both, so v@20000 merges into the earlier v@15000.
+        st.insert(21, rec("l1", None, "v", 15_000));
+        st.insert(21, rec("l2", None, "v", 17_500));
+        let out = run(&mut st, 21);
+        let mut got = snaps(&out);
+        got.sort();
+        assert_eq!(got, [("v@15000", 21, false, None, 3), ("v@20000", 21, true, Some("v@15000"), 1)]);
+        let c = st.counters();
+        assert_eq!((c.accepted, c.sessions_opened, c.sessions_closed), (3, 2, 1));
+        // The survivor ends with every event: end 20_000 + gap < (m + 1) * W  =>  m = 23.
+        let out = run(&mut st, 1_000);
+        assert_eq!(snaps(&out), [("v@15000", 23, true, None, 3)]);
+    }
+
+    #[test]
+    fn restored_sessions_close_and_keep_their_events() {
+        let mut st = SessionStore::new(cfg());
+        st.insert(10, rec("a", Some("s"), "v", 10_000));
+        let mut state = None;
+        let mut c = cfg();
+        c.emit_state = true;
+        let mut with_state = SessionStore::new(c);
+        with_state.insert(10, rec("a", Some("s"), "v", 10_000));
+        with_state.process(10, &mut |o| {
+            if let SessionOutput::Snapshot(s) = o {
+                state = s.state;
+            }
+        });
+        let session = Session::from_state(&state.unwrap()).unwrap();
+        let mut restored = SessionStore::new(cfg());
+        restored.restore_open(false, session, 11);
+        restored.insert(12, rec("b", Some("s"), "v", 12_000));
+        st.insert(12, rec("b", Some("s"), "v", 12_000));
+        let a = run(&mut st, 1_000);
+        let b = run(&mut restored, 1_000);
+        let json = |o: &[SessionOutput]| {
+            o.iter()
+                .filter_map(|x| match x {
+                    SessionOutput::Snapshot(s) if s.window >= 11 => Some(s.json.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(json(&a), json(&b));
+        restored.restore_closed(None, "x", 20);
+        restored.insert(21, rec("z", Some("x"), "v", 21_000));
+        let out = run(&mut restored, 21);
+        assert!(matches!(&out[..], [SessionOutput::DeadLetter(_)]));
+    }
+}
