@@ -16,8 +16,8 @@ use sessionflow::generate::{self, GenerateArgs};
 use sessionflow_operators::event::{AttrValue, Event, Experiment};
 use sessionflow_operators::record::Sourced;
 use sessionflow_operators::session::{SessionConfig, SessionStore, Sessionize};
-use timely::dataflow::operators::Probe;
 use timely::dataflow::operators::vec::Input;
+use timely::dataflow::operators::Probe;
 
 const T0: i64 = 1_700_000_000_000;
 
@@ -31,11 +31,20 @@ fn event(s: u64, i: u64, ts: i64) -> Sourced {
         ("browser".to_string(), AttrValue::Str("chrome".into())),
         ("country".to_string(), AttrValue::Str("US".into())),
         ("device".to_string(), AttrValue::Str("desktop".into())),
-        ("ip".to_string(), AttrValue::Str(format!("10.{}.{}.{}", s % 256, (s / 256) % 256, s % 7))),
+        (
+            "ip".to_string(),
+            AttrValue::Str(format!("10.{}.{}.{}", s % 256, (s / 256) % 256, s % 7)),
+        ),
         ("language".to_string(), AttrValue::Str("en-US".into())),
         ("os".to_string(), AttrValue::Str("windows".into())),
     ];
-    let kind = if i == 0 { "pageview" } else if i % 5 == 4 { "click" } else { "pageview" };
+    let kind = if i == 0 {
+        "pageview"
+    } else if i % 5 == 4 {
+        "click"
+    } else {
+        "pageview"
+    };
     Sourced {
         partition: (s % 4) as u32,
         offset: s * 16 + i,
@@ -52,14 +61,23 @@ fn event(s: u64, i: u64, ts: i64) -> Sourced {
             value: None,
             attributes: Some(attrs),
             tags: Some(vec![("path".to_string(), format!("/p/SKU-{:05}", (s + i) % 20_000))]),
-            experiments: (i == 1).then(|| vec![Experiment { experiment_id: 11, variation_id: s % 3 }]),
+            experiments: (i == 1).then(|| {
+                vec![Experiment {
+                    experiment_id: 11,
+                    variation_id: s % 3,
+                }]
+            }),
         },
     }
 }
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -153,8 +171,18 @@ fn bench_replay(dir: &std::path::Path, inputs: &[std::path::PathBuf], lines: u64
         output: dir.join(format!("out-{workers}.jsonl")),
         dead_letter: dir.join(format!("dead-{workers}.jsonl")),
         stats: dir.join(format!("stats-{workers}.json")),
-        session: sessionflow::config::SessionArgs { window: 60_000, gap: 1_800_000, lateness: 5_000, max_events: 1000 },
-        cluster: sessionflow::cluster::ClusterArgs { workers, processes: 1, process_id: 0, hostfile: None },
+        session: sessionflow::config::SessionArgs {
+            window: 60_000,
+            gap: 1_800_000,
+            lateness: 5_000,
+            max_events: 1000,
+        },
+        cluster: sessionflow::cluster::ClusterArgs {
+            workers,
+            processes: 1,
+            process_id: 0,
+            hostfile: None,
+        },
     };
     let started = Instant::now();
     let stats = replay::run(args).ok().flatten();
@@ -172,7 +200,11 @@ fn main() {
 
     let sessions = if q { 20_000 } else { 200_000 };
     let rate = bench_operator(sessions);
-    println!("1. sessionize operator, 1 worker, pre-parsed events ({} events): {:.2} M events/s", sessions * 10, rate / 1e6);
+    println!(
+        "1. sessionize operator, 1 worker, pre-parsed events ({} events): {:.2} M events/s",
+        sessions * 10,
+        rate / 1e6
+    );
 
     let changed = 10_000;
     let (small, large) = if q { (20_000, 100_000) } else { (100_000, 2_000_000) };
@@ -191,7 +223,12 @@ fn main() {
 
     let lines = if q { 100_000 } else { 1_000_000 };
     let dir = std::env::temp_dir().join(format!("sessionflow-bench-{}", std::process::id()));
-    let gen = GenerateArgs { events: lines, partitions: 4, out_dir: dir.clone(), ..GenerateArgs::default() };
+    let gen = GenerateArgs {
+        events: lines,
+        partitions: 4,
+        out_dir: dir.clone(),
+        ..GenerateArgs::default()
+    };
     let summary = generate::write_files(&gen).expect("generate");
     let r1 = bench_replay(&dir, &summary.files, lines, 1);
     let r2 = bench_replay(&dir, &summary.files, lines, 2);

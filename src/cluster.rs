@@ -29,12 +29,23 @@ impl ClusterArgs {
         }
         let communication = if self.processes > 1 {
             if self.process_id >= self.processes {
-                return Err(format!("--process-id {} must be below --processes {}", self.process_id, self.processes));
+                return Err(format!(
+                    "--process-id {} must be below --processes {}",
+                    self.process_id, self.processes
+                ));
             }
-            let path = self.hostfile.as_ref().ok_or("--hostfile is required with --processes > 1")?;
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read hostfile {}: {e}", path.display()))?;
-            let addresses: Vec<String> =
-                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+            let path = self
+                .hostfile
+                .as_ref()
+                .ok_or("--hostfile is required with --processes > 1")?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read hostfile {}: {e}", path.display()))?;
+            let addresses: Vec<String> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from)
+                .collect();
             if addresses.len() != self.processes {
                 return Err(format!(
                     "hostfile {} lists {} addresses but --processes is {}",
@@ -55,7 +66,10 @@ impl ClusterArgs {
         } else {
             timely::CommunicationConfig::Thread
         };
-        Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
+        Ok(timely::Config {
+            communication,
+            worker: timely::WorkerConfig::default(),
+        })
     }
 
     /// Whether this process writes the output files (process 0).

@@ -11,7 +11,9 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad duration {text:?}: expected e.g. 60s, 30m, 500ms"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}: expected e.g. 60s, 30m, 500ms"))?;
     let scale = match unit {
         "" | "ms" => 1,
         "s" => 1_000,
@@ -19,7 +21,8 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         "h" => 3_600_000,
         _ => return Err(format!("bad duration unit in {text:?}: use ms, s, m or h")),
     };
-    n.checked_mul(scale).ok_or_else(|| format!("duration {text:?} is too large"))
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("duration {text:?} is too large"))
 }
 
 /// The session flags shared by `replay`, `run` and `demo`.
@@ -52,10 +55,19 @@ pub struct JobConfig {
 impl SessionArgs {
     /// The job configuration these flags describe.
     pub fn job(&self) -> Result<JobConfig, String> {
-        let session =
-            SessionConfig { window_ms: self.window, gap_ms: self.gap, lateness_ms: self.lateness, max_events: self.max_events, emit_state: false };
+        let session = SessionConfig {
+            window_ms: self.window,
+            gap_ms: self.gap,
+            lateness_ms: self.lateness,
+            max_events: self.max_events,
+            emit_state: false,
+        };
         session.validate()?;
-        let source = SourceConfig { window_ms: self.window, lateness_ms: self.lateness, ..SourceConfig::default() };
+        let source = SourceConfig {
+            window_ms: self.window,
+            lateness_ms: self.lateness,
+            ..SourceConfig::default()
+        };
         Ok(JobConfig { session, source })
     }
 }

@@ -198,16 +198,11 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 const LATEST_START_MS: i64 = END_TIMESTAMP_MS - 10 * 366 * 24 * 3_600_000;
 
 fn parse_start_ms(s: &str) -> Result<i64, String> {
-    let v: i64 = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("not an integer: {e}"))?;
+    let v: i64 = s.trim().parse().map_err(|e| format!("not an integer: {e}"))?;
     if (MIN_TIMESTAMP_MS..=LATEST_START_MS).contains(&v) {
         Ok(v)
     } else {
-        Err(format!(
-            "{v} is outside [{MIN_TIMESTAMP_MS}, {LATEST_START_MS}] ms"
-        ))
+        Err(format!("{v} is outside [{MIN_TIMESTAMP_MS}, {LATEST_START_MS}] ms"))
     }
 }
 
@@ -233,10 +228,7 @@ impl GenerateArgs {
             return Err("--duplicates plus --invalid must not exceed 1".into());
         }
         if self.partitions == 0 || self.partitions > 65_536 {
-            return Err(format!(
-                "--partitions must be in 1..=65536, got {}",
-                self.partitions
-            ));
+            return Err(format!("--partitions must be in 1..=65536, got {}", self.partitions));
         }
         if self.projects == 0 || self.visitors_per_project == 0 {
             return Err("--projects and --visitors-per-project must be at least 1".into());
@@ -301,13 +293,7 @@ pub struct GenerateSummary {
 /// seconds, microseconds, 0 or 2100; negative or overflowing `project_id`; empty `type`;
 /// over-long `event_id`; empty `session_id`; `NaN`, `Infinity`, `1e400`), `missing_field`
 /// (`event_id` or `visitor_id` absent), `oversized` (valid JSON over 64 KiB).
-pub const INVALID_KINDS: [&str; 5] = [
-    "malformed",
-    "wrong_type",
-    "out_of_range",
-    "missing_field",
-    "oversized",
-];
+pub const INVALID_KINDS: [&str; 5] = ["malformed", "wrong_type", "out_of_range", "missing_field", "oversized"];
 
 /// Kafka's (Java client) murmur2 hash of a message key.
 pub fn murmur2(data: &[u8]) -> u32 {
@@ -478,9 +464,7 @@ fn sample_session_len(rng: &mut ChaCha8Rng) -> (u32, bool) {
 
 fn mean_session_len() -> f64 {
     let long_mean = (LONG_MAX - LONG_MIN) / (LONG_MAX / LONG_MIN).ln();
-    BOUNCE_SHARE
-        + (1.0 - BOUNCE_SHARE - LONG_SHARE) * (2.0 + NORMAL_EXTRA_MEAN)
-        + LONG_SHARE * long_mean
+    BOUNCE_SHARE + (1.0 - BOUNCE_SHARE - LONG_SHARE) * (2.0 + NORMAL_EXTRA_MEAN) + LONG_SHARE * long_mean
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -498,11 +482,7 @@ const BROWSER_W: [[u32; 5]; 5] = [
     [80, 0, 0, 0, 20],
     [15, 85, 0, 0, 0],
 ];
-const SCREENS: [[u16; 4]; 3] = [
-    [1920, 1536, 1440, 2560],
-    [390, 412, 360, 430],
-    [820, 768, 1024, 800],
-];
+const SCREENS: [[u16; 4]; 3] = [[1920, 1536, 1440, 2560], [390, 412, 360, 430], [820, 768, 1024, 800]];
 /// (country, language, currency).
 const COUNTRIES: [(&str, &str, &str); 16] = [
     ("US", "en-US", "USD"),
@@ -729,10 +709,7 @@ impl Wheel {
                     }
                 }
             }
-            let horizon = self
-                .later
-                .peek()
-                .map_or(i64::MAX, |Reverse((ts, _))| *ts - WHEEL_MS);
+            let horizon = self.later.peek().map_or(i64::MAX, |Reverse((ts, _))| *ts - WHEEL_MS);
             while self.cursor < limit {
                 if let Some(slot) = self.buckets[Self::bucket(self.cursor)].pop() {
                     self.in_buckets -= 1;
@@ -810,9 +787,7 @@ impl Source {
                     break id;
                 }
             };
-            let visitors = ((cfg.visitors_per_project as f64 * n_projects as f64 * w / total)
-                .round() as u64)
-                .max(1);
+            let visitors = ((cfg.visitors_per_project as f64 * n_projects as f64 * w / total).round() as u64).max(1);
             let n_exp = if i * 10 < n_projects {
                 rng.random_range(3..=6)
             } else {
@@ -937,10 +912,7 @@ impl Source {
             .project_cum
             .partition_point(|&c| c < u)
             .min(self.projects.len() - 1);
-        let (base, pop) = (
-            self.projects[project].visitor_base,
-            self.projects[project].visitors,
-        );
+        let (base, pop) = (self.projects[project].visitor_base, self.projects[project].visitors);
         // Skewed choice: a few visitors return often; avoid a visitor already in a session.
         let mut visitor = base;
         for _ in 0..4 {
@@ -1412,8 +1384,7 @@ fn render_event(
                 buf.push(b',');
             }
             let n = e.variations.len() as u64;
-            let v = e.variations
-                [(mix64(s.visitor ^ e.id.rotate_left(17) ^ keys.variation) % n) as usize];
+            let v = e.variations[(mix64(s.visitor ^ e.id.rotate_left(17) ^ keys.variation) % n) as usize];
             buf.extend_from_slice(b"{\"experiment_id\":");
             push_u64(buf, e.id);
             buf.extend_from_slice(b",\"variation_id\":");
@@ -1492,11 +1463,7 @@ impl Emission {
                 ts + self.rng.random_range(300..=OUT_OF_ORDER_MAX_DELAY_MS)
             } else if r < self.ooo + self.late {
                 meta.delay = 2;
-                ts + log_uniform(
-                    &mut self.rng,
-                    LATE_MIN_DELAY_MS as f64,
-                    LATE_MAX_DELAY_MS as f64,
-                ) as i64
+                ts + log_uniform(&mut self.rng, LATE_MIN_DELAY_MS as f64, LATE_MAX_DELAY_MS as f64) as i64
             } else {
                 match self.delayed.peek() {
                     Some(top) if top.emit <= ts => ts,
@@ -1654,14 +1621,12 @@ impl Generator {
                 // Mostly the last few lines (a producer retry), sometimes further back.
                 let u: f64 = self.rng.random();
                 let back = ((self.ring.len() as f64) * u * u * u) as usize;
-                let idx = (self.ring_pos + self.ring.len() - 1 - back.min(self.ring.len() - 1))
-                    % self.ring.len();
+                let idx = (self.ring_pos + self.ring.len() - 1 - back.min(self.ring.len() - 1)) % self.ring.len();
                 &self.ring[idx]
             }
             .clone();
             if self.partitions > 1 && self.rng.random_bool(CROSS_PARTITION_DUPLICATES) {
-                partition =
-                    (partition + self.rng.random_range(1..self.partitions)) % self.partitions;
+                partition = (partition + self.rng.random_range(1..self.partitions)) % self.partitions;
                 self.summary.duplicates_cross_partition += 1;
             }
             *buf = line;
@@ -1787,11 +1752,7 @@ fn find_field(buf: &[u8], key: &str) -> Option<(usize, usize, usize)> {
             }
             end?
         }
-        _ => {
-            vs + buf[vs..]
-                .iter()
-                .position(|&b| b == b',' || b == b'}' || b == b']')?
-        }
+        _ => vs + buf[vs..].iter().position(|&b| b == b',' || b == b'}' || b == b']')?,
     };
     Some((start, vs, ve))
 }
@@ -1893,11 +1854,7 @@ fn corrupt(rng: &mut ChaCha8Rng, buf: &mut Vec<u8>) -> usize {
         }
         9 => {
             buf.clear();
-            buf.extend_from_slice(if rng.random_bool(0.5) {
-                b"null"
-            } else {
-                b"\"pageview\""
-            });
+            buf.extend_from_slice(if rng.random_bool(0.5) { b"null" } else { b"\"pageview\"" });
             WRONG_TYPE
         }
         10 => {
@@ -1939,10 +1896,7 @@ fn corrupt(rng: &mut ChaCha8Rng, buf: &mut Vec<u8>) -> usize {
         }
         16 => {
             // A client that sends microseconds.
-            push_i64(
-                &mut num,
-                field_number(buf, "timestamp").saturating_mul(1000),
-            );
+            push_i64(&mut num, field_number(buf, "timestamp").saturating_mul(1000));
             set_field(buf, "timestamp", &num);
             OUT_OF_RANGE
         }
@@ -2008,11 +1962,7 @@ fn corrupt(rng: &mut ChaCha8Rng, buf: &mut Vec<u8>) -> usize {
             WRONG_TYPE
         }
         28 => {
-            set_field(
-                buf,
-                "experiments",
-                b"{\"experiment_id\":1,\"variation_id\":2}",
-            );
+            set_field(buf, "experiments", b"{\"experiment_id\":1,\"variation_id\":2}");
             WRONG_TYPE
         }
         _ => {
@@ -2020,8 +1970,7 @@ fn corrupt(rng: &mut ChaCha8Rng, buf: &mut Vec<u8>) -> usize {
             let len = MAX_LINE_BYTES + rng.random_range(64..=20_000);
             let mut blob = Vec::with_capacity(len + 32);
             blob.extend_from_slice(b"{\"path\":\"/\",\"dom\":\"");
-            const ALPHABET: &[u8] =
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
             let offset = rng.random_range(0..ALPHABET.len());
             blob.extend((0..len).map(|i| ALPHABET[(i * 7 + offset) % ALPHABET.len()]));
             blob.extend_from_slice(b"\"}");
@@ -2049,9 +1998,7 @@ pub fn write_files(args: &GenerateArgs) -> io::Result<GenerateSummary> {
         .map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?;
     let dir = &args.out_dir;
     fs::create_dir_all(dir).map_err(|e| with_path(e, "cannot create directory", dir))?;
-    let finals: Vec<PathBuf> = (0..args.partitions)
-        .map(|i| dir.join(format!("p{i}.jsonl")))
-        .collect();
+    let finals: Vec<PathBuf> = (0..args.partitions).map(|i| dir.join(format!("p{i}.jsonl"))).collect();
     let tmps: Vec<PathBuf> = (0..args.partitions)
         .map(|i| dir.join(format!("p{i}.jsonl.tmp")))
         .collect();
@@ -2097,8 +2044,7 @@ fn write_tmp_files(args: &GenerateArgs, tmps: &[PathBuf]) -> io::Result<Generate
         let (Some(w), Some(path)) = (w, path) else {
             return Err(io::Error::other(format!("partition {p} out of range")));
         };
-        w.write_all(&buf)
-            .map_err(|e| with_path(e, "cannot write", path))?;
+        w.write_all(&buf).map_err(|e| with_path(e, "cannot write", path))?;
         pending += 1;
         if pending == 1 << 16 {
             bar.inc(pending);
@@ -2254,8 +2200,8 @@ mod tests {
             None | Some(J::Null) => {}
             Some(J::Array(xs)) => {
                 for x in xs {
-                    let ok = x.get("experiment_id").is_some_and(J::is_u64)
-                        && x.get("variation_id").is_some_and(J::is_u64);
+                    let ok =
+                        x.get("experiment_id").is_some_and(J::is_u64) && x.get("variation_id").is_some_and(J::is_u64);
                     if !ok {
                         return Err("experiment".into());
                     }
@@ -2300,15 +2246,11 @@ mod tests {
             args: GenerateArgs,
         }
         let cli = <Cli as clap::Parser>::try_parse_from(["x", "--out-dir", "generated"]).unwrap();
-        assert_eq!(
-            format!("{:?}", cli.args),
-            format!("{:?}", GenerateArgs::default())
-        );
+        assert_eq!(format!("{:?}", cli.args), format!("{:?}", GenerateArgs::default()));
         assert!(GenerateArgs::default().validate().is_ok());
         let bad = <Cli as clap::Parser>::try_parse_from(["x", "--out-dir", "d", "--late", "1.5"]);
         assert!(bad.is_err());
-        let bad =
-            <Cli as clap::Parser>::try_parse_from(["x", "--out-dir", "d", "--partitions", "0"]);
+        let bad = <Cli as clap::Parser>::try_parse_from(["x", "--out-dir", "d", "--partitions", "0"]);
         assert!(bad.is_err());
     }
 
@@ -2352,10 +2294,7 @@ mod tests {
         assert_eq!(murmur2(b"21") as i32, -973_932_308);
         assert_eq!(murmur2(b"foobar") as i32, -790_332_482);
         assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985_981_536);
-        assert_eq!(
-            murmur2(b"a-little-bit-longer-string") as i32,
-            -1_486_304_829
-        );
+        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1_486_304_829);
         assert_eq!(
             murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
             -58_897_971
@@ -2391,10 +2330,7 @@ mod tests {
         assert_eq!(lines.len() as u64, SAMPLE_LINES);
         assert_eq!(s.lines, SAMPLE_LINES);
         assert_eq!(s.lines_per_partition.iter().sum::<u64>(), SAMPLE_LINES);
-        assert_eq!(
-            s.bytes,
-            lines.iter().map(|(_, l)| l.len() as u64 + 1).sum::<u64>()
-        );
+        assert_eq!(s.bytes, lines.iter().map(|(_, l)| l.len() as u64 + 1).sum::<u64>());
         let mut first: HashMap<String, usize> = HashMap::new();
         let (mut invalid, mut dups) = (0u64, 0u64);
         for (i, (p, l)) in lines.iter().enumerate() {
@@ -2415,14 +2351,8 @@ mod tests {
         }
         assert_eq!(invalid, s.invalid);
         assert_eq!(invalid, 100);
-        assert_eq!(
-            s.invalid_by_kind.iter().map(|(_, n)| n).sum::<u64>(),
-            invalid
-        );
-        assert!(
-            s.invalid_by_kind.iter().filter(|(_, n)| *n > 0).count() >= 4,
-            "{s:?}"
-        );
+        assert_eq!(s.invalid_by_kind.iter().map(|(_, n)| n).sum::<u64>(), invalid);
+        assert!(s.invalid_by_kind.iter().filter(|(_, n)| *n > 0).count() >= 4, "{s:?}");
         assert_eq!(dups, s.duplicates);
         assert_eq!(dups, 1000);
         assert_eq!(first.len() as u64, s.events);
@@ -2437,10 +2367,7 @@ mod tests {
         let share = |x: u64| x as f64 / n;
         assert!((0.04..0.06).contains(&share(s.out_of_order)), "{s:?}");
         assert!((0.001..0.0035).contains(&share(s.late)), "{s:?}");
-        assert!(
-            (0.02..0.10).contains(&share(s.events_without_session_id)),
-            "{s:?}"
-        );
+        assert!((0.02..0.10).contains(&share(s.events_without_session_id)), "{s:?}");
         assert!(
             s.duplicates_cross_partition > 30 && s.duplicates_cross_partition < 200,
             "{s:?}"
@@ -2460,15 +2387,8 @@ mod tests {
             }
             *m = (*m).max(t);
         }
-        assert!(
-            behind <= s.late && behind * 10 >= s.late * 8,
-            "{behind} of {}",
-            s.late
-        );
-        assert!(
-            out_of_order as f64 > 0.5 * s.out_of_order as f64,
-            "{out_of_order}"
-        );
+        assert!(behind <= s.late && behind * 10 >= s.late * 8, "{behind} of {}", s.late);
+        assert!(out_of_order as f64 > 0.5 * s.out_of_order as f64, "{out_of_order}");
     }
 
     #[test]
@@ -2485,15 +2405,9 @@ mod tests {
             assert_eq!(*part.entry(key).or_insert(p), p);
             let visitor = o["visitor_id"].as_str().unwrap().to_owned();
             let project = o["project_id"].as_u64().unwrap();
-            assert_eq!(
-                *project_of.entry(visitor.clone()).or_insert(project),
-                project
-            );
+            assert_eq!(*project_of.entry(visitor.clone()).or_insert(project), project);
             if let Some(sid) = o.get("session_id").and_then(J::as_str) {
-                assert_eq!(
-                    *visitor_of.entry(sid.to_owned()).or_insert(visitor.clone()),
-                    visitor
-                );
+                assert_eq!(*visitor_of.entry(sid.to_owned()).or_insert(visitor.clone()), visitor);
             }
             if o.get("session_id") == Some(&J::Null) {
                 nulls += 1;
@@ -2533,18 +2447,12 @@ mod tests {
         for e in events.values_mut() {
             e.sort();
             let t0 = e[0].0;
-            if e.iter()
-                .take_while(|(t, _)| *t == t0)
-                .any(|(_, k)| k == "pageview")
-            {
+            if e.iter().take_while(|(t, _)| *t == t0).any(|(_, k)| k == "pageview") {
                 landing_pageviews += 1;
             }
         }
         assert!(landing_pageviews as f64 > 0.9 * events.len() as f64);
-        assert!(
-            sessions_of.values().any(|s| s.len() >= 3),
-            "visitors return"
-        );
+        assert!(sessions_of.values().any(|s| s.len() >= 3), "visitors return");
         assert!(s.visitors > 1000 && s.visitors < s.sessions);
     }
 
@@ -2684,10 +2592,7 @@ mod tests {
             }
             assert_eq!(fs::read(path).unwrap(), want);
         }
-        let names: Vec<_> = fs::read_dir(&out)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 3, "no .tmp left: {names:?}");
         // A second run gives the same bytes.
         let before = fs::read(&s.files[1]).unwrap();
@@ -2713,9 +2618,6 @@ mod tests {
             out_dir: dir.path().to_owned(),
             ..GenerateArgs::default()
         };
-        assert_eq!(
-            write_files(&a).unwrap_err().kind(),
-            io::ErrorKind::InvalidInput
-        );
+        assert_eq!(write_files(&a).unwrap_err().kind(), io::ErrorKind::InvalidInput);
     }
 }

@@ -59,15 +59,22 @@ fn replay_writes_all_three_outputs() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let snaps = std::fs::read_to_string(&output).unwrap();
     assert_eq!(snaps.lines().count(), 2, "{snaps}");
-    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("stats.json")).unwrap()).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("stats.json")).unwrap()).unwrap();
     // 4 non-empty lines: 1 accepted, 1 duplicate, 2 invalid (spaces, 1e400).
     assert_eq!(stats["events_read"], 4);
     assert_eq!(stats["accepted"], 1);
     assert_eq!(stats["duplicates"], 1);
     assert_eq!(stats["invalid"], 2);
     let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap();
-    let offsets: Vec<u64> =
-        dead.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["offset"].as_u64().unwrap()).collect();
+    let offsets: Vec<u64> = dead
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["offset"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
     assert_eq!(offsets, [2, 3]);
     assert!(!dir.path().join("out.jsonl.tmp").exists());
 }
@@ -76,7 +83,20 @@ fn replay_writes_all_three_outputs() {
 fn generate_then_replay_is_identical_for_1_and_3_workers() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let st = bin().args(["generate", "--events", "20000", "--partitions", "3", "--seed", "7", "--out-dir"]).arg(&data).status().unwrap();
+    let st = bin()
+        .args([
+            "generate",
+            "--events",
+            "20000",
+            "--partitions",
+            "3",
+            "--seed",
+            "7",
+            "--out-dir",
+        ])
+        .arg(&data)
+        .status()
+        .unwrap();
     assert!(st.success());
     let mut outs = Vec::new();
     for w in ["1", "3"] {
@@ -86,8 +106,13 @@ fn generate_then_replay_is_identical_for_1_and_3_workers() {
         for p in 0..3 {
             c.arg("--input").arg(data.join(format!("p{p}.jsonl")));
         }
-        c.arg("--output").arg(&o).arg("--dead-letter").arg(dir.path().join(format!("dead{w}.jsonl")));
-        c.arg("--stats").arg(dir.path().join(format!("stats{w}.json"))).args(["--workers", w]);
+        c.arg("--output")
+            .arg(&o)
+            .arg("--dead-letter")
+            .arg(dir.path().join(format!("dead{w}.jsonl")));
+        c.arg("--stats")
+            .arg(dir.path().join(format!("stats{w}.json")))
+            .args(["--workers", w]);
         let r = c.output().unwrap();
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         outs.push((
@@ -103,13 +128,18 @@ fn generate_then_replay_is_identical_for_1_and_3_workers() {
 #[test]
 fn demo_runs_and_prints_the_variation_table() {
     let dir = tempfile::tempdir().unwrap();
-    let out = bin().args(["demo", "--events", "20000", "--workers", "2", "--out-dir"]).arg(dir.path()).output().unwrap();
+    let out = bin()
+        .args(["demo", "--events", "20000", "--workers", "2", "--out-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("(all sessions)") && table.contains("exp "), "{table}");
     let rows = std::fs::read_to_string(dir.path().join("sessiondb.jsonl")).unwrap();
     assert!(rows.lines().count() > 100);
     assert!(rows.lines().all(|l| l.contains("\"closed\":true")));
-    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("stats.json")).unwrap()).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("stats.json")).unwrap()).unwrap();
     assert_eq!(stats["events_read"], 20000);
 }

@@ -31,18 +31,14 @@ fn parse_sonic(line: &[u8]) -> Result<Event, Invalid> {
 
 /// `parse_event_from` driven by simd-json; it parses in place, so it works on a copy of the
 /// line in `scratch`, and reuses its internal `buffers`.
-fn parse_simd(
-    line: &[u8],
-    scratch: &mut Vec<u8>,
-    buffers: &mut simd_json::Buffers,
-) -> Result<Event, Invalid> {
+fn parse_simd(line: &[u8], scratch: &mut Vec<u8>, buffers: &mut simd_json::Buffers) -> Result<Event, Invalid> {
     if line.len() > MAX_LINE_BYTES {
         return Err(Invalid::TooLong);
     }
     scratch.clear();
     scratch.extend_from_slice(line);
-    let mut de = simd_json::Deserializer::from_slice_with_buffers(scratch, buffers)
-        .map_err(|e| Invalid::Json(e.to_string()))?;
+    let mut de =
+        simd_json::Deserializer::from_slice_with_buffers(scratch, buffers).map_err(|e| Invalid::Json(e.to_string()))?;
     parse_event_from(&mut de)
 }
 
@@ -105,13 +101,7 @@ fn corpus() -> Vec<Vec<u8>> {
     let countries = ["US", "CA", "GB", "DE", "FR", "JP", "BR", "IN"];
     let devices = ["desktop", "mobile", "tablet"];
     let langs = ["en-US", "en-GB", "de-DE", "fr-FR", "ja-JP", "pt-BR"];
-    let pages = [
-        "/",
-        "/pricing",
-        "/product/123",
-        "/cart",
-        "/blog/how-to-sessionize",
-    ];
+    let pages = ["/", "/pricing", "/product/123", "/cart", "/blog/how-to-sessionize"];
     let visitors: Vec<String> = (0..2_000).map(|_| format!("v_{}", rng.hex(18))).collect();
     let mut ts = 1_700_000_000_000i64;
     let mut lines = Vec::with_capacity(LINES);
@@ -119,10 +109,7 @@ fn corpus() -> Vec<Vec<u8>> {
         ts += rng.below(500) as i64;
         let kind = rng.pick(&types).to_owned();
         let mut attributes = vec![
-            (
-                "browser".to_owned(),
-                AttrValue::Str(rng.pick(&browsers).into()),
-            ),
+            ("browser".to_owned(), AttrValue::Str(rng.pick(&browsers).into())),
             ("os".to_owned(), AttrValue::Str(rng.pick(&oses).into())),
             (
                 "ip".to_owned(),
@@ -134,14 +121,8 @@ fn corpus() -> Vec<Vec<u8>> {
                     rng.below(256)
                 )),
             ),
-            (
-                "country".to_owned(),
-                AttrValue::Str(rng.pick(&countries).into()),
-            ),
-            (
-                "device".to_owned(),
-                AttrValue::Str(rng.pick(&devices).into()),
-            ),
+            ("country".to_owned(), AttrValue::Str(rng.pick(&countries).into())),
+            ("device".to_owned(), AttrValue::Str(rng.pick(&devices).into())),
         ];
         if rng.chance(60) {
             attributes.push(("lang".to_owned(), AttrValue::Str(rng.pick(&langs).into())));

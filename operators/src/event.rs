@@ -147,10 +147,7 @@ impl<'de> Deserialize<'de> for AttrValue {
 mod number_text {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(
-        n: &Option<serde_json::Number>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(n: &Option<serde_json::Number>, s: S) -> Result<S::Ok, S::Error> {
         if s.is_human_readable() {
             n.serialize(s)
         } else {
@@ -158,9 +155,7 @@ mod number_text {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<serde_json::Number>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Number>, D::Error> {
         if d.is_human_readable() {
             Option::<serde_json::Number>::deserialize(d)
         } else {
@@ -272,9 +267,7 @@ pub fn parse_event(line: &[u8]) -> Result<Event, Invalid> {
     }
     // Validating the whole line at once is faster than letting serde_json check every
     // string on its own, and `from_str` then skips those checks.
-    let text = std::str::from_utf8(line).map_err(|e| Invalid::NotUtf8 {
-        at: e.valid_up_to(),
-    })?;
+    let text = std::str::from_utf8(line).map_err(|e| Invalid::NotUtf8 { at: e.valid_up_to() })?;
     let mut de = serde_json::Deserializer::from_str(text);
     let event = parse_event_from(&mut de)?;
     de.end().map_err(|e| Invalid::Json(e.to_string()))?;
@@ -579,11 +572,7 @@ impl<'de> Visitor<'de> for ScalarSeed<'_> {
 
     #[inline]
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(if v >= 0 {
-            Scalar::U64(v as u64)
-        } else {
-            Scalar::I64(v)
-        })
+        Ok(if v >= 0 { Scalar::U64(v as u64) } else { Scalar::I64(v) })
     }
 
     #[inline]
@@ -752,11 +741,7 @@ impl<'de> DeserializeSeed<'de> for EventSeed<'_> {
 
 /// Reads a scalar from `map`'s next value, failing with `what` on arrays and objects.
 #[inline]
-fn next_scalar<'de, A: MapAccess<'de>>(
-    map: &mut A,
-    slot: &mut Slot,
-    what: Invalid,
-) -> Result<Scalar<'de>, A::Error> {
+fn next_scalar<'de, A: MapAccess<'de>>(map: &mut A, slot: &mut Slot, what: Invalid) -> Result<Scalar<'de>, A::Error> {
     map.next_value_seed(ScalarSeed { slot, what })
 }
 
@@ -779,11 +764,7 @@ fn string_value<E: de::Error>(
 
 /// A `u64`; `Ok(None)` for null.
 #[inline]
-fn u64_value<E: de::Error>(
-    s: Scalar<'_>,
-    slot: &mut Slot,
-    name: &'static str,
-) -> Result<Option<u64>, E> {
+fn u64_value<E: de::Error>(s: Scalar<'_>, slot: &mut Slot, name: &'static str) -> Result<Option<u64>, E> {
     match s {
         Scalar::Null => Ok(None),
         Scalar::U64(v) => Ok(Some(v)),
@@ -1296,8 +1277,7 @@ mod tests {
             return Err(Invalid::TooLong);
         }
         let mut buf = line.to_vec();
-        let mut de = simd_json::Deserializer::from_slice(&mut buf)
-            .map_err(|e| Invalid::Json(e.to_string()))?;
+        let mut de = simd_json::Deserializer::from_slice(&mut buf).map_err(|e| Invalid::Json(e.to_string()))?;
         parse_event_from(&mut de)
     }
 
@@ -1410,9 +1390,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_ignored() {
         assert_eq!(
-            ok(&with(
-                r#","x":1,"y":[{"a":[true,null,"s"]}],"z":{"k":-1.5e10}"#
-            )),
+            ok(&with(r#","x":1,"y":[{"a":[true,null,"s"]}],"z":{"k":-1.5e10}"#)),
             ok(&with(""))
         );
     }
@@ -1469,14 +1447,8 @@ mod tests {
         ] {
             assert_invalid(line, "invalid: json: ");
         }
-        assert_invalid(
-            format!("{} x", with("")),
-            "invalid: json: trailing characters",
-        );
-        assert_invalid(
-            format!("{}{{}}", with("")),
-            "invalid: json: trailing characters",
-        );
+        assert_invalid(format!("{} x", with("")), "invalid: json: trailing characters");
+        assert_invalid(format!("{}{{}}", with("")), "invalid: json: trailing characters");
     }
 
     #[test]
@@ -1490,10 +1462,7 @@ mod tests {
         let mut line = with(r#","x":"é""#).into_bytes();
         let at = line.len() - 3;
         line[at] = 0xff;
-        assert_eq!(
-            reason(&line),
-            format!("invalid: not UTF-8 (byte {})", at - 1)
-        );
+        assert_eq!(reason(&line), format!("invalid: not UTF-8 (byte {})", at - 1));
         let mut line = with(r#","é":1"#).into_bytes();
         let at = line.len() - 5;
         line[at] = 0xc3;
@@ -1508,10 +1477,7 @@ mod tests {
         // Outside strings, and at the very start.
         let mut line = with("").into_bytes();
         line.push(0x80);
-        assert_eq!(
-            reason(&line),
-            format!("invalid: not UTF-8 (byte {})", line.len() - 1)
-        );
+        assert_eq!(reason(&line), format!("invalid: not UTF-8 (byte {})", line.len() - 1));
         assert_eq!(reason([0xff, b'{', b'}']), "invalid: not UTF-8 (byte 0)");
         // Lone surrogate escapes.
         assert_invalid(with(r#","x":"\ud800""#), "invalid: json: ");
@@ -1553,8 +1519,11 @@ mod tests {
             let line = |v: &str| with(&format!(r#","{field}":"{v}""#));
             let strip = |l: String| {
                 // Drop the base's own value of the field so the key is not duplicated.
-                l.replacen(&format!(r#""{field}":"{}","#, &field[..1]), "", 1)
-                    .replacen(&format!(r#""{field}":"{}1","#, &field[..1]), "", 1)
+                l.replacen(&format!(r#""{field}":"{}","#, &field[..1]), "", 1).replacen(
+                    &format!(r#""{field}":"{}1","#, &field[..1]),
+                    "",
+                    1,
+                )
             };
             let reason_for = |v: &str| reason(strip(line(v)));
             let ok_for = |v: &str| ok(&strip(line(v)));
@@ -1574,14 +1543,8 @@ mod tests {
     fn type_length_in_bytes() {
         let line = |v: &str| replaced(r#""type":"click""#, &format!(r#""type":"{v}""#));
         assert_eq!(reason(line("")), "invalid: type must be 1..=64 bytes");
-        assert_eq!(
-            reason(line(&"x".repeat(65))),
-            "invalid: type must be 1..=64 bytes"
-        );
-        assert_eq!(
-            reason(line(&"é".repeat(33))),
-            "invalid: type must be 1..=64 bytes"
-        );
+        assert_eq!(reason(line(&"x".repeat(65))), "invalid: type must be 1..=64 bytes");
+        assert_eq!(reason(line(&"é".repeat(33))), "invalid: type must be 1..=64 bytes");
         assert_eq!(ok(&line(&"é".repeat(32))).kind, "é".repeat(32));
         assert_eq!(ok(&line(&"x".repeat(64))).kind.len(), 64);
     }
@@ -1652,12 +1615,7 @@ mod tests {
 
     #[test]
     fn timestamp_range() {
-        let line = |v: &str| {
-            replaced(
-                r#""timestamp":1700000000000"#,
-                &format!(r#""timestamp":{v}"#),
-            )
-        };
+        let line = |v: &str| replaced(r#""timestamp":1700000000000"#, &format!(r#""timestamp":{v}"#));
         assert_eq!(ok(&line("946684800000")).timestamp, MIN_TIMESTAMP_MS);
         assert_eq!(ok(&line("4102444799999")).timestamp, END_TIMESTAMP_MS - 1);
         for bad in [
@@ -1670,25 +1628,10 @@ mod tests {
             "9223372036854775808",
             "18446744073709551615",
         ] {
-            assert_eq!(
-                reason(line(bad)),
-                "invalid: timestamp out of range",
-                "{bad}"
-            );
+            assert_eq!(reason(line(bad)), "invalid: timestamp out of range", "{bad}");
         }
-        for bad in [
-            "1700000000000.0",
-            "1.7e12",
-            "\"1700000000000\"",
-            "true",
-            "[1]",
-            "{}",
-        ] {
-            assert_eq!(
-                reason(line(bad)),
-                "invalid: timestamp must be an integer",
-                "{bad}"
-            );
+        for bad in ["1700000000000.0", "1.7e12", "\"1700000000000\"", "true", "[1]", "{}"] {
+            assert_eq!(reason(line(bad)), "invalid: timestamp must be an integer", "{bad}");
         }
     }
 
@@ -1768,12 +1711,7 @@ mod tests {
                 "{bad}"
             );
         }
-        for bad in [
-            r#"{"a":{}}"#,
-            r#"{"a":{"b":1}}"#,
-            r#"{"a":[]}"#,
-            r#"{"a":["x"]}"#,
-        ] {
+        for bad in [r#"{"a":{}}"#, r#"{"a":{"b":1}}"#, r#"{"a":[]}"#, r#"{"a":["x"]}"#] {
             assert_eq!(
                 reason(with(&format!(r#","attributes":{bad}"#))),
                 "invalid: attributes values must be strings, numbers, booleans or null",
@@ -1829,11 +1767,7 @@ mod tests {
             .collect();
         assert_eq!(pairs, [(3, 0), (1, 9), (3, 0)]);
         for bad in ["{}", "\"x\"", "1", "true"] {
-            assert_eq!(
-                reason(line(bad)),
-                "invalid: experiments must be an array",
-                "{bad}"
-            );
+            assert_eq!(reason(line(bad)), "invalid: experiments must be an array", "{bad}");
         }
         for bad in ["[null]", "[1]", "[[1,2]]", "[\"x\"]"] {
             assert_eq!(
@@ -1851,18 +1785,9 @@ mod tests {
             "invalid: missing field variation_id"
         );
         for (bad, field) in [
-            (
-                r#"[{"experiment_id":-1,"variation_id":1}]"#,
-                "experiment_id",
-            ),
-            (
-                r#"[{"experiment_id":1.0,"variation_id":1}]"#,
-                "experiment_id",
-            ),
-            (
-                r#"[{"experiment_id":"1","variation_id":1}]"#,
-                "experiment_id",
-            ),
+            (r#"[{"experiment_id":-1,"variation_id":1}]"#, "experiment_id"),
+            (r#"[{"experiment_id":1.0,"variation_id":1}]"#, "experiment_id"),
+            (r#"[{"experiment_id":"1","variation_id":1}]"#, "experiment_id"),
             (
                 r#"[{"experiment_id":1,"variation_id":18446744073709551616}]"#,
                 "variation_id",
@@ -1913,9 +1838,7 @@ mod tests {
             );
         }
         // The same key in different objects is fine.
-        ok(&with(
-            r#","x":{"x":{"x":1}},"attributes":{"x":1},"tags":{"x":"x"}"#,
-        ));
+        ok(&with(r#","x":{"x":{"x":1}},"attributes":{"x":1},"tags":{"x":"x"}"#));
     }
 
     #[test]
@@ -1934,26 +1857,11 @@ mod tests {
     #[test]
     fn nesting_depth() {
         // The event is level 1, so an unknown field can hold MAX_DEPTH - 1 levels.
-        let nested = |levels: usize| {
-            with(&format!(
-                r#","x":{}{}"#,
-                "[".repeat(levels),
-                "]".repeat(levels)
-            ))
-        };
+        let nested = |levels: usize| with(&format!(r#","x":{}{}"#, "[".repeat(levels), "]".repeat(levels)));
         ok(&nested(MAX_DEPTH - 1));
-        assert_eq!(
-            reason(nested(MAX_DEPTH)),
-            "invalid: nesting deeper than 64 levels"
-        );
+        assert_eq!(reason(nested(MAX_DEPTH)), "invalid: nesting deeper than 64 levels");
         assert_invalid(nested(30_000), "invalid: nesting deeper than 64 levels");
-        let objects = |levels: usize| {
-            with(&format!(
-                r#","x":{}1{}"#,
-                r#"{"a":"#.repeat(levels),
-                "}".repeat(levels)
-            ))
-        };
+        let objects = |levels: usize| with(&format!(r#","x":{}1{}"#, r#"{"a":"#.repeat(levels), "}".repeat(levels)));
         ok(&objects(MAX_DEPTH - 1));
         assert_invalid(objects(MAX_DEPTH), "invalid: nesting deeper");
         let exp = |levels: usize| {
@@ -2027,10 +1935,10 @@ mod tests {
                 let (b, fb) = split_floats(b.clone());
                 a == b
                     && fa.len() == fb.len()
-                    && fa.iter().zip(&fb).all(|(x, y)| {
-                        x == y
-                            || (x.to_bits().abs_diff(y.to_bits()) <= 1 && x.signum() == y.signum())
-                    })
+                    && fa
+                        .iter()
+                        .zip(&fb)
+                        .all(|(x, y)| x == y || (x.to_bits().abs_diff(y.to_bits()) <= 1 && x.signum() == y.signum()))
             }
             _ => false,
         }
@@ -2073,8 +1981,7 @@ mod tests {
     /// A finite float that serde_json's default (fast) float parser reads back exactly:
     /// at most 15 significant digits and a small decimal exponent.
     fn float() -> impl Strategy<Value = f64> {
-        (-999_999_999_999_999i64..=999_999_999_999_999, 0u32..=15)
-            .prop_map(|(m, k)| m as f64 / 10f64.powi(k as i32))
+        (-999_999_999_999_999i64..=999_999_999_999_999, 0u32..=15).prop_map(|(m, k)| m as f64 / 10f64.powi(k as i32))
     }
 
     fn number() -> impl Strategy<Value = Number> {
@@ -2107,11 +2014,7 @@ mod tests {
             proptest::option::of(number()),
         );
         let maps = (
-            proptest::option::of(proptest::collection::btree_map(
-                ".{0,8}",
-                attr_value(),
-                0..6,
-            )),
+            proptest::option::of(proptest::collection::btree_map(".{0,8}", attr_value(), 0..6)),
             proptest::option::of(proptest::collection::btree_map(".{0,8}", ".{0,8}", 0..4)),
             proptest::option::of(proptest::collection::vec(
                 (any::<u64>(), any::<u64>()).prop_map(|(e, v)| Experiment {
@@ -2145,8 +2048,7 @@ mod tests {
 
     /// Lines that are almost JSON events: valid ones with a few bytes changed.
     fn mutated_line() -> impl Strategy<Value = Vec<u8>> {
-        let edits =
-            proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4);
+        let edits = proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4);
         (event(), edits).prop_map(|(e, edits)| {
             let mut line = serde_json::to_vec(&e.input_json()).unwrap_or_default();
             for (at, byte, op) in edits {
@@ -2168,9 +2070,7 @@ mod tests {
 
     fn json_soup() -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(
-            prop::sample::select(
-                &br#"{}[]":,0123456789.eE+- \tnulltruefalse\u00e9xae_idtypeNaN"#[..],
-            ),
+            prop::sample::select(&br#"{}[]":,0123456789.eE+- \tnulltruefalse\u00e9xae_idtypeNaN"#[..]),
             0..120,
         )
     }

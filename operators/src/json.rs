@@ -74,7 +74,15 @@ mod tests {
 
     #[test]
     fn strings_escape_like_serde_json() {
-        for s in ["plain", "q\"uote", "back\\slash", "nl\n\r\t", "\u{1}\u{1f}x", "é✓😀", ""] {
+        for s in [
+            "plain",
+            "q\"uote",
+            "back\\slash",
+            "nl\n\r\t",
+            "\u{1}\u{1f}x",
+            "é✓😀",
+            "",
+        ] {
             let mut out = Vec::new();
             write_str(&mut out, s);
             assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(s).unwrap());

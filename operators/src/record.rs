@@ -56,7 +56,12 @@ mod tests {
 
     #[test]
     fn dead_letter_json_shape() {
-        let d = DeadLetter { partition: 2, offset: 7, reason: "invalid: x".into(), raw: "{\"a\"".into() };
+        let d = DeadLetter {
+            partition: 2,
+            offset: 7,
+            reason: "invalid: x".into(),
+            raw: "{\"a\"".into(),
+        };
         let mut out = Vec::new();
         d.write_json(&mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -78,7 +83,12 @@ mod exchange_tests {
     fn events_survive_bincode() {
         let line = br#"{"event_id":"e","visitor_id":"v","project_id":1,"timestamp":1700000000000,"type":"t","value":1.5e3,"attributes":{"a":"x","b":2,"c":-3.25,"d":true,"e":null,"f":18446744073709551615},"tags":{"k":"v"},"experiments":[{"experiment_id":1,"variation_id":2}]}"#;
         let event = parse_event(line).unwrap();
-        let rec = Sourced { partition: 3, offset: 9, raw: String::from_utf8_lossy(line).into_owned(), event };
+        let rec = Sourced {
+            partition: 3,
+            offset: 9,
+            raw: String::from_utf8_lossy(line).into_owned(),
+            event,
+        };
         let bytes = bincode::serialize(&rec).unwrap();
         let back: Sourced = bincode::deserialize(&bytes).unwrap();
         assert_eq!(back, rec);

@@ -75,7 +75,10 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     }
     std::fs::create_dir_all(&args.out_dir).map_err(|e| format!("cannot create {}: {e}", args.out_dir.display()))?;
 
-    eprintln!("generating {} events in {} partitions (seed {}) ...", args.events, args.partitions, args.seed);
+    eprintln!(
+        "generating {} events in {} partitions (seed {}) ...",
+        args.events, args.partitions, args.seed
+    );
     let gen_args = GenerateArgs {
         events: args.events,
         partitions: args.partitions,
@@ -115,7 +118,10 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         let files = if index == 0 {
             let s = LineFile::create(&out_dir.join("snapshots.jsonl"))?;
             let d = LineFile::create(&out_dir.join("dead_letters.jsonl"))?;
-            Some((std::rc::Rc::new(std::cell::RefCell::new(s)), std::rc::Rc::new(std::cell::RefCell::new(d))))
+            Some((
+                std::rc::Rc::new(std::cell::RefCell::new(s)),
+                std::rc::Rc::new(std::cell::RefCell::new(d)),
+            ))
         } else {
             None
         };
@@ -141,7 +147,9 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             }
         });
         let gathered = pipeline::gather_stats(worker, built.stats(), built.source.borrow().error.clone());
-        let Some((stats, errors)) = gathered else { return Ok(None) };
+        let Some((stats, errors)) = gathered else {
+            return Ok(None);
+        };
         if let Some(e) = errors.into_iter().next() {
             return Err(e);
         }
@@ -179,7 +187,12 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         stats.late,
         stats.invalid
     );
-    eprintln!("{} sessions, {} snapshots; SessionDB in {}", stats.sessions_opened, stats.snapshots, args.out_dir.display());
+    eprintln!(
+        "{} sessions, {} snapshots; SessionDB in {}",
+        stats.sessions_opened,
+        stats.snapshots,
+        args.out_dir.display()
+    );
     println!();
     print!("{}", variation_table(&finals));
     Ok(())
@@ -226,7 +239,11 @@ fn progress_loop(figures: &Mutex<Vec<Figures>>, done: &AtomicBool, total: u64, s
         drop(f);
         let dt = last.0.elapsed().as_secs_f64().max(1e-9);
         let rate = (read - last.1) as f64 / dt;
-        let per_window = if window > last.3 && last.3 > 0 { (snaps - last.2) / (window - last.3) } else { 0 };
+        let per_window = if window > last.3 && last.3 > 0 {
+            (snaps - last.2) / (window - last.3)
+        } else {
+            0
+        };
         eprint!(
             "\r[{:5.1}s] {:>9}/{} events  {:>9.0} ev/s  open sessions {:>7}  snapshots {:>8} (~{:>5}/window)  window {}   ",
             started.elapsed().as_secs_f64(),

@@ -94,8 +94,12 @@ pub fn run(args: ReplayArgs) -> Result<Option<Stats>, String> {
         pipeline::run_to_completion(worker, &built, Duration::from_secs(3600), |_| {});
         let error = open_error.or_else(|| built.source.borrow().error.clone());
         let gathered = pipeline::gather_stats(worker, built.stats(), error);
-        let Some((stats, errors)) = gathered else { return Ok(None) };
-        let Some((snaps, dead)) = files else { return Ok(Some(stats)) };
+        let Some((stats, errors)) = gathered else {
+            return Ok(None);
+        };
+        let Some((snaps, dead)) = files else {
+            return Ok(Some(stats));
+        };
         if let Some(e) = errors.into_iter().next() {
             snaps.borrow_mut().abandon();
             dead.borrow_mut().abandon();

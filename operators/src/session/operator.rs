@@ -79,7 +79,11 @@ pub trait Sessionize<'scope> {
 /// The routing hash of an event's session key: `session_id`, else `(project_id, visitor_id)`.
 /// Portable (FNV-1a then a 64-bit finalizer), so every process of a cluster routes alike.
 pub fn route_hash(rec: &Sourced) -> u64 {
-    key_hash(rec.event.session_id.as_deref(), rec.event.project_id, &rec.event.visitor_id)
+    key_hash(
+        rec.event.session_id.as_deref(),
+        rec.event.project_id,
+        &rec.event.visitor_id,
+    )
 }
 
 /// The routing hash of a session key (see [`route_hash`]); worker `key_hash % peers` owns it
@@ -119,54 +123,63 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Sourced> {
     fn sessionize_from(self, store: SessionStore) -> Sessionized<'scope> {
         let gauges = Rc::new(RefCell::new(SessionGauges::default()));
         let shared = Rc::clone(&gauges);
-        let outputs: StreamVec<'scope, u64, SessionOutput> = self.unary_frontier::<CapacityContainerBuilder<Vec<SessionOutput>>, _, _, _>(Exchange::new(route_hash), "Sessionize", move |initial, _info| {
-            let mut store = store;
-            // One capability, at the smallest window with work (restored sessions due to close
-            // count as work from the start).
-            let mut cap: Option<Capability<u64>> = store.next_window().map(|w| initial.delayed(&w));
-            move |(input, frontier), output| {
-                input.for_each(|time, data| {
-                    let Some(&t) = time.least() else { return };
-                    if cap.as_ref().is_none_or(|c| t < *c.time()) {
-                        cap = Some(time.delayed(&t, output.output_index()));
-                    }
-                    for rec in data.drain(..) {
-                        store.insert(t, rec);
-                    }
-                });
-                let mut worked = false;
-                while let Some(m) = store.next_window() {
-                    if frontier.less_equal(&m) {
-                        break;
-                    }
-                    let Some(c) = cap.as_ref() else { break };
-                    let at = c.delayed(&m);
-                    let mut session = output.session(&at);
-                    store.process(m, &mut |o| session.give(o));
-                    worked = true;
-                }
-                match store.next_window() {
-                    Some(next) => {
-                        if let Some(c) = cap.as_mut() {
-                            if *c.time() < next {
-                                c.downgrade(&next);
+        let outputs: StreamVec<'scope, u64, SessionOutput> = self
+            .unary_frontier::<CapacityContainerBuilder<Vec<SessionOutput>>, _, _, _>(
+                Exchange::new(route_hash),
+                "Sessionize",
+                move |initial, _info| {
+                    let mut store = store;
+                    // One capability, at the smallest window with work (restored sessions due to close
+                    // count as work from the start).
+                    let mut cap: Option<Capability<u64>> = store.next_window().map(|w| initial.delayed(&w));
+                    move |(input, frontier), output| {
+                        input.for_each(|time, data| {
+                            let Some(&t) = time.least() else { return };
+                            if cap.as_ref().is_none_or(|c| t < *c.time()) {
+                                cap = Some(time.delayed(&t, output.output_index()));
                             }
+                            for rec in data.drain(..) {
+                                store.insert(t, rec);
+                            }
+                        });
+                        let mut worked = false;
+                        while let Some(m) = store.next_window() {
+                            if frontier.less_equal(&m) {
+                                break;
+                            }
+                            let Some(c) = cap.as_ref() else { break };
+                            let at = c.delayed(&m);
+                            let mut session = output.session(&at);
+                            store.process(m, &mut |o| session.give(o));
+                            worked = true;
+                        }
+                        match store.next_window() {
+                            Some(next) => {
+                                if let Some(c) = cap.as_mut() {
+                                    if *c.time() < next {
+                                        c.downgrade(&next);
+                                    }
+                                }
+                            }
+                            None => cap = None,
+                        }
+                        if worked || shared.borrow().pending_events != store.pending_events() as u64 {
+                            let mut g = shared.borrow_mut();
+                            g.counters = *store.counters();
+                            g.open_sessions = store.open_sessions() as u64;
+                            g.pending_events = store.pending_events() as u64;
                         }
                     }
-                    None => cap = None,
-                }
-                if worked || shared.borrow().pending_events != store.pending_events() as u64 {
-                    let mut g = shared.borrow_mut();
-                    g.counters = *store.counters();
-                    g.open_sessions = store.open_sessions() as u64;
-                    g.pending_events = store.pending_events() as u64;
-                }
-            }
-        });
+                },
+            );
         let (snapshots, dead_letters) = outputs.ok_err(|o: SessionOutput| match o {
             SessionOutput::Snapshot(s) => Ok(s),
             SessionOutput::DeadLetter(d) => Err(d),
         });
-        Sessionized { snapshots, dead_letters, gauges }
+        Sessionized {
+            snapshots,
+            dead_letters,
+            gauges,
+        }
     }
 }

@@ -34,7 +34,13 @@ pub struct SessionConfig {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { window_ms: 60_000, gap_ms: 30 * 60_000, lateness_ms: 5_000, max_events: 1000, emit_state: false }
+        SessionConfig {
+            window_ms: 60_000,
+            gap_ms: 30 * 60_000,
+            lateness_ms: 5_000,
+            max_events: 1000,
+            emit_state: false,
+        }
     }
 }
 
@@ -325,7 +331,13 @@ impl Session {
                 self.add_experiment((x.experiment_id, x.variation_id));
             }
         }
-        let inc = Incoming { ts: e.timestamp, id: &e.event_id, revenue: e.revenue.unwrap_or(0), body: &body, attrs };
+        let inc = Incoming {
+            ts: e.timestamp,
+            id: &e.event_id,
+            revenue: e.revenue.unwrap_or(0),
+            body: &body,
+            attrs,
+        };
         self.list(inc, cfg);
         if changed {
             self.rebuild_tails();
@@ -349,7 +361,12 @@ impl Session {
     fn offer_attr(&mut self, key: &str, value: &AttrValue, ts: i64, id: &str) -> bool {
         match self.attrs.binary_search_by(|a| a.key.as_ref().cmp(key)) {
             Err(pos) => {
-                let attr = SessionAttr { key: key.into(), value: value.clone(), ts, event_id: id.into() };
+                let attr = SessionAttr {
+                    key: key.into(),
+                    value: value.clone(),
+                    ts,
+                    event_id: id.into(),
+                };
                 self.attrs.insert(pos, attr);
                 false
             }
@@ -441,7 +458,9 @@ impl Session {
 
     /// Puts an accepted event into the list (or past the cap).
     fn list(&mut self, inc: Incoming<'_>, cfg: &SessionConfig) {
-        let pos = self.listed.partition_point(|l| self.cmp_listed(l, inc.ts, inc.id) == Ordering::Less);
+        let pos = self
+            .listed
+            .partition_point(|l| self.cmp_listed(l, inc.ts, inc.id) == Ordering::Less);
         if pos >= cfg.max_events {
             self.unlist(inc.id, Unlisted { revenue: inc.revenue });
             return;
@@ -541,7 +560,16 @@ impl Session {
             let s = l.off as usize + l.id_len as usize;
             let body = &other.arena[s..s + l.body_len as usize];
             let attrs = (l.attrs != NO_ATTRS).then(|| other.attr_sets[l.attrs as usize].as_slice());
-            self.list(Incoming { ts: l.ts, id, revenue: l.revenue, body, attrs }, cfg);
+            self.list(
+                Incoming {
+                    ts: l.ts,
+                    id,
+                    revenue: l.revenue,
+                    body,
+                    attrs,
+                },
+                cfg,
+            );
         }
         if let Some(unlisted) = other.unlisted {
             for (id, u) in unlisted.iter() {
@@ -709,7 +737,11 @@ mod tests {
     }
 
     fn attrs(kv: &[(&str, &str)]) -> Option<Vec<(String, AttrValue)>> {
-        Some(kv.iter().map(|(k, v)| (k.to_string(), AttrValue::Str(v.to_string()))).collect())
+        Some(
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), AttrValue::Str(v.to_string())))
+                .collect(),
+        )
     }
 
     fn snap_value(s: &Session, m: u64, closed: bool) -> Value {
@@ -723,14 +755,20 @@ mod tests {
         let cfg = SessionConfig::default();
         let mut e1 = ev("e1", 1_700_000_000_000);
         e1.attributes = attrs(&[("browser", "chrome"), ("country", "US")]);
-        e1.experiments = Some(vec![Experiment { experiment_id: 11, variation_id: 2 }]);
+        e1.experiments = Some(vec![Experiment {
+            experiment_id: 11,
+            variation_id: 2,
+        }]);
         let mut e2 = ev("e2", 1_700_000_060_000);
         e2.kind = "click".into();
         e2.name = Some("add_to_cart".into());
         e2.revenue = Some(1299);
         e2.tags = Some(vec![("sku".into(), "A1".into())]);
         e2.attributes = attrs(&[("browser", "chrome"), ("country", "CA")]);
-        e2.experiments = Some(vec![Experiment { experiment_id: 12, variation_id: 1 }]);
+        e2.experiments = Some(vec![Experiment {
+            experiment_id: 12,
+            variation_id: 1,
+        }]);
         let mut s = Session::open("s1", &e1, 0);
         s.accept(&e1, &cfg);
         s.accept(&e2, &cfg);
@@ -770,9 +808,18 @@ mod tests {
 
     #[test]
     fn truncation_keeps_the_first_events_and_exact_counters() {
-        let cfg = SessionConfig { max_events: 2, ..SessionConfig::default() };
+        let cfg = SessionConfig {
+            max_events: 2,
+            ..SessionConfig::default()
+        };
         let mut s = Session::open("s1", &ev("e5", 500), 0);
-        for (id, ts, rev) in [("e5", 500, 1), ("e3", 300, 10), ("e4", 400, 100), ("e1", 100, 1000), ("e2", 200, 10000)] {
+        for (id, ts, rev) in [
+            ("e5", 500, 1),
+            ("e3", 300, 10),
+            ("e4", 400, 100),
+            ("e1", 100, 1000),
+            ("e2", 200, 10000),
+        ] {
             let mut e = ev(id, ts);
             e.revenue = Some(rev);
             assert!(!s.has_event(id));
@@ -783,13 +830,21 @@ mod tests {
         assert_eq!(v["event_count"], 5);
         assert_eq!(v["revenue"], 11111);
         assert_eq!(v["truncated"], true);
-        let ids: Vec<&str> = v["events"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+        let ids: Vec<&str> = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap())
+            .collect();
         assert_eq!(ids, ["e1", "e2"]);
     }
 
     #[test]
     fn absorb_drops_copies_the_survivor_has() {
-        let cfg = SessionConfig { max_events: 2, ..SessionConfig::default() };
+        let cfg = SessionConfig {
+            max_events: 2,
+            ..SessionConfig::default()
+        };
         let mut a = Session::open("v@1", &ev("x", 1), 0);
         let mut b = Session::open("v@5", &ev("y", 5), 0);
         for (id, ts, rev) in [("x", 1, 1), ("dup", 3, 10)] {
@@ -813,7 +868,10 @@ mod tests {
 
     #[test]
     fn state_round_trips() {
-        let cfg = SessionConfig { max_events: 3, ..SessionConfig::default() };
+        let cfg = SessionConfig {
+            max_events: 3,
+            ..SessionConfig::default()
+        };
         let mut s = Session::open("s1", &ev("a", 10), 4);
         for i in 0..6 {
             let mut e = ev(&format!("e{i}"), 10 + i);
@@ -828,7 +886,11 @@ mod tests {
 
     #[test]
     fn close_window_boundary() {
-        let cfg = SessionConfig { window_ms: 1000, gap_ms: 5000, ..SessionConfig::default() };
+        let cfg = SessionConfig {
+            window_ms: 1000,
+            gap_ms: 5000,
+            ..SessionConfig::default()
+        };
         // end + gap < (m + 1) * W: end 2000 -> 7000 < (m+1)*1000 -> m = 7.
         assert_eq!(cfg.close_window(2000, 0), 7);
         assert_eq!(cfg.close_window(2999, 0), 7);

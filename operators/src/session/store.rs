@@ -194,7 +194,10 @@ impl SessionStore {
             self.gaps.entry(pair).or_default().open.push(session);
         } else {
             let key: Box<str> = session.id().into();
-            self.close_index.entry(session.close_at).or_default().push(SessionRef::Id(key.clone()));
+            self.close_index
+                .entry(session.close_at)
+                .or_default()
+                .push(SessionRef::Id(key.clone()));
             if self.sessions.insert(key, session).is_some() {
                 self.open -= 1;
             }
@@ -208,12 +211,22 @@ impl SessionStore {
         match gap {
             None => {
                 self.closed.insert(session_id.into(), until);
-                self.expire_index.entry(until).or_default().push(ClosedRef::Id(session_id.into()));
+                self.expire_index
+                    .entry(until)
+                    .or_default()
+                    .push(ClosedRef::Id(session_id.into()));
             }
             Some((project, visitor, start, end)) => {
                 let pair: Pair = (project, visitor.into());
-                self.gaps.entry(pair.clone()).or_default().closed.push((start, end, until));
-                self.expire_index.entry(until).or_default().push(ClosedRef::Gap(pair.0, pair.1));
+                self.gaps
+                    .entry(pair.clone())
+                    .or_default()
+                    .closed
+                    .push((start, end, until));
+                self.expire_index
+                    .entry(until)
+                    .or_default()
+                    .push(ClosedRef::Gap(pair.0, pair.1));
             }
         }
     }
@@ -239,7 +252,13 @@ impl SessionStore {
     }
 
     /// Re-indexes a session's closing window after it changed in window `m`.
-    fn reindex(cfg: &SessionConfig, idx: &mut BTreeMap<u64, Vec<SessionRef>>, s: &mut Session, m: u64, r: impl FnOnce() -> SessionRef) {
+    fn reindex(
+        cfg: &SessionConfig,
+        idx: &mut BTreeMap<u64, Vec<SessionRef>>,
+        s: &mut Session,
+        m: u64,
+        r: impl FnOnce() -> SessionRef,
+    ) {
         let c = cfg.close_window(s.end(), m);
         if c != s.close_at {
             s.close_at = c;
@@ -247,8 +266,16 @@ impl SessionStore {
         }
     }
 
-    fn apply_keyed(&mut self, m: u64, rec: Sourced, touched: &mut Vec<SessionRef>, out: &mut impl FnMut(SessionOutput)) {
-        let Some(sid) = rec.event.session_id.as_deref() else { return };
+    fn apply_keyed(
+        &mut self,
+        m: u64,
+        rec: Sourced,
+        touched: &mut Vec<SessionRef>,
+        out: &mut impl FnMut(SessionOutput),
+    ) {
+        let Some(sid) = rec.event.session_id.as_deref() else {
+            return;
+        };
         if self.closed.get(sid).is_some_and(|&until| until >= m) {
             return self.late(rec, out);
         }
@@ -278,14 +305,19 @@ impl SessionStore {
         let t = e.timestamp;
         let pair: Pair = (e.project_id, e.visitor_id.as_str().into());
         let group = self.gaps.entry(pair.clone()).or_default();
-        let mut matches: Vec<usize> =
-            (0..group.open.len()).filter(|&i| cfg.within_gap(group.open[i].start(), group.open[i].end(), t)).collect();
+        let mut matches: Vec<usize> = (0..group.open.len())
+            .filter(|&i| cfg.within_gap(group.open[i].start(), group.open[i].end(), t))
+            .collect();
         if matches.iter().any(|&i| group.open[i].has_event(&e.event_id)) {
             self.counters.duplicates += 1;
             return;
         }
         let survivor_at = if matches.is_empty() {
-            if group.closed.iter().any(|&(s, en, until)| until >= m && cfg.within_gap(s, en, t)) {
+            if group
+                .closed
+                .iter()
+                .any(|&(s, en, until)| until >= m && cfg.within_gap(s, en, t))
+            {
                 return self.late(rec, out);
             }
             self.counters.sessions_opened += 1;
@@ -308,9 +340,18 @@ impl SessionStore {
                 others.push(group.open.swap_remove(i));
             }
             others.sort_by(|x, y| (x.start(), x.id()).cmp(&(y.start(), y.id())));
-            let at = group.open.iter().position(|s| s.id() == survivor_id.as_ref()).unwrap_or(0);
+            let at = group
+                .open
+                .iter()
+                .position(|s| s.id() == survivor_id.as_ref())
+                .unwrap_or(0);
             for other in others {
-                out(SessionOutput::Snapshot(other.snapshot(true, m, true, Some(&survivor_id))));
+                out(SessionOutput::Snapshot(other.snapshot(
+                    true,
+                    m,
+                    true,
+                    Some(&survivor_id),
+                )));
                 self.counters.snapshots += 1;
                 self.counters.sessions_closed += 1;
                 self.open -= 1;
@@ -324,7 +365,9 @@ impl SessionStore {
         s.accept(e, cfg);
         self.counters.accepted += 1;
         let id: Box<str> = s.id().into();
-        Self::reindex(cfg, &mut self.close_index, s, m, || SessionRef::Gap(pair.0, pair.1.clone(), id.clone()));
+        Self::reindex(cfg, &mut self.close_index, s, m, || {
+            SessionRef::Gap(pair.0, pair.1.clone(), id.clone())
+        });
         if s.touched != m + 1 {
             s.touched = m + 1;
             touched.push(SessionRef::Gap(pair.0, pair.1, id));
@@ -336,21 +379,29 @@ impl SessionStore {
         let until = m + self.cfg.closed_windows();
         let (session, gap_based) = match r {
             SessionRef::Id(k) => {
-                if !self.sessions.get(k).is_some_and(|s| s.close_at == m) {
+                if self.sessions.get(k).is_none_or(|s| s.close_at != m) {
                     return;
                 }
                 let Some(s) = self.sessions.remove(k) else { return };
                 self.closed.insert(k.clone(), until);
-                self.expire_index.entry(until).or_default().push(ClosedRef::Id(k.clone()));
+                self.expire_index
+                    .entry(until)
+                    .or_default()
+                    .push(ClosedRef::Id(k.clone()));
                 (s, false)
             }
             SessionRef::Gap(p, v, id) => {
                 let key = (*p, v.clone());
                 let Some(g) = self.gaps.get_mut(&key) else { return };
-                let Some(i) = g.open.iter().position(|s| s.id() == id.as_ref() && s.close_at == m) else { return };
+                let Some(i) = g.open.iter().position(|s| s.id() == id.as_ref() && s.close_at == m) else {
+                    return;
+                };
                 let s = g.open.swap_remove(i);
                 g.closed.push((s.start(), s.end(), until));
-                self.expire_index.entry(until).or_default().push(ClosedRef::Gap(*p, v.clone()));
+                self.expire_index
+                    .entry(until)
+                    .or_default()
+                    .push(ClosedRef::Gap(*p, v.clone()));
                 (s, true)
             }
         };
@@ -397,7 +448,13 @@ mod tests {
     const W: u64 = 1_000;
 
     fn cfg() -> SessionConfig {
-        SessionConfig { window_ms: W, gap_ms: 3 * W, lateness_ms: 0, max_events: 10, emit_state: false }
+        SessionConfig {
+            window_ms: W,
+            gap_ms: 3 * W,
+            lateness_ms: 0,
+            max_events: 10,
+            emit_state: false,
+        }
     }
 
     fn rec(id: &str, session: Option<&str>, visitor: &str, ts: i64) -> Sourced {
@@ -437,9 +494,13 @@ mod tests {
     fn snaps(out: &[SessionOutput]) -> Vec<(&str, u64, bool, Option<&str>, u64)> {
         out.iter()
             .filter_map(|o| match o {
-                SessionOutput::Snapshot(s) => {
-                    Some((s.session_id.as_str(), s.window, s.closed, s.merged_into.as_deref(), s.event_count))
-                }
+                SessionOutput::Snapshot(s) => Some((
+                    s.session_id.as_str(),
+                    s.window,
+                    s.closed,
+                    s.merged_into.as_deref(),
+                    s.event_count,
+                )),
                 SessionOutput::DeadLetter(_) => None,
             })
             .collect()
@@ -497,7 +558,13 @@ mod tests {
         let out = run(&mut st, 21);
         let mut got = snaps(&out);
         got.sort();
-        assert_eq!(got, [("v@15000", 21, false, None, 3), ("v@20000", 21, true, Some("v@15000"), 1)]);
+        assert_eq!(
+            got,
+            [
+                ("v@15000", 21, false, None, 3),
+                ("v@20000", 21, true, Some("v@15000"), 1)
+            ]
+        );
         let c = st.counters();
         assert_eq!((c.accepted, c.sessions_opened, c.sessions_closed), (3, 2, 1));
         // The survivor ends with every event: end 20_000 + gap < (m + 1) * W  =>  m = 23.

@@ -34,7 +34,13 @@ impl LineFile {
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         let file = File::create(&tmp).map_err(|e| format!("cannot create output {}: {e}", path.display()))?;
-        Ok(LineFile { path: path.to_path_buf(), tmp, out: Some(BufWriter::with_capacity(1 << 20, file)), error: None, lines: 0 })
+        Ok(LineFile {
+            path: path.to_path_buf(),
+            tmp,
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            error: None,
+            lines: 0,
+        })
     }
 
     /// Appends one line (a newline is added). The first error is kept and reported by `finish`.
@@ -55,7 +61,9 @@ impl LineFile {
             self.abandon();
             return Err(e);
         }
-        let Some(out) = self.out.take() else { return Err(format!("output {} already finished", self.path.display())) };
+        let Some(out) = self.out.take() else {
+            return Err(format!("output {} already finished", self.path.display()));
+        };
         let fail = |e: std::io::Error| format!("cannot write output {}: {e}", self.path.display());
         let file = out.into_inner().map_err(|e| fail(e.into_error()))?;
         file.sync_all().map_err(fail)?;

@@ -33,14 +33,25 @@ impl FileReader {
             }
             let file = File::open(path).map_err(|e| format!("cannot open input {}: {e}", path.display()))?;
             let reader = Some(BufReader::with_capacity(1 << 20, file));
-            parts.push(Partition { id: p as u32, path: path.clone(), reader, line: 0 });
+            parts.push(Partition {
+                id: p as u32,
+                path: path.clone(),
+                reader,
+                line: 0,
+            });
         }
-        Ok(FileReader { parts, buf: Vec::with_capacity(1024) })
+        Ok(FileReader {
+            parts,
+            buf: Vec::with_capacity(1024),
+        })
     }
 
     /// A reader of no partition (its worker drops its capability at once).
     pub fn empty() -> FileReader {
-        FileReader { parts: Vec::new(), buf: Vec::new() }
+        FileReader {
+            parts: Vec::new(),
+            buf: Vec::new(),
+        }
     }
 
     /// Checks every input can be opened (for a clear error before any dataflow starts).
@@ -59,7 +70,9 @@ impl PartitionReader for FileReader {
 
     fn read(&mut self, marks: &mut Watermarks, budget: usize, out: &mut Vec<RawRecord>) -> Result<ReadStatus, String> {
         // Read the partition that lags most, so partitions advance together in event time.
-        let Some(pid) = marks.laggard() else { return Ok(ReadStatus::Done) };
+        let Some(pid) = marks.laggard() else {
+            return Ok(ReadStatus::Done);
+        };
         let Some(part) = self.parts.iter_mut().find(|p| p.id == pid) else {
             marks.end(pid);
             return Ok(ReadStatus::More);
@@ -91,7 +104,11 @@ impl PartitionReader for FileReader {
             if line.is_empty() {
                 continue;
             }
-            out.push(RawRecord { partition: pid, offset, bytes: line.to_vec() });
+            out.push(RawRecord {
+                partition: pid,
+                offset,
+                bytes: line.to_vec(),
+            });
             read += 1;
         }
         if self.parts.iter().all(|p| p.reader.is_none()) {

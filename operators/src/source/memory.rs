@@ -16,7 +16,10 @@ pub struct MemoryReader {
 impl MemoryReader {
     /// This worker's share of `lines` (partition `p` is `lines[p]`; offsets are indexes).
     pub fn new(lines: PartitionLines, index: usize, peers: usize) -> Self {
-        let next = (0..lines.len()).filter(|p| p % peers.max(1) == index).map(|p| (p as u32, 0)).collect();
+        let next = (0..lines.len())
+            .filter(|p| p % peers.max(1) == index)
+            .map(|p| (p as u32, 0))
+            .collect();
         MemoryReader { lines, next }
     }
 }
@@ -27,7 +30,9 @@ impl PartitionReader for MemoryReader {
     }
 
     fn read(&mut self, marks: &mut Watermarks, budget: usize, out: &mut Vec<RawRecord>) -> Result<ReadStatus, String> {
-        let Some(pid) = marks.laggard() else { return Ok(ReadStatus::Done) };
+        let Some(pid) = marks.laggard() else {
+            return Ok(ReadStatus::Done);
+        };
         let Some(slot) = self.next.iter_mut().find(|(p, _)| *p == pid) else {
             marks.end(pid);
             return Ok(ReadStatus::More);
@@ -35,7 +40,11 @@ impl PartitionReader for MemoryReader {
         let lines = &self.lines[pid as usize];
         let end = (slot.1 + budget).min(lines.len());
         for (i, line) in lines[slot.1..end].iter().enumerate() {
-            out.push(RawRecord { partition: pid, offset: (slot.1 + i) as u64, bytes: line.clone() });
+            out.push(RawRecord {
+                partition: pid,
+                offset: (slot.1 + i) as u64,
+                bytes: line.clone(),
+            });
         }
         slot.1 = end;
         if end == lines.len() {
