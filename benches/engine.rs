@@ -21,6 +21,11 @@ use timely::dataflow::operators::Probe;
 
 const T0: i64 = 1_700_000_000_000;
 
+/// `BENCH_ONLY=operator|emission|memory|replay` runs one benchmark.
+fn wanted(name: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |v| v == name)
+}
+
 fn quick() -> bool {
     std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1")
 }
@@ -198,46 +203,55 @@ fn main() {
     println!("sessionflow engine benchmarks{}", if q { " (quick)" } else { "" });
     println!();
 
-    let sessions = if q { 20_000 } else { 200_000 };
-    let rate = bench_operator(sessions);
-    println!(
-        "1. sessionize operator, 1 worker, pre-parsed events ({} events): {:.2} M events/s",
-        sessions * 10,
-        rate / 1e6
-    );
+    // Memory first: freed memory of the other benchmarks would hide the growth.
+    if wanted("memory") {
+        let mem_sessions = if q { 20_000 } else { 200_000 };
+        let per = bench_memory(mem_sessions);
+        println!("3. resident bytes per open session of 10 events ({mem_sessions} sessions): {per:.0} B");
+    }
 
-    let changed = 10_000;
-    let (small, large) = if q { (20_000, 100_000) } else { (100_000, 2_000_000) };
-    let (t_small, n_small) = bench_emission(small, changed);
-    let (t_large, n_large) = bench_emission(large, changed);
-    println!(
-        "2. emit a window changing {changed} sessions: {:.2} ms with {small} open ({n_small} snapshots), {:.2} ms with {large} open ({n_large} snapshots): ratio {:.2}",
-        t_small.as_secs_f64() * 1e3,
-        t_large.as_secs_f64() * 1e3,
-        t_large.as_secs_f64() / t_small.as_secs_f64()
-    );
+    if wanted("operator") {
+        let sessions = if q { 20_000 } else { 200_000 };
+        let rate = bench_operator(sessions);
+        println!(
+            "1. sessionize operator, 1 worker, pre-parsed events ({} events): {:.2} M events/s",
+            sessions * 10,
+            rate / 1e6
+        );
+    }
 
-    let mem_sessions = if q { 20_000 } else { 200_000 };
-    let per = bench_memory(mem_sessions);
-    println!("3. resident bytes per open session of 10 events ({mem_sessions} sessions): {per:.0} B");
+    if wanted("emission") {
+        let changed = 10_000;
+        let (small, large) = if q { (20_000, 100_000) } else { (100_000, 2_000_000) };
+        let (t_small, n_small) = bench_emission(small, changed);
+        let (t_large, n_large) = bench_emission(large, changed);
+        println!(
+            "2. emit a window changing {changed} sessions: {:.2} ms with {small} open ({n_small} snapshots), {:.2} ms with {large} open ({n_large} snapshots): ratio {:.2}",
+            t_small.as_secs_f64() * 1e3,
+            t_large.as_secs_f64() * 1e3,
+            t_large.as_secs_f64() / t_small.as_secs_f64()
+        );
+    }
 
-    let lines = if q { 100_000 } else { 1_000_000 };
-    let dir = std::env::temp_dir().join(format!("sessionflow-bench-{}", std::process::id()));
-    let gen = GenerateArgs {
-        events: lines,
-        partitions: 4,
-        out_dir: dir.clone(),
-        ..GenerateArgs::default()
-    };
-    let summary = generate::write_files(&gen).expect("generate");
-    let r1 = bench_replay(&dir, &summary.files, lines, 1);
-    let r2 = bench_replay(&dir, &summary.files, lines, 2);
-    println!(
-        "4. replay of {lines} generated events ({:.0} MB): 1 worker {:.2} M events/s, 2 workers {:.2} M events/s (x{:.2})",
-        summary.bytes as f64 / 1e6,
-        r1 / 1e6,
-        r2 / 1e6,
-        r2 / r1
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    if wanted("replay") {
+        let lines = if q { 100_000 } else { 1_000_000 };
+        let dir = std::env::temp_dir().join(format!("sessionflow-bench-{}", std::process::id()));
+        let gen = GenerateArgs {
+            events: lines,
+            partitions: 4,
+            out_dir: dir.clone(),
+            ..GenerateArgs::default()
+        };
+        let summary = generate::write_files(&gen).expect("generate");
+        let r1 = bench_replay(&dir, &summary.files, lines, 1);
+        let r2 = bench_replay(&dir, &summary.files, lines, 2);
+        println!(
+            "4. replay of {lines} generated events ({:.0} MB): 1 worker {:.2} M events/s, 2 workers {:.2} M events/s (x{:.2})",
+            summary.bytes as f64 / 1e6,
+            r1 / 1e6,
+            r2 / 1e6,
+            r2 / r1
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -146,6 +146,8 @@ struct Listed {
     tail_len: u32,
     /// Index in `attr_sets`, or `NO_ATTRS`.
     attrs: u16,
+    /// Index in `exp_sets`, or `NO_ATTRS`.
+    exps: u16,
     id_len: u8,
 }
 
@@ -153,10 +155,15 @@ const NO_ATTRS: u16 = u16::MAX;
 /// Above this many listed events, duplicate checks use a hash index instead of a scan.
 const SCAN_LIMIT: usize = 24;
 
-/// An accepted event past the list cap: what counting and merging still need.
+/// An accepted event past the list cap: what counting and an exact merge still need.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Unlisted {
+    ts: i64,
     revenue: i64,
+    /// Index in `attr_sets`, or `NO_ATTRS`.
+    attrs: u16,
+    /// Index in `exp_sets`, or `NO_ATTRS`.
+    exps: u16,
 }
 
 /// One open session.
@@ -176,6 +183,7 @@ pub struct Session {
     attrs: Vec<SessionAttr>,
     experiments: Vec<(u64, u64)>,
     attr_sets: Vec<Vec<(String, AttrValue)>>,
+    exp_sets: Vec<Vec<(u64, u64)>>,
     listed: Vec<Listed>,
     arena: Vec<u8>,
     garbage: usize,
@@ -195,6 +203,7 @@ struct Incoming<'a> {
     revenue: i64,
     body: &'a [u8],
     attrs: Option<&'a [(String, AttrValue)]>,
+    exps: Option<&'a [(u64, u64)]>,
 }
 
 fn id_hash(id: &str) -> u64 {
@@ -271,6 +280,7 @@ impl Session {
             attrs: Vec::new(),
             experiments: Vec::new(),
             attr_sets: Vec::new(),
+            exp_sets: Vec::new(),
             listed: Vec::new(),
             arena: Vec::new(),
             garbage: 0,
@@ -326,17 +336,25 @@ impl Session {
         let attrs = e.attributes.as_deref().filter(|a| !a.is_empty());
         self.offer_first(e.timestamp, &e.event_id, &e.visitor_id, e.project_id);
         let changed = self.count_in(e.timestamp, &e.event_id, e.revenue.unwrap_or(0), attrs);
-        if let Some(exps) = &e.experiments {
-            for x in exps {
-                self.add_experiment((x.experiment_id, x.variation_id));
-            }
+        let mut exps: Vec<(u64, u64)> = e
+            .experiments
+            .iter()
+            .flatten()
+            .map(|x| (x.experiment_id, x.variation_id))
+            .collect();
+        exps.sort_unstable();
+        exps.dedup();
+        for x in &exps {
+            self.add_experiment(*x);
         }
+        let exps = (!exps.is_empty()).then_some(exps.as_slice());
         let inc = Incoming {
             ts: e.timestamp,
             id: &e.event_id,
             revenue: e.revenue.unwrap_or(0),
             body: &body,
             attrs,
+            exps,
         };
         self.list(inc, cfg);
         if changed {
@@ -407,28 +425,58 @@ impl Session {
             return i as u16;
         }
         if self.attr_sets.len() >= NO_ATTRS as usize - 1 {
-            // Pathological: tens of thousands of distinct maps among listed events. Drop the
-            // sets no listed event uses any more before adding one.
-            self.compact_attr_sets();
+            // Pathological: tens of thousands of distinct maps. Drop the unused ones first.
+            self.compact_sets();
         }
         self.attr_sets.push(attrs.to_vec());
         (self.attr_sets.len() - 1) as u16
     }
 
-    fn compact_attr_sets(&mut self) {
-        let mut used = vec![u16::MAX; self.attr_sets.len()];
-        let mut kept = Vec::new();
-        for l in &mut self.listed {
-            if l.attrs != NO_ATTRS {
-                let slot = &mut used[l.attrs as usize];
-                if *slot == u16::MAX {
-                    *slot = kept.len() as u16;
-                    kept.push(std::mem::take(&mut self.attr_sets[l.attrs as usize]));
-                }
-                l.attrs = *slot;
-            }
+    fn intern_exps(&mut self, exps: Option<&[(u64, u64)]>) -> u16 {
+        let Some(exps) = exps else { return NO_ATTRS };
+        if let Some(i) = self.exp_sets.iter().position(|s| s.as_slice() == exps) {
+            return i as u16;
         }
-        self.attr_sets = kept;
+        if self.exp_sets.len() >= NO_ATTRS as usize - 1 {
+            self.compact_sets();
+        }
+        self.exp_sets.push(exps.to_vec());
+        (self.exp_sets.len() - 1) as u16
+    }
+
+    /// Drops the attribute and experiment sets no accepted event refers to any more.
+    fn compact_sets(&mut self) {
+        fn remap<T>(sets: &mut Vec<T>, refs: Vec<&mut u16>) {
+            let mut used = vec![NO_ATTRS; sets.len()];
+            let mut kept = Vec::new();
+            let mut old: Vec<Option<T>> = std::mem::take(sets).into_iter().map(Some).collect();
+            for r in refs {
+                if *r == NO_ATTRS {
+                    continue;
+                }
+                let slot = &mut used[*r as usize];
+                if *slot == NO_ATTRS {
+                    *slot = kept.len() as u16;
+                    if let Some(set) = old[*r as usize].take() {
+                        kept.push(set);
+                    }
+                }
+                *r = *slot;
+            }
+            *sets = kept;
+        }
+        let unlisted: Vec<&mut Unlisted> = self.unlisted.iter_mut().flat_map(|u| u.values_mut()).collect();
+        let (mut a, mut x): (Vec<&mut u16>, Vec<&mut u16>) = (Vec::new(), Vec::new());
+        for l in self.listed.iter_mut() {
+            a.push(&mut l.attrs);
+            x.push(&mut l.exps);
+        }
+        for u in unlisted {
+            a.push(&mut u.attrs);
+            x.push(&mut u.exps);
+        }
+        remap(&mut self.attr_sets, a);
+        remap(&mut self.exp_sets, x);
     }
 
     /// `,"attributes":{..}}` with the keys whose value differs from the session's, or `}`.
@@ -461,11 +509,20 @@ impl Session {
         let pos = self
             .listed
             .partition_point(|l| self.cmp_listed(l, inc.ts, inc.id) == Ordering::Less);
+        let attrs = self.intern_attrs(inc.attrs);
+        let exps = self.intern_exps(inc.exps);
         if pos >= cfg.max_events {
-            self.unlist(inc.id, Unlisted { revenue: inc.revenue });
+            self.unlist(
+                inc.id,
+                Unlisted {
+                    ts: inc.ts,
+                    revenue: inc.revenue,
+                    attrs,
+                    exps,
+                },
+            );
             return;
         }
-        let attrs = self.intern_attrs(inc.attrs);
         let off = self.arena.len();
         self.arena.extend_from_slice(inc.id.as_bytes());
         self.arena.extend_from_slice(inc.body);
@@ -480,6 +537,7 @@ impl Session {
             body_len: inc.body.len() as u32,
             tail_len: (self.arena.len() - before) as u32,
             attrs,
+            exps,
             id_len: inc.id.len() as u8,
         };
         self.listed.insert(pos, entry);
@@ -505,7 +563,13 @@ impl Session {
                     }
                 }
                 self.garbage += last.id_len as usize + (last.body_len + last.tail_len) as usize;
-                self.unlist(&id, Unlisted { revenue: last.revenue });
+                let u = Unlisted {
+                    ts: last.ts,
+                    revenue: last.revenue,
+                    attrs: last.attrs,
+                    exps: last.exps,
+                };
+                self.unlist(&id, u);
             }
         }
         if self.garbage > 4096 && self.garbage * 2 > self.arena.len() {
@@ -538,55 +602,127 @@ impl Session {
     }
 
     /// Moves every accepted event of `other` into `self` (a gap-session merge). Returns the
-    /// number of `other`'s events dropped because `self` already had their id.
+    /// number of `other`'s events dropped because `self` already had their id; every figure
+    /// is then recomputed over the events actually kept, so a dropped copy that differed from
+    /// the kept one leaves no trace.
     pub fn absorb(&mut self, other: Session, cfg: &SessionConfig) -> u64 {
         let mut dropped = 0u64;
-        let mut dropped_revenue = 0i128;
+        // Gap sessions of one pair share visitor and project, so only the order key can move.
         self.offer_first(other.first_ts, &other.first_id, &other.visitor_id, other.project_id);
-        for a in &other.attrs {
-            // Tails are rebuilt once below, whatever changed.
-            self.offer_attr(&a.key, &a.value, a.ts, &a.event_id);
-        }
-        for x in &other.experiments {
-            self.add_experiment(*x);
-        }
+        let set = |sets: &[Vec<(String, AttrValue)>], i: u16| (i != NO_ATTRS).then(|| sets[i as usize].clone());
+        let xset = |sets: &[Vec<(u64, u64)>], i: u16| (i != NO_ATTRS).then(|| sets[i as usize].clone());
         for l in &other.listed {
             let id = std::str::from_utf8(other.listed_id(l)).unwrap_or_default();
             if self.has_event(id) {
                 dropped += 1;
-                dropped_revenue += l.revenue as i128;
                 continue;
             }
             let s = l.off as usize + l.id_len as usize;
             let body = &other.arena[s..s + l.body_len as usize];
-            let attrs = (l.attrs != NO_ATTRS).then(|| other.attr_sets[l.attrs as usize].as_slice());
-            self.list(
-                Incoming {
-                    ts: l.ts,
-                    id,
-                    revenue: l.revenue,
-                    body,
+            let attrs = set(&other.attr_sets, l.attrs);
+            let exps = xset(&other.exp_sets, l.exps);
+            let inc = Incoming {
+                ts: l.ts,
+                id,
+                revenue: l.revenue,
+                body,
+                attrs: attrs.as_deref(),
+                exps: exps.as_deref(),
+            };
+            self.list(inc, cfg);
+        }
+        for (id, u) in other.unlisted.iter().flat_map(|u| u.iter()) {
+            if self.has_event(id) {
+                dropped += 1;
+                continue;
+            }
+            let attrs = self.intern_attrs(set(&other.attr_sets, u.attrs).as_deref());
+            let exps = self.intern_exps(xset(&other.exp_sets, u.exps).as_deref());
+            self.unlist(
+                id,
+                Unlisted {
+                    ts: u.ts,
+                    revenue: u.revenue,
                     attrs,
+                    exps,
                 },
-                cfg,
             );
         }
-        if let Some(unlisted) = other.unlisted {
-            for (id, u) in unlisted.iter() {
-                if self.has_event(id) {
-                    dropped += 1;
-                    dropped_revenue += u.revenue as i128;
-                } else {
-                    self.unlist(id, *u);
+        self.recompute();
+        dropped
+    }
+
+    /// Recomputes every aggregate from the accepted events (listed and past the cap).
+    fn recompute(&mut self) {
+        struct Ev<'a> {
+            ts: i64,
+            id: &'a [u8],
+            revenue: i64,
+            attrs: u16,
+            exps: u16,
+        }
+        let mut events: Vec<Ev<'_>> = self
+            .listed
+            .iter()
+            .map(|l| Ev {
+                ts: l.ts,
+                id: self.listed_id(l),
+                revenue: l.revenue,
+                attrs: l.attrs,
+                exps: l.exps,
+            })
+            .collect();
+        for (id, u) in self.unlisted.iter().flat_map(|u| u.iter()) {
+            events.push(Ev {
+                ts: u.ts,
+                id: id.as_bytes(),
+                revenue: u.revenue,
+                attrs: u.attrs,
+                exps: u.exps,
+            });
+        }
+        events.sort_unstable_by(|a, b| (a.ts, a.id).cmp(&(b.ts, b.id)));
+        let mut attrs: Vec<SessionAttr> = Vec::new();
+        let mut experiments: Vec<(u64, u64)> = Vec::new();
+        for e in &events {
+            // In (timestamp, event_id) order, the first event with a key gives its value.
+            let id = String::from_utf8_lossy(e.id);
+            for (k, v) in (e.attrs != NO_ATTRS)
+                .then(|| &self.attr_sets[e.attrs as usize])
+                .into_iter()
+                .flatten()
+            {
+                if let Err(pos) = attrs.binary_search_by(|a| a.key.as_ref().cmp(k.as_str())) {
+                    let a = SessionAttr {
+                        key: k.as_str().into(),
+                        value: v.clone(),
+                        ts: e.ts,
+                        event_id: id.as_ref().into(),
+                    };
+                    attrs.insert(pos, a);
                 }
             }
+            if e.exps != NO_ATTRS {
+                experiments.extend_from_slice(&self.exp_sets[e.exps as usize]);
+            }
         }
-        self.event_count += other.event_count - dropped;
-        self.revenue += other.revenue - dropped_revenue;
-        self.start = self.start.min(other.start);
-        self.end = self.end.max(other.end);
+        experiments.sort_unstable();
+        experiments.dedup();
+        let span = events
+            .first()
+            .map(|f| (f.ts, events.iter().map(|e| e.ts).max().unwrap_or(f.ts)));
+        let count = events.len() as u64;
+        let revenue = events.iter().map(|e| e.revenue as i128).sum();
+        drop(events);
+        if let Some((start, end)) = span {
+            self.start = start;
+            self.end = end;
+        }
+        self.event_count = count;
+        self.revenue = revenue;
+        self.attrs = attrs;
+        self.experiments = experiments;
         self.rebuild_tails();
-        dropped
     }
 
     /// Builds the snapshot at window `m`.
