@@ -194,6 +194,9 @@ pub struct Session {
     pub close_at: u64,
     /// `window + 1` of the last window that touched it (maintained by the store).
     pub touched: u64,
+    /// The window of the session's one entry in the store's close index (`u64::MAX`: none).
+    /// It is at most `close_at`; reaching it early re-files the entry at `close_at`.
+    pub indexed_at: u64,
 }
 
 /// An event about to be listed: its sort key, bytes and attribute set.
@@ -288,6 +291,7 @@ impl Session {
             unlisted: None,
             close_at: u64::MAX,
             touched: 0,
+            indexed_at: u64::MAX,
         }
     }
 
@@ -523,12 +527,20 @@ impl Session {
             );
             return;
         }
+        let mut tail = Vec::with_capacity(32);
+        self.write_tail(attrs, &mut tail);
+        // Grow by a quarter, not by doubling: sessions are small and many, so slack is memory.
+        let need = inc.id.len() + inc.body.len() + tail.len();
+        if self.arena.capacity() - self.arena.len() < need {
+            self.arena.reserve_exact(need.max(self.arena.len() / 4));
+        }
+        if self.listed.len() == self.listed.capacity() {
+            self.listed.reserve_exact((self.listed.len() / 4).max(1));
+        }
         let off = self.arena.len();
         self.arena.extend_from_slice(inc.id.as_bytes());
         self.arena.extend_from_slice(inc.body);
         let before = self.arena.len();
-        let mut tail = Vec::with_capacity(32);
-        self.write_tail(attrs, &mut tail);
         self.arena.extend_from_slice(&tail);
         let entry = Listed {
             ts: inc.ts,
@@ -820,6 +832,7 @@ impl Session {
         let mut s: Session = bincode::deserialize(bytes).map_err(|e| format!("bad session state: {e}"))?;
         s.close_at = u64::MAX;
         s.touched = 0;
+        s.indexed_at = u64::MAX;
         Ok(s)
     }
 

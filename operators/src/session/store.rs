@@ -6,6 +6,7 @@
 //! ever scans all open sessions.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
@@ -64,14 +65,15 @@ type Pair = (u64, Box<str>);
 /// A reference to an open session, for the close index and the touched list.
 #[derive(Clone, Debug)]
 enum SessionRef {
-    Id(Box<str>),
+    /// Shares the session map's key: an index entry costs a pointer, not a copy of the id.
+    Id(Rc<str>),
     Gap(u64, Box<str>, Box<str>),
 }
 
 /// A reference to a closed-set entry, for the expiry index.
 #[derive(Clone, Debug)]
 enum ClosedRef {
-    Id(Box<str>),
+    Id(Rc<str>),
     Gap(u64, Box<str>),
 }
 
@@ -80,9 +82,9 @@ enum ClosedRef {
 pub struct SessionStore {
     cfg: SessionConfig,
     pending: BTreeMap<u64, Vec<Sourced>>,
-    sessions: HashMap<Box<str>, Session>,
+    sessions: HashMap<Rc<str>, Session>,
     gaps: HashMap<Pair, GapGroup>,
-    closed: HashMap<Box<str>, u64>,
+    closed: HashMap<Rc<str>, u64>,
     close_index: BTreeMap<u64, Vec<SessionRef>>,
     expire_index: BTreeMap<u64, Vec<ClosedRef>>,
     counters: SessionCounters,
@@ -133,6 +135,21 @@ impl SessionStore {
     /// Open sessions right now.
     pub fn open_sessions(&self) -> usize {
         self.open
+    }
+
+    /// Approximate heap bytes of the open sessions and indexes (a full scan: diagnostics only).
+    pub fn heap_bytes(&self) -> (usize, usize) {
+        let sessions: usize = self
+            .sessions
+            .iter()
+            .map(|(k, s)| k.len() + std::mem::size_of::<Session>() + s.heap_bytes())
+            .sum();
+        let index: usize = self
+            .close_index
+            .values()
+            .map(|v| v.capacity() * std::mem::size_of::<SessionRef>())
+            .sum();
+        (sessions, index)
     }
 
     /// Events buffered for windows not processed yet.
@@ -186,6 +203,7 @@ impl SessionStore {
     /// whether it is keyed by `(project_id, visitor_id)` instead of its id.
     pub fn restore_open(&mut self, gap_based: bool, mut session: Session, resume: u64) {
         session.close_at = self.cfg.close_window(session.end(), resume);
+        session.indexed_at = session.close_at;
         self.open += 1;
         if gap_based {
             let pair: Pair = (session.project_id(), session.visitor_id().into());
@@ -193,7 +211,7 @@ impl SessionStore {
             self.close_index.entry(session.close_at).or_default().push(r);
             self.gaps.entry(pair).or_default().open.push(session);
         } else {
-            let key: Box<str> = session.id().into();
+            let key: Rc<str> = session.id().into();
             self.close_index
                 .entry(session.close_at)
                 .or_default()
@@ -210,11 +228,9 @@ impl SessionStore {
         let until = closed_at + self.cfg.closed_windows();
         match gap {
             None => {
-                self.closed.insert(session_id.into(), until);
-                self.expire_index
-                    .entry(until)
-                    .or_default()
-                    .push(ClosedRef::Id(session_id.into()));
+                let key: Rc<str> = session_id.into();
+                self.closed.insert(Rc::clone(&key), until);
+                self.expire_index.entry(until).or_default().push(ClosedRef::Id(key));
             }
             Some((project, visitor, start, end)) => {
                 let pair: Pair = (project, visitor.into());
@@ -259,10 +275,12 @@ impl SessionStore {
         m: u64,
         r: impl FnOnce() -> SessionRef,
     ) {
-        let c = cfg.close_window(s.end(), m);
-        if c != s.close_at {
-            s.close_at = c;
-            idx.entry(c).or_default().push(r());
+        // One index entry per session: a later closing window only updates `close_at`, and the
+        // entry is re-filed when its window comes (so the index never holds stale copies).
+        s.close_at = cfg.close_window(s.end(), m);
+        if s.indexed_at == u64::MAX {
+            s.indexed_at = s.close_at;
+            idx.entry(s.close_at).or_default().push(r());
         }
     }
 
@@ -285,17 +303,21 @@ impl SessionStore {
             self.open += 1;
             self.sessions.insert(sid.into(), Session::open(sid, e, m));
         }
-        let Some(s) = self.sessions.get_mut(sid) else { return };
+        let Some((key, s)) = self.sessions.get_key_value_mut(sid) else {
+            return;
+        };
         if s.has_event(&e.event_id) {
             self.counters.duplicates += 1;
             return;
         }
         s.accept(e, &self.cfg);
         self.counters.accepted += 1;
-        Self::reindex(&self.cfg, &mut self.close_index, s, m, || SessionRef::Id(sid.into()));
+        Self::reindex(&self.cfg, &mut self.close_index, s, m, || {
+            SessionRef::Id(Rc::clone(key))
+        });
         if s.touched != m + 1 {
             s.touched = m + 1;
-            touched.push(SessionRef::Id(sid.into()));
+            touched.push(SessionRef::Id(Rc::clone(key)));
         }
     }
 
@@ -374,26 +396,42 @@ impl SessionStore {
         }
     }
 
-    /// Closes the session behind `r` if it is still due at `m`, emitting its final snapshot.
+    /// Handles the close-index entry `r` filed at window `m`: closes the session if it is due
+    /// at `m` (emitting its final snapshot), or re-files the entry at its later closing window.
     fn close(&mut self, m: u64, r: &SessionRef, out: &mut impl FnMut(SessionOutput)) {
         let until = m + self.cfg.closed_windows();
+        let session = match r {
+            SessionRef::Id(k) => self.sessions.get_mut(k.as_ref()),
+            SessionRef::Gap(p, v, id) => self
+                .gaps
+                .get_mut(&(*p, v.clone()))
+                .and_then(|g| g.open.iter_mut().find(|s| s.id() == id.as_ref())),
+        };
+        let Some(s) = session else { return };
+        if s.indexed_at != m {
+            return;
+        }
+        if s.close_at > m {
+            s.indexed_at = s.close_at;
+            self.close_index.entry(s.close_at).or_default().push(r.clone());
+            return;
+        }
         let (session, gap_based) = match r {
             SessionRef::Id(k) => {
-                if self.sessions.get(k).is_none_or(|s| s.close_at != m) {
+                let Some(s) = self.sessions.remove(k.as_ref()) else {
                     return;
-                }
-                let Some(s) = self.sessions.remove(k) else { return };
-                self.closed.insert(k.clone(), until);
+                };
+                self.closed.insert(Rc::clone(k), until);
                 self.expire_index
                     .entry(until)
                     .or_default()
-                    .push(ClosedRef::Id(k.clone()));
+                    .push(ClosedRef::Id(Rc::clone(k)));
                 (s, false)
             }
             SessionRef::Gap(p, v, id) => {
                 let key = (*p, v.clone());
                 let Some(g) = self.gaps.get_mut(&key) else { return };
-                let Some(i) = g.open.iter().position(|s| s.id() == id.as_ref() && s.close_at == m) else {
+                let Some(i) = g.open.iter().position(|s| s.id() == id.as_ref()) else {
                     return;
                 };
                 let s = g.open.swap_remove(i);
