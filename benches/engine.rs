@@ -148,9 +148,10 @@ fn bench_emission(open: u64, changed: u64) -> (Duration, usize) {
     (started.elapsed(), emitted)
 }
 
-/// 3. Resident bytes per open session of 10 events. Windows are small (a tenth of the
-/// sessions each) so buffered input stays small next to the session state being measured,
-/// and the gap is long so every session stays open.
+/// 3. Resident bytes per open session of 10 events.
+///
+/// Windows are small (a tenth of the sessions each) so buffered input stays small next to the
+/// session state being measured, and the gap is long so every session stays open.
 fn bench_memory(sessions: u64) -> f64 {
     let cfg = SessionConfig {
         gap_ms: 24 * 3_600_000,

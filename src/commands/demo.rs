@@ -307,16 +307,12 @@ fn variation_table(finals: &[Final]) -> String {
         "{:<24} {:>10} {:>10} {:>12} {:>14} {:>14}\n",
         "experiment/variation", "sessions", "visitors", "events", "events/session", "revenue/session"
     ));
-    let mut shown = 0;
     let by_size: HashMap<Option<(u64, u64)>, u64> = rows.iter().map(|(k, r)| (*k, r.sessions)).collect();
     let mut keys: Vec<_> = rows.keys().copied().collect();
     // All sessions first, then the variations with the most sessions (at most 20 rows).
     keys.sort_by_key(|k| (k.is_some(), std::cmp::Reverse(by_size[k]), *k));
-    for k in keys {
-        if shown > 20 {
-            out.push_str("...\n");
-            break;
-        }
+    let more = keys.len() > 21;
+    for k in keys.into_iter().take(21) {
         let r = &rows[&k];
         let label = match k {
             None => "(all sessions)".to_string(),
@@ -331,7 +327,9 @@ fn variation_table(finals: &[Final]) -> String {
             r.events as f64 / r.sessions.max(1) as f64,
             r.revenue as f64 / r.sessions.max(1) as f64 / 100.0
         ));
-        shown += 1;
+    }
+    if more {
+        out.push_str("...\n");
     }
     out
 }
