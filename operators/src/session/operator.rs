@@ -49,6 +49,7 @@ pub trait Sessionize<'scope> {
     /// use sessionflow_operators::record::Sourced;
     /// use sessionflow_operators::session::{SessionConfig, Sessionize};
     /// use timely::dataflow::operators::{Capture, capture::Extract, ToStream};
+    /// use timely::dataflow::operators::vec::Map;
     ///
     /// let ev = |id: &str, ts: i64| Sourced {
     ///     partition: 0, offset: 0, raw: String::new(),
@@ -60,12 +61,14 @@ pub trait Sessionize<'scope> {
     /// let cfg = SessionConfig::default();
     /// let captured = timely::example(move |scope| {
     ///     let events = vec![ev("e1", 1_700_000_000_000), ev("e2", 1_700_000_010_000)];
-    ///     // With a bounded input every window is processed and every session closes.
-    ///     events.to_stream(scope).sessionize(cfg).snapshots.capture()
+    ///     // Both events are in window 0 (`to_stream` sends at time 0). With a bounded input
+    ///     // every window is processed, so the session also closes (30 min after its end).
+    ///     events.to_stream(scope).sessionize(cfg).snapshots
+    ///         .map(|s| (s.session_id, s.event_count, s.closed))
+    ///         .capture()
     /// });
     /// let snaps: Vec<_> = captured.extract().into_iter().flat_map(|(_, v)| v).collect();
-    /// assert_eq!(snaps.len(), 1);
-    /// assert!(snaps[0].closed && snaps[0].event_count == 2);
+    /// assert_eq!(snaps, [("s1".to_string(), 2, false), ("s1".to_string(), 2, true)]);
     /// ```
     fn sessionize(self, cfg: SessionConfig) -> Sessionized<'scope>;
 

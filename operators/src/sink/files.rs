@@ -90,22 +90,27 @@ pub trait SinkSnapshotFile<'scope> {
     /// ```
     /// use sessionflow_operators::sink::files::{LineFile, SinkSnapshotFile};
     /// use sessionflow_operators::session::Snapshot;
-    /// use timely::dataflow::operators::ToStream;
+    /// use timely::dataflow::operators::{Probe, ToStream};
     /// use std::{cell::RefCell, rc::Rc};
     ///
     /// let dir = std::env::temp_dir().join(format!("sf-doc-{}", std::process::id()));
     /// std::fs::create_dir_all(&dir).unwrap();
     /// let path = dir.join("out.jsonl");
-    /// let file = Rc::new(RefCell::new(LineFile::create(&path).unwrap()));
     /// let snap = |id: &str| Snapshot { session_id: id.into(), gap_based: false, project_id: 1,
     ///     visitor_id: "v".into(), start: 0, end: 0, event_count: 1, revenue: 0,
     ///     experiments: vec![], window: 0, closed: true, opened_window: 0, opened_project: 1, merged_into: None,
     ///     json: format!("{{\"session_id\":\"{id}\"}}"), state: None };
-    /// let f = file.clone();
-    /// timely::example(move |scope| {
-    ///     vec![snap("b"), snap("a")].to_stream(scope).sink_snapshot_file(Some(f));
+    /// let p = path.clone();
+    /// // The file handle is per worker (`Rc`), so it is made inside the worker.
+    /// timely::execute_directly(move |worker| {
+    ///     let file = Rc::new(RefCell::new(LineFile::create(&p).unwrap()));
+    ///     let f = Some(file.clone());
+    ///     let probe = worker.dataflow::<u64, _, _>(move |scope| {
+    ///         vec![snap("b"), snap("a")].to_stream(scope).sink_snapshot_file(f).probe().0
+    ///     });
+    ///     while !probe.done() { worker.step(); }
+    ///     file.borrow_mut().finish().unwrap();
     /// });
-    /// file.borrow_mut().finish().unwrap();
     /// let text = std::fs::read_to_string(&path).unwrap();
     /// assert_eq!(text, "{\"session_id\":\"a\"}\n{\"session_id\":\"b\"}\n");
     /// ```
@@ -153,17 +158,21 @@ pub trait SinkDeadLetterFile<'scope> {
     /// ```
     /// use sessionflow_operators::sink::files::{LineFile, SinkDeadLetterFile};
     /// use sessionflow_operators::record::DeadLetter;
-    /// use timely::dataflow::operators::ToStream;
+    /// use timely::dataflow::operators::{Probe, ToStream};
     /// use std::{cell::RefCell, rc::Rc};
     ///
     /// let path = std::env::temp_dir().join(format!("sf-doc-dead-{}.jsonl", std::process::id()));
-    /// let file = Rc::new(RefCell::new(LineFile::create(&path).unwrap()));
     /// let d = |o: u64| DeadLetter { partition: 0, offset: o, reason: "invalid".into(), raw: "x".into() };
-    /// let f = file.clone();
-    /// timely::example(move |scope| {
-    ///     vec![d(5), d(1)].to_stream(scope).sink_dead_letter_file(Some(f));
+    /// let p = path.clone();
+    /// timely::execute_directly(move |worker| {
+    ///     let file = Rc::new(RefCell::new(LineFile::create(&p).unwrap()));
+    ///     let f = Some(file.clone());
+    ///     let probe = worker.dataflow::<u64, _, _>(move |scope| {
+    ///         vec![d(5), d(1)].to_stream(scope).sink_dead_letter_file(f).probe().0
+    ///     });
+    ///     while !probe.done() { worker.step(); }
+    ///     file.borrow_mut().finish().unwrap();
     /// });
-    /// file.borrow_mut().finish().unwrap();
     /// let text = std::fs::read_to_string(&path).unwrap();
     /// assert!(text.starts_with("{\"reason\":\"invalid\",\"partition\":0,\"offset\":1,"));
     /// ```
