@@ -1,25 +1,48 @@
 //! Partitioned input with per-partition watermarks and window assignment.
 //!
-//! [`Watermarks`] is the pure part: for each partition `p` it keeps `WM_p = max timestamp read
-//! - L`, assigns each event to `max(w(timestamp), w(WM_p))` and tells the smallest window a
+//! [`Watermarks`] is the pure part: for each partition `p` it keeps `WM_p = (max timestamp
+//! read) - L`, assigns each event to `max(w(timestamp), w(WM_p))` and tells the smallest window a
 //! worker must still hold a capability for. [`partitioned_source`] is the timely operator that
 //! every input (replay files, Kafka) plugs into through a [`PartitionReader`]: it parses,
 //! validates, assigns windows, emits dead letters for invalid input, downgrades its capability
 //! as the watermarks move, drops it when every partition ended, and throttles itself against a
 //! probe on the sink so memory stays bounded when the output lags.
+//!
+//! # Offsets, consistent cuts and exact resumption
+//!
+//! Events are assigned windows that are not monotonic in offset order (a late event gets the
+//! partition's watermark window, an on-time one its own, possibly older, window). When the
+//! durable frontier `F` (a probe on the sinks that acknowledge writes) says every window `< F`
+//! is durable, the source computes for each partition a [`Cut`]: the smallest offset whose
+//! record was assigned a window `>= F` (else the next offset to read), the partition's largest
+//! timestamp before that offset, and `F`. A reader that can commit offsets
+//! ([`PartitionReader::commit`], e.g. Kafka) stores the cut.
+//!
+//! A restarted source gets the cuts back ([`PartitionReader::resume_points`]) with one resume
+//! frontier `D` for all of them: the largest `F` committed for any partition. The durable
+//! frontier is global (every partition's records flow into the same sinks), so once it passed
+//! `D` every record of every partition assigned a window `< D` was reflected in durable output;
+//! and a partition's records from its cut on include every record with a window `>= F_p`,
+//! hence `>= D`. The source restores each partition's watermark from its cut (every record from
+//! there on is assigned exactly the window it had before) and drops the records whose window is
+//! `< D` (counted as `skipped_on_resume`, not in `events_read`). The job then recomputes windows
+//! `>= D` exactly, given the session state as of window `D - 1` (restored from SessionDB).
 
 pub mod files;
+pub mod kafka;
 pub mod memory;
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::OkErr;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
+use timely::scheduling::SyncActivator;
 
 use crate::event::{parse_event, MAX_LINE_BYTES};
 use crate::record::{DeadLetter, Sourced};
@@ -49,7 +72,11 @@ impl Watermarks {
     /// Watermarks for the given partitions, all at window 0.
     pub fn new(window_ms: u64, lateness_ms: u64, partitions: &[u32]) -> Self {
         let clocks = partitions.iter().map(|&p| (p, PartitionClock::default())).collect();
-        Watermarks { window_ms: window_ms.max(1), lateness_ms, clocks }
+        Watermarks {
+            window_ms: window_ms.max(1),
+            lateness_ms,
+            clocks,
+        }
     }
 
     fn clock_mut(&mut self, p: u32) -> &mut PartitionClock {
@@ -92,6 +119,30 @@ impl Watermarks {
         }
     }
 
+    /// Restores partition `p` after a restart: `max_ts` is its largest valid timestamp before
+    /// the resume offset (from the last commit's [`Cut`]), so the records read from there on
+    /// are assigned exactly the windows they had before.
+    pub fn restore(&mut self, p: u32, max_ts: Option<i64>) {
+        let lateness = self.lateness_ms as i64;
+        let window_ms = self.window_ms;
+        let c = self.clock_mut(p);
+        c.max_ts = max_ts;
+        c.low = match max_ts.map(|m| m.saturating_sub(lateness)) {
+            Some(wm) if wm > 0 => wm as u64 / window_ms,
+            _ => 0,
+        };
+    }
+
+    /// Partition `p`'s largest valid timestamp so far (ms), if any.
+    pub fn max_ts(&self, p: u32) -> Option<i64> {
+        self.clocks.iter().find(|(q, _)| *q == p).and_then(|(_, c)| c.max_ts)
+    }
+
+    /// Partition `p`'s `w(WM_p)` (0 for a partition not seen yet).
+    pub fn low_of(&self, p: u32) -> u64 {
+        self.clocks.iter().find(|(q, _)| *q == p).map_or(0, |(_, c)| c.low)
+    }
+
     /// Marks partition `p` as ended: it no longer holds the frontier.
     pub fn end(&mut self, p: u32) {
         self.clock_mut(p).ended = true;
@@ -104,12 +155,28 @@ impl Watermarks {
 
     /// The smallest window still held by a live partition; `None` when none holds anything.
     pub fn low(&self) -> Option<u64> {
-        self.clocks.iter().filter(|(_, c)| !c.ended && !c.idle).map(|(_, c)| c.low).min()
+        self.clocks
+            .iter()
+            .filter(|(_, c)| !c.ended && !c.idle)
+            .map(|(_, c)| c.low)
+            .min()
+    }
+
+    /// The window a worker's capability may be downgraded to: [`Watermarks::low`], or when
+    /// every live partition is idle, the largest of their windows (an idle partition holds
+    /// nothing back, but without any clock the worker cannot claim more than its own data).
+    pub fn hold(&self) -> Option<u64> {
+        self.low()
+            .or_else(|| self.clocks.iter().filter(|(_, c)| !c.ended).map(|(_, c)| c.low).max())
     }
 
     /// The live partition with the smallest window (the one to read next for aligned progress).
     pub fn laggard(&self) -> Option<u32> {
-        self.clocks.iter().filter(|(_, c)| !c.ended).min_by_key(|(p, c)| (c.low, *p)).map(|(p, _)| *p)
+        self.clocks
+            .iter()
+            .filter(|(_, c)| !c.ended)
+            .min_by_key(|(p, c)| (c.low, *p))
+            .map(|(p, _)| *p)
     }
 
     /// Every partition's clock.
@@ -140,6 +207,24 @@ pub enum ReadStatus {
     Done,
 }
 
+/// A consistent cut of one partition: what to commit once windows `< frontier` are durable,
+/// and what a restarted source needs to resume exactly (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cut {
+    /// Partition.
+    pub partition: u32,
+    /// First offset whose record is not reflected in durable output (the offset to commit).
+    pub offset: u64,
+    /// Frontier `F`, a window index: every record assigned a window `< F` is reflected in
+    /// durable output, and every record of this partition from `offset` on has a window `>= F`
+    /// or is one of those. In a resume point, the job's resume frontier `D` (see module docs).
+    pub frontier: u64,
+    /// Largest valid timestamp of the records before `offset` (ms since the Unix epoch), to
+    /// restore the partition's watermark; `None` when there was none.
+    pub max_ts: Option<i64>,
+}
+
 /// A reader of this worker's partitions, plugged into [`partitioned_source`].
 pub trait PartitionReader: 'static {
     /// The partitions this worker reads (fixed for the reader's life).
@@ -148,6 +233,24 @@ pub trait PartitionReader: 'static {
     /// Calls `marks.end(p)` for each partition that ended and `marks.set_idle(p)` for one
     /// that went idle. Never blocks.
     fn read(&mut self, marks: &mut Watermarks, budget: usize, out: &mut Vec<RawRecord>) -> Result<ReadStatus, String>;
+    /// Hands the reader a thread-safe activator of its source operator, for readers woken by
+    /// another thread (e.g. a Kafka consumer's queue callback). Called once, when the source is
+    /// built. The default ignores it (the source polls again after [`ReadStatus::Idle`]).
+    fn set_activator(&mut self, activator: SyncActivator) {
+        let _ = activator;
+    }
+    /// Where partitions resume after a restart (from the last committed cuts), all with the
+    /// same `frontier`, the resume frontier `D`; the source restores their watermarks and skips
+    /// the records assigned a window `< D` (already reflected). Default: none.
+    fn resume_points(&self) -> Vec<Cut> {
+        Vec::new()
+    }
+    /// Records `cuts` (the windows below each cut's frontier are durable), e.g. commits Kafka
+    /// offsets. Must not block for long; an error stops the source. Default: nothing to do.
+    fn commit(&mut self, cuts: &[Cut]) -> Result<(), String> {
+        let _ = cuts;
+        Ok(())
+    }
 }
 
 /// Settings of a partitioned source.
@@ -162,11 +265,19 @@ pub struct SourceConfig {
     pub batch: usize,
     /// How far the source may run ahead of the sink's frontier, in windows.
     pub max_windows_ahead: u64,
+    /// Least time between two offset commits (with a durable probe), in milliseconds.
+    pub commit_interval_ms: u64,
 }
 
 impl Default for SourceConfig {
     fn default() -> Self {
-        SourceConfig { window_ms: 60_000, lateness_ms: 5_000, batch: 4096, max_windows_ahead: 3 }
+        SourceConfig {
+            window_ms: 60_000,
+            lateness_ms: 5_000,
+            batch: 4096,
+            max_windows_ahead: 3,
+            commit_interval_ms: 1_000,
+        }
     }
 }
 
@@ -185,6 +296,19 @@ pub struct SourceGauges {
     pub error: Option<String>,
     /// Per partition: `(partition, next offset to read, low window)`.
     pub positions: Vec<(u32, u64, u64)>,
+    /// Records read again after a restart and dropped because their window was already durable
+    /// (not counted in `events_read`).
+    pub skipped_on_resume: u64,
+    /// The resume frontier `D` (windows below it were durable before the restart), if resumed.
+    pub resume_frontier: Option<u64>,
+    /// Commits made through [`PartitionReader::commit`] (count).
+    pub commits: u64,
+    /// The cuts last handed to [`PartitionReader::commit`].
+    pub committed: Vec<Cut>,
+    /// Once every partition ended: the cuts to commit when the whole job's output is durable
+    /// (the command commits them after the dataflow completed and the files are in place,
+    /// with the smallest frontier of all workers' end cuts: see `end_cut`).
+    pub end_cuts: Vec<Cut>,
 }
 
 /// The streams and live figures of a partitioned source.
@@ -199,14 +323,38 @@ pub struct SourceStreams<'scope> {
 
 /// Parses one raw record into an event or a dead letter.
 pub fn parse_record(rec: RawRecord) -> Result<Sourced, DeadLetter> {
-    let parsed = if rec.bytes.len() > MAX_LINE_BYTES { None } else { Some(parse_event(&rec.bytes)) };
+    if rec.bytes.is_empty() {
+        // Replay skips empty lines; an empty (or null) Kafka message is invalid input.
+        let (partition, offset) = (rec.partition, rec.offset);
+        return Err(DeadLetter {
+            partition,
+            offset,
+            reason: "invalid: empty message".into(),
+            raw: String::new(),
+        });
+    }
+    let parsed = if rec.bytes.len() > MAX_LINE_BYTES {
+        None
+    } else {
+        Some(parse_event(&rec.bytes))
+    };
     let raw = match String::from_utf8(rec.bytes) {
         Ok(s) => s,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     };
     match parsed {
-        Some(Ok(event)) => Ok(Sourced { partition: rec.partition, offset: rec.offset, raw, event }),
-        Some(Err(e)) => Err(DeadLetter { partition: rec.partition, offset: rec.offset, reason: e.to_string(), raw }),
+        Some(Ok(event)) => Ok(Sourced {
+            partition: rec.partition,
+            offset: rec.offset,
+            raw,
+            event,
+        }),
+        Some(Err(e)) => Err(DeadLetter {
+            partition: rec.partition,
+            offset: rec.offset,
+            reason: e.to_string(),
+            raw,
+        }),
         None => Err(DeadLetter {
             partition: rec.partition,
             offset: rec.offset,
@@ -216,31 +364,166 @@ pub fn parse_record(rec: RawRecord) -> Result<Sourced, DeadLetter> {
     }
 }
 
+/// Per-partition bookkeeping of the offsets behind each window, for consistent cuts.
+#[derive(Clone, Debug)]
+struct OffsetTrack {
+    partition: u32,
+    /// Next offset to read; `None` until a record was read (or the partition resumed).
+    next: Option<u64>,
+    /// Window -> (smallest offset read with that window, largest timestamp before it). Reading
+    /// in offset order, the first record seen with a window has its smallest offset.
+    first: BTreeMap<u64, (u64, Option<i64>)>,
+    /// Largest window emitted.
+    max_window: Option<u64>,
+    /// The cut this partition resumed from, if any.
+    resume: Option<Cut>,
+    /// Last `(offset, frontier)` committed (or resumed from).
+    committed: Option<(u64, u64)>,
+}
+
+impl OffsetTrack {
+    fn new(partition: u32) -> Self {
+        OffsetTrack {
+            partition,
+            next: None,
+            first: BTreeMap::new(),
+            max_window: None,
+            resume: None,
+            committed: None,
+        }
+    }
+
+    /// Whether a record assigned `window` was already reflected before a restart.
+    fn reflected(&self, window: u64) -> bool {
+        self.resume.as_ref().is_some_and(|r| window < r.frontier)
+    }
+
+    /// Notes a record at `offset` emitted at `window`; `before` is the partition's largest
+    /// timestamp before it.
+    fn emitted(&mut self, offset: u64, window: u64, before: Option<i64>) {
+        self.first.entry(window).or_insert((offset, before));
+        self.max_window = Some(self.max_window.map_or(window, |m| m.max(window)));
+    }
+
+    /// The cut once every window `< frontier` is durable, or `None` when there is nothing new
+    /// to commit (or the partition is still re-reading records it read before a restart).
+    fn cut(&mut self, frontier: u64, max_ts_now: Option<i64>) -> Option<Cut> {
+        let next = self.next?;
+        // Windows below the durable frontier are reflected: forget their offsets.
+        self.first = self.first.split_off(&frontier);
+        if self.resume.as_ref().is_some_and(|r| frontier < r.frontier) {
+            // A commit below the resume frontier would lose what it says is reflected.
+            return None;
+        }
+        let (offset, max_ts) = self
+            .first
+            .values()
+            .min_by_key(|(o, _)| *o)
+            .copied()
+            .unwrap_or((next, max_ts_now));
+        if let Some((o, f)) = self.committed {
+            if offset < o || frontier < f || (offset, frontier) == (o, f) {
+                return None;
+            }
+        }
+        Some(Cut {
+            partition: self.partition,
+            offset,
+            frontier,
+            max_ts,
+        })
+    }
+
+    /// The cut once the partition ended and the whole job's output is durable. Its frontier is
+    /// `low`, the smallest partition window of the worker (or the resume frontier if larger):
+    /// the command lowers it to the smallest over all workers before committing, because a
+    /// record appended later to any partition gets a window no lower than that partition's.
+    fn end_cut(&self, max_ts_now: Option<i64>, low: u64) -> Option<Cut> {
+        let next = self.next?;
+        let frontier = self.resume.as_ref().map_or(low, |r| r.frontier.max(low));
+        Some(Cut {
+            partition: self.partition,
+            offset: next,
+            frontier,
+            max_ts: max_ts_now,
+        })
+    }
+}
+
 /// Builds a partitioned source on `scope` reading through `reader`.
 ///
 /// `throttle`: a probe on the sink; the source reads only while the probe's frontier is
 /// within `max_windows_ahead` windows of the source's own capability.
+///
+/// `durable`: a probe on the sinks whose frontier means "acknowledged by the external system";
+/// when given, the source hands [`PartitionReader::commit`] a consistent [`Cut`] per partition
+/// each time that frontier advances (at most every `commit_interval_ms`). Without it nothing
+/// is committed while running; [`SourceGauges::end_cuts`] has the final cuts of a bounded run.
 pub fn partitioned_source<'scope, R: PartitionReader>(
     scope: Scope<'scope, u64>,
     name: &str,
     cfg: SourceConfig,
     mut reader: R,
     throttle: Option<ProbeHandle<u64>>,
+    durable: Option<ProbeHandle<u64>>,
 ) -> SourceStreams<'scope> {
     let gauges = Rc::new(RefCell::new(SourceGauges::default()));
     let shared = Rc::clone(&gauges);
     type Item = Result<(u64, Sourced), (u64, DeadLetter)>;
     let out: StreamVec<'scope, u64, Item> =
         source::<_, CapacityContainerBuilder<Vec<Item>>, _, _>(scope, name, move |cap, info| {
+            reader.set_activator(scope.worker().sync_activator_for(info.address.to_vec()));
             let activator = scope.activator_for(info.address);
-            let mut marks = Watermarks::new(cfg.window_ms, cfg.lateness_ms, &reader.partitions());
-            let mut cap = if reader.partitions().is_empty() { None } else { Some(cap) };
+            let partitions = reader.partitions();
+            let mut marks = Watermarks::new(cfg.window_ms, cfg.lateness_ms, &partitions);
+            let mut tracks: Vec<OffsetTrack> = partitions.iter().map(|&p| OffsetTrack::new(p)).collect();
+            for point in reader.resume_points() {
+                let Some(t) = tracks.iter_mut().find(|t| t.partition == point.partition) else {
+                    continue;
+                };
+                marks.restore(point.partition, point.max_ts);
+                t.next = Some(point.offset);
+                t.committed = Some((point.offset, point.frontier));
+                let mut g = shared.borrow_mut();
+                g.resume_frontier = Some(g.resume_frontier.map_or(point.frontier, |f| f.min(point.frontier)));
+                t.resume = Some(point);
+            }
+            let mut cap = if partitions.is_empty() { None } else { Some(cap) };
             let mut raw = Vec::with_capacity(cfg.batch);
             let mut batch: Vec<(u64, Result<Sourced, DeadLetter>)> = Vec::with_capacity(cfg.batch);
-            let mut next_offsets: Vec<(u32, u64)> = reader.partitions().iter().map(|&p| (p, 0)).collect();
+            let mut last_commit: Option<(Instant, u64)> = None;
             move |output| {
                 let Some(c) = cap.as_mut() else { return };
                 let floor = *c.time();
+                if let Some(probe) = &durable {
+                    let due =
+                        last_commit.is_none_or(|(at, _)| at.elapsed() >= Duration::from_millis(cfg.commit_interval_ms));
+                    let frontier = probe.with_frontier(|f| f.first().copied());
+                    if let (true, Some(f)) = (due, frontier) {
+                        if last_commit.is_none_or(|(_, last)| f > last) {
+                            let cuts: Vec<Cut> = tracks
+                                .iter_mut()
+                                .filter_map(|t| t.cut(f, marks.max_ts(t.partition)))
+                                .collect();
+                            if !cuts.is_empty() {
+                                if let Err(e) = reader.commit(&cuts) {
+                                    shared.borrow_mut().error = Some(e);
+                                    cap = None;
+                                    return;
+                                }
+                                for cut in &cuts {
+                                    if let Some(t) = tracks.iter_mut().find(|t| t.partition == cut.partition) {
+                                        t.committed = Some((cut.offset, cut.frontier));
+                                    }
+                                }
+                                let mut g = shared.borrow_mut();
+                                g.commits += 1;
+                                g.committed = cuts;
+                            }
+                            last_commit = Some((Instant::now(), f));
+                        }
+                    }
+                }
                 if let Some(probe) = &throttle {
                     if probe.less_than(&floor.saturating_sub(cfg.max_windows_ahead)) {
                         shared.borrow_mut().throttled += 1;
@@ -259,22 +542,32 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                     }
                 };
                 let mut g = shared.borrow_mut();
-                g.events_read += raw.len() as u64;
                 for rec in raw.drain(..) {
-                    match next_offsets.iter_mut().find(|(p, _)| *p == rec.partition) {
-                        Some(slot) => slot.1 = rec.offset + 1,
-                        None => next_offsets.push((rec.partition, rec.offset + 1)),
-                    }
-                    match parse_record(rec) {
-                        Ok(s) => {
-                            let w = marks.observe(s.partition, s.event.timestamp, floor);
-                            batch.push((w, Ok(s)));
+                    let (p, offset) = (rec.partition, rec.offset);
+                    let i = match tracks.iter().position(|t| t.partition == p) {
+                        Some(i) => i,
+                        None => {
+                            tracks.push(OffsetTrack::new(p));
+                            tracks.len() - 1
                         }
-                        Err(d) => {
-                            g.invalid += 1;
-                            batch.push((floor, Err(d)));
-                        }
+                    };
+                    let before = marks.max_ts(p);
+                    let item = match parse_record(rec) {
+                        Ok(s) => (marks.observe(p, s.event.timestamp, floor), Ok(s)),
+                        // Invalid input does not move the watermark; it goes out at the
+                        // partition's own window, which a restarted source derives the same.
+                        Err(d) => (marks.low_of(p).max(floor), Err(d)),
+                    };
+                    let t = &mut tracks[i];
+                    t.next = Some(offset + 1);
+                    if t.reflected(item.0) {
+                        g.skipped_on_resume += 1;
+                        continue;
                     }
+                    g.events_read += 1;
+                    g.invalid += u64::from(item.1.is_err());
+                    t.emitted(offset, item.0, before);
+                    batch.push(item);
                 }
                 // Emit grouped by window (stable: keeps partition order within a window).
                 batch.sort_by_key(|(w, _)| *w);
@@ -291,21 +584,35 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                 g.positions = marks
                     .clocks()
                     .iter()
-                    .map(|(p, c)| (*p, next_offsets.iter().find(|(q, _)| q == p).map_or(0, |x| x.1), c.low))
+                    .map(|(p, c)| {
+                        (
+                            *p,
+                            tracks
+                                .iter()
+                                .find(|t| t.partition == *p)
+                                .and_then(|t| t.next)
+                                .unwrap_or(0),
+                            c.low,
+                        )
+                    })
                     .collect();
-                match (status, marks.low()) {
-                    (ReadStatus::Done, _) => cap = None,
-                    (_, None) if marks.clocks().iter().all(|(_, c)| c.ended) => cap = None,
-                    (status, low) => {
-                        if let Some(low) = low {
-                            if low > floor {
-                                c.downgrade(&low);
-                            }
+                let ended = matches!(status, ReadStatus::Done) || marks.clocks().iter().all(|(_, c)| c.ended);
+                if ended {
+                    let low = marks.clocks().iter().map(|(_, c)| c.low).min().unwrap_or(0);
+                    g.end_cuts = tracks
+                        .iter()
+                        .filter_map(|t| t.end_cut(marks.max_ts(t.partition), low))
+                        .collect();
+                    cap = None;
+                } else {
+                    if let Some(low) = marks.hold() {
+                        if low > floor {
+                            c.downgrade(&low);
                         }
-                        match status {
-                            ReadStatus::Idle(d) => activator.activate_after(d),
-                            _ => activator.activate(),
-                        }
+                    }
+                    match status {
+                        ReadStatus::Idle(d) => activator.activate_after(d),
+                        _ => activator.activate(),
                     }
                 }
                 g.window = cap.as_ref().map(|c| *c.time());
@@ -315,10 +622,15 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
         Ok((_, s)) => Ok(s),
         Err((_, d)) => Err(d),
     });
-    SourceStreams { events, dead_letters, gauges }
+    SourceStreams {
+        events,
+        dead_letters,
+        gauges,
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -356,13 +668,197 @@ mod tests {
 
     #[test]
     fn oversized_and_invalid_lines_become_dead_letters() {
-        let big = RawRecord { partition: 3, offset: 9, bytes: vec![b' '; MAX_LINE_BYTES + 1] };
+        let big = RawRecord {
+            partition: 3,
+            offset: 9,
+            bytes: vec![b' '; MAX_LINE_BYTES + 1],
+        };
         let d = parse_record(big).unwrap_err();
         assert!(d.reason.starts_with("invalid"));
         assert_eq!((d.partition, d.offset), (3, 9));
-        let bad = RawRecord { partition: 0, offset: 1, bytes: vec![0xff, b'{'] };
+        let bad = RawRecord {
+            partition: 0,
+            offset: 1,
+            bytes: vec![0xff, b'{'],
+        };
         let d = parse_record(bad).unwrap_err();
         assert!(d.reason.starts_with("invalid"));
         assert_eq!(d.raw, "\u{fffd}{");
+    }
+
+    /// One partition of lines, with resume points, recording the commits it gets.
+    struct Lines {
+        lines: Vec<Vec<u8>>,
+        next: usize,
+        resume: Vec<Cut>,
+        commits: std::sync::Arc<std::sync::Mutex<Vec<Cut>>>,
+    }
+
+    impl PartitionReader for Lines {
+        fn partitions(&self) -> Vec<u32> {
+            vec![0]
+        }
+
+        fn read(
+            &mut self,
+            marks: &mut Watermarks,
+            budget: usize,
+            out: &mut Vec<RawRecord>,
+        ) -> Result<ReadStatus, String> {
+            let end = (self.next + budget).min(self.lines.len());
+            for (i, line) in self.lines[self.next..end].iter().enumerate() {
+                out.push(RawRecord {
+                    partition: 0,
+                    offset: (self.next + i) as u64,
+                    bytes: line.clone(),
+                });
+            }
+            self.next = end;
+            if end == self.lines.len() {
+                marks.end(0);
+                return Ok(ReadStatus::Done);
+            }
+            Ok(ReadStatus::More)
+        }
+
+        fn resume_points(&self) -> Vec<Cut> {
+            self.resume.clone()
+        }
+
+        fn commit(&mut self, cuts: &[Cut]) -> Result<(), String> {
+            self.commits.lock().unwrap().extend_from_slice(cuts);
+            Ok(())
+        }
+    }
+
+    const T0: i64 = 1_700_000_000_000;
+
+    /// 500 records 5 s apart: every 7th 150 s late, every 13th invalid.
+    fn sample() -> Vec<Vec<u8>> {
+        (0..500i64)
+            .map(|i| {
+                if i % 13 == 5 {
+                    return b"{bad".to_vec();
+                }
+                let ts = T0 + i * 5_000 - if i % 7 == 3 { 150_000 } else { 0 };
+                format!(r#"{{"event_id":"e{i}","session_id":"s{}","visitor_id":"v","project_id":1,"timestamp":{ts},"type":"x"}}"#, i % 11)
+                    .into_bytes()
+            })
+            .collect()
+    }
+
+    /// Runs a source over `reader` with a durable probe right behind it: every emitted
+    /// record as `(offset, window, valid)`, the gauges, the commits.
+    fn run(reader: Lines) -> (Vec<(u64, u64, bool)>, SourceGauges, Vec<Cut>) {
+        use timely::dataflow::channels::pact::Pipeline;
+        use timely::dataflow::operators::generic::Operator;
+        use timely::dataflow::operators::Probe;
+        let commits = std::sync::Arc::clone(&reader.commits);
+        let (records, gauges) = timely::execute_directly(move |worker| {
+            let records = Rc::new(RefCell::new(Vec::new()));
+            let probe = ProbeHandle::new();
+            let (r1, r2) = (Rc::clone(&records), Rc::clone(&records));
+            let gauges = worker.dataflow::<u64, _, _>(|scope| {
+                let cfg = SourceConfig {
+                    batch: 16,
+                    max_windows_ahead: 1_000,
+                    commit_interval_ms: 0,
+                    ..SourceConfig::default()
+                };
+                let s = partitioned_source(scope, "Source", cfg, reader, None, Some(probe.clone()));
+                s.events
+                    .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Events", move |_, _| {
+                        move |input, _| {
+                            input.for_each(|time, data| {
+                                let t = *time.least().unwrap();
+                                r1.borrow_mut().extend(data.drain(..).map(|s| (s.offset, t, true)));
+                            })
+                        }
+                    })
+                    .probe_with(&probe);
+                s.dead_letters
+                    .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Dead", move |_, _| {
+                        move |input, _| {
+                            input.for_each(|time, data| {
+                                let t = *time.least().unwrap();
+                                r2.borrow_mut().extend(data.drain(..).map(|d| (d.offset, t, false)));
+                            })
+                        }
+                    })
+                    .probe_with(&probe);
+                s.gauges
+            });
+            while !probe.done() {
+                worker.step();
+            }
+            let mut records = records.take();
+            records.sort_unstable();
+            let gauges = gauges.borrow().clone();
+            (records, gauges)
+        });
+        let commits = commits.lock().unwrap().clone();
+        (records, gauges, commits)
+    }
+
+    fn max_ts_before(lines: &[Vec<u8>], offset: u64) -> Option<i64> {
+        lines[..offset as usize]
+            .iter()
+            .filter_map(|l| crate::event::parse_event(l).ok())
+            .map(|e| e.timestamp)
+            .max()
+    }
+
+    #[test]
+    fn commits_are_consistent_cuts_and_resuming_from_one_is_exact() {
+        let lines = sample();
+        let fresh = |resume: Vec<Cut>, from: usize| Lines {
+            lines: lines.clone(),
+            next: from,
+            resume,
+            commits: std::sync::Arc::new(std::sync::Mutex::new(Vec::new())),
+        };
+        let (full, gauges, commits) = run(fresh(Vec::new(), 0));
+        assert_eq!(full.len(), lines.len());
+        assert_eq!(gauges.events_read, lines.len() as u64);
+        // Windows are not monotonic in offset order: late events go back to the watermark.
+        assert!(full.windows(2).any(|w| w[1].1 < w[0].1));
+        assert!(commits.len() > 5, "{} commits", commits.len());
+        for cut in &commits {
+            // Every record before the cut is in a window below the frontier, the cut record
+            // itself (if any) is not, and max_ts is the largest timestamp before the cut.
+            assert!(
+                full.iter().filter(|r| r.0 < cut.offset).all(|r| r.1 < cut.frontier),
+                "{cut:?}"
+            );
+            if let Some(r) = full.iter().find(|r| r.0 == cut.offset) {
+                assert!(r.1 >= cut.frontier, "{cut:?}: {r:?}");
+            }
+            assert_eq!(cut.max_ts, max_ts_before(&lines, cut.offset), "{cut:?}");
+        }
+        assert!(commits
+            .windows(2)
+            .all(|w| w[0].offset <= w[1].offset && w[0].frontier < w[1].frontier));
+        // The end cut: everything read, at the partition's own window.
+        assert_eq!(gauges.end_cuts.len(), 1);
+        assert_eq!(gauges.end_cuts[0].offset, lines.len() as u64);
+
+        // Resuming from any commit emits exactly the records of windows >= its frontier, at the
+        // same windows, and skips the re-read ones below it.
+        let mut skipped_total = 0;
+        for cut in commits.iter().step_by(3) {
+            let d = cut.frontier;
+            let (resumed, g, _) = run(fresh(vec![cut.clone()], cut.offset as usize));
+            let expected: Vec<_> = full.iter().filter(|r| r.1 >= d).copied().collect();
+            assert_eq!(resumed, expected, "resumed from {cut:?}");
+            let skipped = full.iter().filter(|r| r.0 >= cut.offset && r.1 < d).count() as u64;
+            assert_eq!(
+                (g.skipped_on_resume, g.events_read),
+                (skipped, expected.len() as u64),
+                "{cut:?}"
+            );
+            assert_eq!(g.resume_frontier, Some(d));
+            skipped_total += skipped;
+        }
+        assert!(skipped_total > 0, "no resume re-read a record of a durable window");
     }
 }

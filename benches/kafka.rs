@@ -1,0 +1,215 @@
+//! Kafka benchmark (a bench binary; `cargo bench --bench kafka`), on the broker at
+//! `KAFKA_BROKERS` (default 127.0.0.1:9092); skipped with a message when none is reachable.
+//!
+//! 1. Produces N generated events (default 1M, `BENCH_QUICK=1`: 100k) to a new 4-partition
+//!    topic (`sessionflow generate --brokers`).
+//! 2. Raw consumption, the limit: one rdkafka `BaseConsumer` reads the whole topic, counting
+//!    bytes, nothing else.
+//! 3. The job end to end: `sessionflow run --stop-at-end` with 2 workers, output dropped (null
+//!    sink), then with the replay files written.
+//! 4. For scale, the engine alone: `sessionflow replay` of the same events from files (the
+//!    generator's files for the same seed), 2 workers, same outputs as 3.
+//!
+//! Prints events/s of each and the job/raw ratio, measured side by side in one run.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+use sessionflow::commands::generate_kafka::{produce, KafkaGenerateArgs};
+use sessionflow::commands::replay::{self, ReplayArgs};
+use sessionflow::commands::run::{self, RunArgs};
+use sessionflow::generate::{write_files, GenerateArgs};
+use sessionflow_operators::source::kafka::wait_for_topic;
+
+const PARTITIONS: u32 = 4;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Parser)]
+struct ReplayCli {
+    #[command(flatten)]
+    replay: ReplayArgs,
+}
+
+fn main() {
+    if let Err(e) = bench() {
+        eprintln!("kafka bench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn bench() -> Result<(), String> {
+    let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_string());
+    let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
+    let events: u64 = if quick { 100_000 } else { 1_000_000 };
+    // Reachable? A missing topic answers quickly; a missing broker does not.
+    let probe = wait_for_topic(
+        &brokers,
+        "__consumer_offsets",
+        &[],
+        Instant::now() + Duration::from_secs(5),
+    );
+    if let Err(e) = probe {
+        if !e.contains("does not exist") {
+            println!("kafka bench skipped: no Kafka broker at {brokers} ({e})");
+            return Ok(());
+        }
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs();
+    let topic = format!("sf-bench-{}-{stamp}", std::process::id());
+
+    // 1. Produce.
+    let gen = GenerateArgs {
+        events,
+        partitions: PARTITIONS,
+        seed: 42,
+        ..GenerateArgs::default()
+    };
+    let kafka = KafkaGenerateArgs {
+        brokers: Some(brokers.clone()),
+        topic: Some(topic.clone()),
+        realtime: false,
+        options: vec![],
+        connect_timeout: 60_000,
+    };
+    let produced = produce(&gen, &kafka, &brokers, &topic)?;
+    println!(
+        "produce  {:>9} messages {:>7.1} MB  {:>7.2} s  {:>9.0} messages/s",
+        produced.messages,
+        produced.bytes as f64 / 1e6,
+        produced.seconds,
+        produced.messages as f64 / produced.seconds
+    );
+
+    // 2. Raw consumption of the whole topic.
+    let (count, bytes, secs) = raw_consume(&brokers, &topic)?;
+    if count != produced.messages {
+        return Err(format!("raw consumer read {count} of {} messages", produced.messages));
+    }
+    let raw = count as f64 / secs;
+    println!(
+        "raw      {count:>9} messages {:>7.1} MB  {secs:>7.2} s  {raw:>9.0} events/s  (1 BaseConsumer, counting bytes)",
+        bytes as f64 / 1e6
+    );
+
+    // 3. The job end to end, 2 workers: output dropped, then the replay files written.
+    let dir = std::env::temp_dir().join(format!("sf-bench-kafka-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    for (label, files) in [("job/null", false), ("job/files", true)] {
+        let group = format!("{topic}-{}", label.replace('/', "-"));
+        let mut argv: Vec<String> = ["x", "--brokers", &brokers, "--topic", &topic, "--group", &group]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        argv.extend(["--stop-at-end", "--workers", "2", "--progress", "0"].map(String::from));
+        if files {
+            for (flag, name) in [
+                ("--output", "out.jsonl"),
+                ("--dead-letter", "dead.jsonl"),
+                ("--stats", "stats.json"),
+            ] {
+                argv.push(flag.into());
+                argv.push(dir.join(name).display().to_string());
+            }
+        }
+        let args = Cli::try_parse_from(&argv).map_err(|e| e.to_string())?.run;
+        let started = Instant::now();
+        let stats = run::run(args)?.ok_or("the run reported no counters")?;
+        let secs = started.elapsed().as_secs_f64();
+        if stats.stats.events_read != produced.messages {
+            return Err(format!(
+                "{label}: read {} of {} messages",
+                stats.stats.events_read, produced.messages
+            ));
+        }
+        let rate = stats.stats.events_read as f64 / secs;
+        println!(
+            "{label:<9}{:>9} events            {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  (run --stop-at-end, 2 workers)",
+            stats.stats.events_read,
+            100.0 * rate / raw
+        );
+    }
+    // 4. The engine alone on the same events, from files.
+    let files = write_files(&GenerateArgs {
+        out_dir: dir.join("in"),
+        ..gen
+    })
+    .map_err(|e| e.to_string())?;
+    let mut argv: Vec<String> = vec!["x".into()];
+    for f in &files.files {
+        argv.push("--input".into());
+        argv.push(f.display().to_string());
+    }
+    for (flag, name) in [
+        ("--output", "out.jsonl"),
+        ("--dead-letter", "dead.jsonl"),
+        ("--stats", "stats.json"),
+    ] {
+        argv.push(flag.into());
+        argv.push(dir.join(name).display().to_string());
+    }
+    argv.extend(["--workers", "2"].map(String::from));
+    let args = ReplayCli::try_parse_from(&argv).map_err(|e| e.to_string())?.replay;
+    let started = Instant::now();
+    let stats = replay::run(args)?.ok_or("the replay reported no counters")?;
+    let secs = started.elapsed().as_secs_f64();
+    let rate = stats.events_read as f64 / secs;
+    println!(
+        "{:<9}{:>9} events            {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  (replay from files, 2 workers)",
+        "replay",
+        stats.events_read,
+        100.0 * rate / raw
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Reads every message of `topic` with one consumer: (messages, payload bytes, seconds).
+fn raw_consume(brokers: &str, topic: &str) -> Result<(u64, u64, f64), String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-raw"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| e.to_string())?;
+    let mut ends = Vec::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS as i32 {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        ends.push(high);
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    let started = Instant::now();
+    consumer.assign(&tpl).map_err(|e| e.to_string())?;
+    let (mut count, mut bytes) = (0u64, 0u64);
+    let mut left = ends.iter().filter(|e| **e > 0).count();
+    while left > 0 {
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err("raw consumption timed out".into());
+        }
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m.map_err(|e| e.to_string())?;
+        count += 1;
+        bytes += m.payload().map_or(0, <[u8]>::len) as u64;
+        if m.offset() + 1 == ends[m.partition() as usize] {
+            left -= 1;
+        }
+    }
+    Ok((count, bytes, started.elapsed().as_secs_f64()))
+}

@@ -1,0 +1,856 @@
+//! Kafka input: one rdkafka [`BaseConsumer`] per worker, statically assigned partitions.
+//!
+//! - Worker `i` of `n` (all processes together) reads the partitions `p` with `p % n == i`,
+//!   through `assign()`: the consumer group is only where offsets are committed, it never
+//!   rebalances. A worker without partitions creates no consumer and its source drops its
+//!   capability at once.
+//! - The worker never blocks: [`PartitionReader::read`] polls with a zero timeout until the
+//!   queue is empty, and the consumer queue's "non-empty" callback wakes the source operator
+//!   through a [`SyncActivator`] (with a 100 ms re-check as a safety net).
+//! - Start offsets: the group's committed offset of each partition, else `earliest` or
+//!   `latest` ([`StartOffset`]). A committed offset written by sessionflow carries the
+//!   partition's [`Cut`] as commit metadata (`{"v":"sessionflow/1","frontier":F,"max_ts":T}`);
+//!   every worker reads the commits of all partitions and resumes its own at the job's resume
+//!   frontier `D` = the largest `F` (see [`super`] for why that is exact). A partition without
+//!   a sessionflow commit then resumes from its start offset with a fresh watermark.
+//! - `stop_at_end`: each worker fetches its partitions' high watermarks when it starts and
+//!   ends a partition once it read up to there (bounded run, like a replay).
+//! - `idle_timeout_ms`: a partition without a message for that long is marked idle and stops
+//!   holding the frontier; it holds it again from its next message, which is assigned no
+//!   earlier than the worker's capability. Off by default: idleness depends on arrival times,
+//!   so with it, window assignment (and so the output) is no longer a function of the data
+//!   alone, and a restart is exact only if no partition was idle at the last commits (the
+//!   committed frontier may pass an idle partition's window). Without it, a partition that
+//!   receives nothing holds every window open (standard event-time semantics).
+//! - Broker down at start: every blocking call made before the dataflow runs (metadata,
+//!   committed offsets, watermarks) is retried with backoff until `connect_timeout_ms`, each
+//!   failure logged on stderr; then a clear error. Once running, librdkafka reconnects by itself
+//!   (its errors are logged, rate-limited); only fatal consumer errors stop the source.
+//!
+//! The helpers here ([`client_config`], [`ClientLog`], [`retry`], [`block_on`],
+//! [`parse_option`]) are shared with the Kafka sinks.
+
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use rdkafka::client::Client;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext};
+use serde::{Deserialize, Serialize};
+use timely::scheduling::SyncActivator;
+
+use super::{Cut, PartitionReader, RawRecord, ReadStatus, Watermarks};
+
+/// How long a blocking metadata/offset request may take before it is retried.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Re-check delay when the queue is empty (the non-empty callback usually wakes us first).
+const IDLE_RECHECK: Duration = Duration::from_millis(100);
+/// Least time between two log lines of one client (more are counted, then summarised).
+const LOG_EVERY: Duration = Duration::from_secs(2);
+
+/// Where a partition without a committed offset starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartOffset {
+    /// The oldest message still in the partition.
+    #[default]
+    Earliest,
+    /// The end of the partition: only messages produced after the start.
+    Latest,
+}
+
+impl StartOffset {
+    fn name(self) -> &'static str {
+        match self {
+            StartOffset::Earliest => "earliest",
+            StartOffset::Latest => "latest",
+        }
+    }
+}
+
+/// Settings of the Kafka source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Bootstrap brokers: a comma-separated list of `host:port`.
+    pub brokers: String,
+    /// Topic to read (all of its partitions, spread over the workers).
+    pub topic: String,
+    /// Consumer group the offsets are committed under (a name; the group never rebalances).
+    pub group: String,
+    /// Where a partition without a committed offset starts (`earliest` or `latest`).
+    pub start: StartOffset,
+    /// Stop each partition at the end offset it had when the job started (bounded run).
+    pub stop_at_end: bool,
+    /// A partition without a message for this long stops holding the frontier, in
+    /// milliseconds; `None` (the default) never: deterministic output.
+    pub idle_timeout_ms: Option<u64>,
+    /// How long to keep retrying to reach the brokers at start, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Interval of librdkafka statistics (the consumer lag gauge), in milliseconds; 0 is off.
+    pub stats_interval_ms: u64,
+    /// librdkafka options as `(key, value)`, applied after ours (`-X key=value`); a key
+    /// prefixed `consumer:` or `producer:` applies to that kind of client only.
+    pub options: Vec<(String, String)>,
+}
+
+impl Default for KafkaSourceConfig {
+    fn default() -> Self {
+        KafkaSourceConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: String::new(),
+            group: String::new(),
+            start: StartOffset::Earliest,
+            stop_at_end: false,
+            idle_timeout_ms: None,
+            connect_timeout_ms: 60_000,
+            stats_interval_ms: 0,
+            options: Vec::new(),
+        }
+    }
+}
+
+/// The kind of Kafka client an option list is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientKind {
+    /// A consumer (the source).
+    Consumer,
+    /// A producer (the sinks, `generate`).
+    Producer,
+    /// An admin or metadata-only client.
+    Admin,
+}
+
+/// Parses one `-X key=value` option (kcat style). Errors say what is wrong.
+pub fn parse_option(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("bad Kafka option {text:?}: expected key=value"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("bad Kafka option {text:?}: empty key"));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// A client configuration: `ours` (each hard-coded option is commented where it is set), then
+/// the user's `extra` options, which win. An extra key prefixed `consumer:` or `producer:`
+/// applies to that kind of client only (admin clients take the unprefixed ones).
+pub fn client_config(
+    brokers: &str,
+    ours: &[(&str, String)],
+    extra: &[(String, String)],
+    kind: ClientKind,
+) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    // Our log callback decides what to print; librdkafka need not format debug lines.
+    cfg.set_log_level(RDKafkaLogLevel::Warning);
+    for (k, v) in ours {
+        cfg.set(*k, v.as_str());
+    }
+    for (k, v) in extra {
+        let key = match (k.split_once(':'), kind) {
+            (Some(("consumer", rest)), ClientKind::Consumer) | (Some(("producer", rest)), ClientKind::Producer) => rest,
+            (Some(("consumer" | "producer", _)), _) => continue,
+            _ => k.as_str(),
+        };
+        cfg.set(key, v.as_str());
+    }
+    cfg
+}
+
+/// Rate-limited stderr logging of one Kafka client (librdkafka's log lines and errors).
+#[derive(Debug)]
+pub struct ClientLog {
+    label: String,
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl ClientLog {
+    /// A log whose lines start with `label` (e.g. `kafka source (worker 0)`).
+    pub fn new(label: impl Into<String>) -> Self {
+        ClientLog {
+            label: label.into(),
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Prints `message`, unless a line was printed less than 2 s ago (then it is counted and
+    /// the count shows on the next printed line).
+    pub fn note(&self, message: &str) {
+        let Ok(mut s) = self.state.lock() else { return };
+        let now = Instant::now();
+        if s.0.is_some_and(|at| now.duration_since(at) < LOG_EVERY) {
+            s.1 += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut s.1);
+        s.0 = Some(now);
+        drop(s);
+        if suppressed > 0 {
+            eprintln!("{}: {message} ({suppressed} more messages suppressed)", self.label);
+        } else {
+            eprintln!("{}: {message}", self.label);
+        }
+    }
+
+    /// The label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// For `ClientContext::log`: warnings and worse are noted.
+    pub fn librdkafka(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+            self.note(&format!("librdkafka {fac}: {message}"));
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds or `deadline` passes, sleeping 0.2 s, 0.4 s ... (at most
+/// 5 s) between attempts and logging every failure on stderr. The final error names `what`.
+pub fn retry<T>(
+    label: &str,
+    what: &str,
+    deadline: Instant,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match attempt() {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(format!(
+                        "{what}: {e} (gave up after {:.0} s)",
+                        started.elapsed().as_secs_f64()
+                    ));
+                }
+                let wait = pause.min(deadline - now);
+                eprintln!(
+                    "{label}: {what}: {e}; retrying in {:.1} s ({:.0} s left)",
+                    wait.as_secs_f64(),
+                    (deadline - now).as_secs_f64()
+                );
+                std::thread::sleep(wait);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs a future to completion on this thread (for rdkafka's admin futures, which are
+/// completed by rdkafka's own thread; no async runtime needed).
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// The number of partitions of `topic` (an error when it does not exist or has none).
+pub fn topic_partitions<C: ClientContext>(client: &Client<C>, topic: &str) -> Result<u32, String> {
+    let md = client
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(|e| format!("cannot fetch metadata: {e}"))?;
+    let t = md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| format!("topic {topic} not in metadata"))?;
+    if let Some(e) = t.error() {
+        let code = RDKafkaErrorCode::from(e);
+        return Err(if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+            format!("topic {topic} does not exist")
+        } else {
+            format!("topic {topic}: {code}")
+        });
+    }
+    match t.partitions().len() {
+        0 => Err(format!("topic {topic} has no partitions (yet)")),
+        n => Ok(n as u32),
+    }
+}
+
+/// Waits (retrying, see [`retry`]) until `topic` exists on `brokers`; returns its partition
+/// count. For a clear error before any dataflow starts.
+pub fn wait_for_topic(
+    brokers: &str,
+    topic: &str,
+    extra: &[(String, String)],
+    deadline: Instant,
+) -> Result<u32, String> {
+    let log = Arc::new(ClientLog::new(format!("kafka {brokers}")));
+    let ours = [
+        // Names this process in the broker's logs.
+        ("client.id", "sessionflow-metadata".to_string()),
+        // Asking for a missing topic must not create it.
+        ("allow.auto.create.topics", "false".to_string()),
+    ];
+    let cfg = client_config(brokers, &ours, extra, ClientKind::Admin);
+    let client: BaseConsumer<LogContext> = cfg
+        .create_with_context(LogContext(Arc::clone(&log)))
+        .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+    retry(
+        log.label(),
+        &format!("cannot reach topic {topic} on {brokers}"),
+        deadline,
+        || topic_partitions(client.client(), topic),
+    )
+}
+
+/// A client context that logs through a [`ClientLog`].
+#[derive(Clone, Debug)]
+pub struct LogContext(pub Arc<ClientLog>);
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.0.librdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.note(&format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for LogContext {}
+
+/// The source consumer's context: logs, the lag gauge, commit results.
+struct SourceContext {
+    log: Arc<ClientLog>,
+    topic: String,
+    lag: Arc<AtomicI64>,
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.librdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.note(&format!("{error}: {reason}"));
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        if let Some(t) = statistics.topics.get(&self.topic) {
+            // Messages not read yet: last stable offset (or high watermark) minus the position.
+            let lag: i64 = t
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.app_offset >= 0)
+                .map(|p| (if p.ls_offset >= 0 { p.ls_offset } else { p.hi_offset } - p.app_offset).max(0))
+                .sum();
+            self.lag.store(lag, Ordering::Relaxed);
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            // The next commit carries a later cut; at-least-once stays intact meanwhile.
+            self.log
+                .note(&format!("offset commit failed (retried with the next one): {e}"));
+        }
+    }
+}
+
+type SourceConsumer = BaseConsumer<SourceContext>;
+
+#[derive(Debug)]
+struct Part {
+    id: u32,
+    /// `stop_at_end`: the high watermark at start (exclusive end offset).
+    end: Option<u64>,
+    ended: bool,
+    last_data: Instant,
+}
+
+/// The commit metadata of a [`Cut`] (what the offset itself does not say).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CutMeta {
+    /// Format marker: `"sessionflow/1"`.
+    v: String,
+    /// Resume frontier (window index).
+    frontier: u64,
+    /// Largest timestamp before the offset, ms.
+    max_ts: Option<i64>,
+}
+
+const META_VERSION: &str = "sessionflow/1";
+
+/// The commit metadata string of `cut`.
+pub fn cut_metadata(cut: &Cut) -> String {
+    let meta = CutMeta {
+        v: META_VERSION.into(),
+        frontier: cut.frontier,
+        max_ts: cut.max_ts,
+    };
+    serde_json::to_string(&meta).unwrap_or_default()
+}
+
+/// The cut of a committed `offset` of `partition` with `metadata`; `None` when the metadata
+/// was not written by sessionflow.
+pub fn parse_cut(partition: u32, offset: u64, metadata: &str) -> Option<Cut> {
+    let m: CutMeta = serde_json::from_str(metadata).ok()?;
+    (m.v == META_VERSION).then_some(Cut {
+        partition,
+        offset,
+        frontier: m.frontier,
+        max_ts: m.max_ts,
+    })
+}
+
+/// Reads this worker's share of a topic's partitions (see the module docs).
+pub struct KafkaReader {
+    topic: String,
+    log: Arc<ClientLog>,
+    consumer: Option<Rc<SourceConsumer>>,
+    parts: Vec<Part>,
+    resume: Vec<Cut>,
+    activator: Arc<OnceLock<SyncActivator>>,
+    idle_timeout: Option<Duration>,
+    stop_at_end: bool,
+    lag: Arc<AtomicI64>,
+    told_ended: bool,
+}
+
+/// Commits cuts on behalf of a [`KafkaReader`] after its dataflow completed.
+#[derive(Clone)]
+pub struct KafkaCommitter {
+    topic: String,
+    log: Arc<ClientLog>,
+    consumer: Option<Rc<SourceConsumer>>,
+}
+
+impl KafkaCommitter {
+    /// Commits `cuts` synchronously (retrying for up to 30 s).
+    pub fn commit_sync(&self, cuts: &[Cut]) -> Result<(), String> {
+        let Some(consumer) = &self.consumer else { return Ok(()) };
+        if cuts.is_empty() {
+            return Ok(());
+        }
+        let tpl = cut_list(&self.topic, cuts)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        retry(self.log.label(), "cannot commit the final offsets", deadline, || {
+            consumer.commit(&tpl, CommitMode::Sync).map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn cut_list(topic: &str, cuts: &[Cut]) -> Result<TopicPartitionList, String> {
+    let mut tpl = TopicPartitionList::with_capacity(cuts.len());
+    for cut in cuts {
+        let offset = i64::try_from(cut.offset).map_err(|_| format!("offset {} out of range", cut.offset))?;
+        let mut elem = tpl.add_partition(topic, cut.partition as i32);
+        elem.set_offset(Offset::Offset(offset)).map_err(|e| e.to_string())?;
+        elem.set_metadata(cut_metadata(cut));
+    }
+    Ok(tpl)
+}
+
+impl KafkaReader {
+    /// Connects worker `index` of `peers`: creates its consumer, reads the committed offsets
+    /// (and their cuts), the end offsets with `stop_at_end`, and assigns its partitions.
+    /// Blocking calls are retried until `connect_timeout_ms` (see the module docs).
+    pub fn connect(cfg: &KafkaSourceConfig, index: usize, peers: usize) -> Result<KafkaReader, String> {
+        let log = Arc::new(ClientLog::new(format!("kafka source (worker {index})")));
+        let lag = Arc::new(AtomicI64::new(-1));
+        let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
+        let mut ours = vec![
+            // Offsets are committed under this group; partitions are assigned, never
+            // subscribed, so the group never rebalances.
+            ("group.id", cfg.group.clone()),
+            // Offsets are committed only once the output is durable (consistent cuts).
+            ("enable.auto.commit", "false".to_string()),
+            // ... and never stored implicitly by poll() either.
+            ("enable.auto.offset.store", "false".to_string()),
+            // A partition without a (valid) committed offset starts here.
+            ("auto.offset.reset", cfg.start.name().to_string()),
+            // --stop-at-end: an EOF event tells that a partition reached its end even when its
+            // last offsets are not messages (transaction markers, compaction).
+            ("enable.partition.eof", cfg.stop_at_end.to_string()),
+            // Names this worker in the broker's logs.
+            ("client.id", format!("sessionflow-source-{index}")),
+        ];
+        if cfg.stats_interval_ms > 0 {
+            // The consumer-lag gauge of the progress line comes from librdkafka's statistics.
+            ours.push(("statistics.interval.ms", cfg.stats_interval_ms.to_string()));
+        }
+        let client_cfg = client_config(&cfg.brokers, &ours, &cfg.options, ClientKind::Consumer);
+        let context = SourceContext {
+            log: Arc::clone(&log),
+            topic: cfg.topic.clone(),
+            lag: Arc::clone(&lag),
+        };
+        let mut consumer: SourceConsumer = client_cfg
+            .create_with_context(context)
+            .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
+        let activator: Arc<OnceLock<SyncActivator>> = Arc::new(OnceLock::new());
+        let wake = Arc::clone(&activator);
+        consumer.set_nonempty_callback(move || {
+            if let Some(a) = wake.get() {
+                // Fails only when the worker is gone; nothing left to wake then.
+                let _ = a.activate();
+            }
+        });
+
+        let what = format!("cannot reach topic {} on {}", cfg.topic, cfg.brokers);
+        let count = retry(log.label(), &what, deadline, || {
+            topic_partitions(consumer.client(), &cfg.topic)
+        })?;
+        let mine: Vec<u32> = (0..count).filter(|p| *p as usize % peers.max(1) == index).collect();
+        let mut reader = KafkaReader {
+            topic: cfg.topic.clone(),
+            log: Arc::clone(&log),
+            consumer: None,
+            parts: Vec::new(),
+            resume: Vec::new(),
+            activator,
+            idle_timeout: cfg.idle_timeout_ms.map(Duration::from_millis),
+            stop_at_end: cfg.stop_at_end,
+            lag,
+            told_ended: false,
+        };
+        if mine.is_empty() {
+            return Ok(reader);
+        }
+
+        // Committed offsets of every partition (and the cuts in their metadata): the resume
+        // frontier D is the largest frontier committed for any partition of the topic.
+        let mut query = TopicPartitionList::with_capacity(count as usize);
+        for p in 0..count {
+            query.add_partition(&cfg.topic, p as i32);
+        }
+        let what = format!("cannot read the committed offsets of group {}", cfg.group);
+        let committed = retry(log.label(), &what, deadline, || {
+            consumer
+                .committed_offsets(query.clone(), REQUEST_TIMEOUT)
+                .map_err(|e| e.to_string())
+        })?;
+        let committed_at = |p: u32| -> (Option<u64>, Option<Cut>) {
+            let Some(elem) = committed.find_partition(&cfg.topic, p as i32) else {
+                return (None, None);
+            };
+            match elem.offset() {
+                Offset::Offset(o) if o >= 0 => (Some(o as u64), parse_cut(p, o as u64, elem.metadata())),
+                _ => (None, None),
+            }
+        };
+        let resume_frontier = (0..count).filter_map(|p| committed_at(p).1).map(|c| c.frontier).max();
+
+        // Start offsets and assignment, with end offsets for --stop-at-end.
+        let now = Instant::now();
+        let mut assign = TopicPartitionList::with_capacity(mine.len());
+        for &p in &mine {
+            let (start, cut) = committed_at(p);
+            if let (Some(o), None) = (start, &cut) {
+                log.note(&format!("partition {p}: committed offset {o} has no sessionflow metadata; starting there without its watermark"));
+            }
+            let mut part = Part {
+                id: p,
+                end: None,
+                ended: false,
+                last_data: now,
+            };
+            let mut from = match (start, cfg.start) {
+                (Some(o), _) => Offset::Offset(o as i64),
+                (None, StartOffset::Earliest) => Offset::Beginning,
+                (None, StartOffset::Latest) => Offset::End,
+            };
+            let mut first = start;
+            if cfg.stop_at_end || (start.is_none() && resume_frontier.is_some()) {
+                let what = format!("cannot read the end offset of partition {p}");
+                let (low, high) = retry(log.label(), &what, deadline, || {
+                    consumer
+                        .fetch_watermarks(&cfg.topic, p as i32, REQUEST_TIMEOUT)
+                        .map_err(|e| e.to_string())
+                })?;
+                let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+                let at = match (start, cfg.start) {
+                    (Some(o), _) => o,
+                    (None, StartOffset::Earliest) => low,
+                    (None, StartOffset::Latest) => high,
+                };
+                from = Offset::Offset(at as i64);
+                first = Some(at);
+                if cfg.stop_at_end {
+                    part.end = Some(high);
+                    part.ended = at >= high;
+                }
+            }
+            if let (Some(d), Some(offset)) = (resume_frontier, first) {
+                // Every partition resumes with the job's frontier D (see the source docs).
+                let point = match cut {
+                    Some(c) => Cut { frontier: d, ..c },
+                    None => Cut {
+                        partition: p,
+                        offset,
+                        frontier: d,
+                        max_ts: None,
+                    },
+                };
+                reader.resume.push(point);
+            }
+            if !part.ended {
+                assign
+                    .add_partition_offset(&cfg.topic, p as i32, from)
+                    .map_err(|e| e.to_string())?;
+            }
+            reader.parts.push(part);
+        }
+        if assign.count() > 0 {
+            consumer
+                .assign(&assign)
+                .map_err(|e| format!("cannot assign partitions: {e}"))?;
+        }
+        reader.consumer = Some(Rc::new(consumer));
+        Ok(reader)
+    }
+
+    /// A reader of no partition (its worker drops its capability at once).
+    pub fn empty(topic: &str) -> KafkaReader {
+        KafkaReader {
+            topic: topic.to_string(),
+            log: Arc::new(ClientLog::new("kafka source")),
+            consumer: None,
+            parts: Vec::new(),
+            resume: Vec::new(),
+            activator: Arc::new(OnceLock::new()),
+            idle_timeout: None,
+            stop_at_end: true,
+            lag: Arc::new(AtomicI64::new(-1)),
+            told_ended: false,
+        }
+    }
+
+    /// A handle that commits cuts after the dataflow (and this reader) is gone.
+    pub fn committer(&self) -> KafkaCommitter {
+        KafkaCommitter {
+            topic: self.topic.clone(),
+            log: Arc::clone(&self.log),
+            consumer: self.consumer.clone(),
+        }
+    }
+
+    /// The consumer lag of this worker's partitions (messages), from librdkafka's statistics;
+    /// -1 until the first statistics arrived (or with statistics off).
+    pub fn lag_gauge(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.lag)
+    }
+
+    fn end_part(&mut self, i: usize, marks: &mut Watermarks) {
+        let part = &mut self.parts[i];
+        if part.ended {
+            return;
+        }
+        part.ended = true;
+        marks.end(part.id);
+        if let Some(c) = &self.consumer {
+            // Stop fetching what this run will not read; failing to pause only costs bandwidth.
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&self.topic, part.id as i32);
+            let _ = c.pause(&tpl);
+        }
+    }
+}
+
+impl PartitionReader for KafkaReader {
+    fn partitions(&self) -> Vec<u32> {
+        self.parts.iter().map(|p| p.id).collect()
+    }
+
+    fn set_activator(&mut self, activator: SyncActivator) {
+        let _ = self.activator.set(activator);
+    }
+
+    fn resume_points(&self) -> Vec<Cut> {
+        self.resume.clone()
+    }
+
+    fn commit(&mut self, cuts: &[Cut]) -> Result<(), String> {
+        let Some(consumer) = &self.consumer else { return Ok(()) };
+        let tpl = cut_list(&self.topic, cuts)?;
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            // Not fatal: the next commit carries a later cut.
+            self.log.note(&format!("cannot commit offsets: {e}"));
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, marks: &mut Watermarks, budget: usize, out: &mut Vec<RawRecord>) -> Result<ReadStatus, String> {
+        if !self.told_ended {
+            self.told_ended = true;
+            for p in self.parts.iter().filter(|p| p.ended) {
+                marks.end(p.id);
+            }
+        }
+        let Some(consumer) = self.consumer.clone() else {
+            return Ok(ReadStatus::Done);
+        };
+        let now = Instant::now();
+        // Poll until the queue is empty. A poll that served a commit or statistics event also
+        // returns nothing, so only two empty polls in a row mean "empty".
+        let mut empty = 0;
+        while out.len() < budget && empty < 2 {
+            let Some(result) = consumer.poll(Duration::ZERO) else {
+                empty += 1;
+                continue;
+            };
+            empty = 0;
+            match result {
+                Ok(msg) => {
+                    let Some(i) = self.parts.iter().position(|p| p.id as i32 == msg.partition()) else {
+                        continue;
+                    };
+                    let Ok(offset) = u64::try_from(msg.offset()) else {
+                        continue;
+                    };
+                    let part = &mut self.parts[i];
+                    if part.ended {
+                        continue;
+                    }
+                    if part.end.is_some_and(|end| offset >= end) {
+                        self.end_part(i, marks);
+                        continue;
+                    }
+                    out.push(RawRecord {
+                        partition: part.id,
+                        offset,
+                        bytes: msg.payload().unwrap_or_default().to_vec(),
+                    });
+                    part.last_data = now;
+                    if part.end.is_some_and(|end| offset + 1 >= end) {
+                        self.end_part(i, marks);
+                    }
+                }
+                Err(KafkaError::PartitionEOF(p)) => {
+                    // The fetcher reached the partition's end (at least the one we started with).
+                    if self.stop_at_end {
+                        if let Some(i) = self.parts.iter().position(|q| q.id as i32 == p) {
+                            self.end_part(i, marks);
+                        }
+                    }
+                }
+                Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
+                    return Err(format!("Kafka consumer of topic {} failed: {e}", self.topic));
+                }
+                Err(KafkaError::MessageConsumption(
+                    code @ (RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::GroupAuthorizationFailed),
+                )) => {
+                    return Err(format!("Kafka consumer of topic {}: {code}", self.topic));
+                }
+                // Transient (broker down, leader change ...): logged by the context, and
+                // librdkafka retries by itself.
+                Err(_) => {}
+            }
+        }
+        if let Some(timeout) = self.idle_timeout {
+            for p in self
+                .parts
+                .iter()
+                .filter(|p| !p.ended && now.duration_since(p.last_data) >= timeout)
+            {
+                marks.set_idle(p.id);
+            }
+        }
+        if self.parts.iter().all(|p| p.ended) {
+            Ok(ReadStatus::Done)
+        } else if empty < 2 || !out.is_empty() {
+            Ok(ReadStatus::More)
+        } else {
+            Ok(ReadStatus::Idle(IDLE_RECHECK))
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_apply_by_kind() {
+        assert_eq!(
+            parse_option("fetch.min.bytes=1"),
+            Ok(("fetch.min.bytes".into(), "1".into()))
+        );
+        assert_eq!(parse_option("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_option("novalue").is_err());
+        assert!(parse_option("=x").is_err());
+        let extra = vec![
+            ("linger.ms".to_string(), "7".to_string()),
+            ("consumer:fetch.min.bytes".to_string(), "9".to_string()),
+            ("producer:acks".to_string(), "1".to_string()),
+        ];
+        let ours = [("linger.ms", "1".to_string())];
+        let c = client_config("b:1", &ours, &extra, ClientKind::Consumer);
+        assert_eq!(c.get("linger.ms"), Some("7"));
+        assert_eq!(c.get("fetch.min.bytes"), Some("9"));
+        assert_eq!(c.get("acks"), None);
+        let p = client_config("b:1", &ours, &extra, ClientKind::Producer);
+        assert_eq!(p.get("acks"), Some("1"));
+        assert_eq!(p.get("fetch.min.bytes"), None);
+        assert_eq!(p.get("bootstrap.servers"), Some("b:1"));
+    }
+
+    #[test]
+    fn cut_metadata_round_trips() {
+        let cut = Cut {
+            partition: 3,
+            offset: 17,
+            frontier: 28_333_334,
+            max_ts: Some(1_700_000_000_123),
+        };
+        let text = cut_metadata(&cut);
+        assert_eq!(parse_cut(3, 17, &text), Some(cut));
+        assert_eq!(parse_cut(3, 17, ""), None);
+        assert_eq!(
+            parse_cut(3, 17, "{\"v\":\"other\",\"frontier\":1,\"max_ts\":null}"),
+            None
+        );
+    }
+
+    #[test]
+    fn block_on_runs_a_ready_future() {
+        assert_eq!(block_on(async { 41 + 1 }), 42);
+    }
+
+    #[test]
+    fn retry_gives_up_at_the_deadline_with_the_last_error() {
+        let mut n = 0;
+        let r: Result<(), String> = retry("test", "cannot do it", Instant::now(), || {
+            n += 1;
+            Err(format!("attempt {n}"))
+        });
+        assert_eq!(n, 1);
+        let e = r.unwrap_err();
+        assert!(e.starts_with("cannot do it: attempt 1"), "{e}");
+    }
+}

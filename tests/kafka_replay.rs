@@ -1,0 +1,145 @@
+//! On the real broker: a generated stream (invalid, duplicate, late events) in a 4-partition
+//! topic; `sessionflow run --stop-at-end` with 1 and 3 workers writes byte-for-byte what
+//! `sessionflow replay` writes for the same per-partition files; the committed offsets are the
+//! end offsets with the frontier in their metadata, and a second run of the group reads nothing.
+//!
+//! `#[ignore]`d: needs Kafka (`scripts/test.sh` starts it; `KAFKA_BROKERS`, default
+//! 127.0.0.1:9092).
+#![allow(clippy::unwrap_used)]
+
+mod kafka_support;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kafka_support::*;
+use sessionflow::generate::GenerateArgs;
+use sessionflow_operators::event::parse_event;
+
+const PARTITIONS: u32 = 4;
+
+struct Fixture {
+    topic: String,
+    inputs: Vec<PathBuf>,
+    dir: tempfile::TempDir,
+    reference: Files,
+}
+
+/// One produced topic and its replay reference, shared by the tests of this file.
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = unique("replay");
+        let args = GenerateArgs {
+            events: 40_000,
+            partitions: PARTITIONS,
+            seed: 2024,
+            out_dir: dir.path().join("in"),
+            // More late events than the default, so some land in closed sessions.
+            late: 0.01,
+            ..GenerateArgs::default()
+        };
+        let inputs = produce_generated(&args, &topic);
+        let reference = Files::new(dir.path(), "replay");
+        replay(&inputs, &reference);
+        Fixture {
+            topic,
+            inputs,
+            dir,
+            reference,
+        }
+    })
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn stop_at_end_equals_replay_with_1_and_3_workers() {
+    let f = fixture();
+    assert_eq!(f.inputs.len(), PARTITIONS as usize);
+    let expected = f.reference.read();
+    let stats: serde_json::Value = serde_json::from_slice(&expected.2).unwrap();
+    assert!(
+        stats["invalid"].as_u64().unwrap() > 0 && stats["duplicates"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
+    assert!(
+        stats["late"].as_u64().unwrap() > 0,
+        "no event landed in a closed session: {stats}"
+    );
+    for workers in [1, 3] {
+        let files = Files::new(f.dir.path(), &format!("run{workers}"));
+        let group = unique(&format!("g{workers}"));
+        let mut args = run_flags(&f.topic, &group, workers);
+        args.push("--stop-at-end".into());
+        args.extend(files.flags());
+        run_ok(sessionflow(&args), Duration::from_secs(120));
+        let got = files.read();
+        assert!(got.0 == expected.0, "{workers} workers: snapshots differ from replay");
+        assert!(
+            got.1 == expected.1,
+            "{workers} workers: dead letters differ from replay"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&got.2),
+            String::from_utf8_lossy(&expected.2),
+            "{workers} workers: stats"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn offsets_are_the_end_offsets_and_a_second_run_reads_nothing() {
+    let f = fixture();
+    let group = unique("offsets");
+    let files = Files::new(f.dir.path(), "offsets-1");
+    let mut args = run_flags(&f.topic, &group, 2);
+    args.push("--stop-at-end".into());
+    args.extend(files.flags());
+    run_ok(sessionflow(&args), Duration::from_secs(120));
+    let ends = end_offsets(&f.topic, PARTITIONS);
+    let commits = committed(&group, &f.topic, PARTITIONS);
+    let mut frontiers = Vec::new();
+    for (p, (c, end)) in commits.iter().zip(&ends).enumerate() {
+        let (offset, meta) = c.clone().unwrap_or_else(|| panic!("partition {p}: no commit"));
+        assert_eq!(offset, *end, "partition {p}: committed offset is not the end offset");
+        frontiers.push(meta_frontier(&meta));
+    }
+    // One frontier for every partition: the smallest partition watermark window at the end,
+    // min over p of w(max valid timestamp of p - 5 s) (data appended later to any partition
+    // gets no lower window, so a later run skips none of it).
+    let lows: Vec<u64> = f
+        .inputs
+        .iter()
+        .map(|path| {
+            let text = std::fs::read(path).unwrap();
+            let max = text
+                .split(|b| *b == b'\n')
+                .filter_map(|l| parse_event(l).ok())
+                .map(|e| e.timestamp)
+                .max()
+                .unwrap();
+            (max - 5_000) as u64 / 60_000
+        })
+        .collect();
+    let expected = *lows.iter().min().unwrap();
+    assert!(
+        frontiers.iter().all(|f| *f == expected),
+        "frontiers {frontiers:?}, partition windows {lows:?}"
+    );
+
+    // Same group again: nothing new to read, nothing written, the commits unchanged.
+    let again = Files::new(f.dir.path(), "offsets-2");
+    let mut args = run_flags(&f.topic, &group, 2);
+    args.push("--stop-at-end".into());
+    args.extend(again.flags());
+    run_ok(sessionflow(&args), Duration::from_secs(120));
+    let (out, dead, _) = again.read();
+    assert!(out.is_empty() && dead.is_empty());
+    let stats = again.stats_json();
+    assert_eq!(stats["events_read"], 0, "{stats}");
+    assert!(stats.get("skipped_on_resume").is_none(), "{stats}");
+    assert_eq!(committed(&group, &f.topic, PARTITIONS), commits);
+}
