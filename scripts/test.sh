@@ -21,9 +21,8 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "build (tests, release binary)"
+step "build (every target: lib, bin, tests, examples, benches)"
 cargo build --workspace --all-targets --locked
-cargo build --release --locked
 
 services_up=0
 cleanup() {
