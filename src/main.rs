@@ -17,10 +17,14 @@ struct Cli {
 enum Command {
     /// Deterministic reference run over files, one per partition.
     Replay(commands::replay::ReplayArgs),
-    /// Writes a synthetic click stream, one file per partition.
-    Generate(sessionflow::generate::GenerateArgs),
+    /// Writes a synthetic click stream, one file per partition, or produces it to Kafka.
+    Generate(commands::generate_kafka::GenerateCommand),
+    /// The live job on a Kafka topic (with --stop-at-end, a bounded run like replay).
+    Run(Box<commands::run::RunArgs>),
     /// Runs the whole pipeline in this process on generated events, no servers needed.
     Demo(commands::demo::DemoArgs),
+    /// Queries SessionDB in HBase: project metrics, or one session by id.
+    Query(commands::query::QueryArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,8 +38,18 @@ fn main() -> ExitCode {
                 );
             }
         }),
-        Command::Generate(args) => sessionflow::generate::run(args),
+        Command::Generate(args) => commands::generate_kafka::run(args),
+        Command::Run(args) => commands::run::run(*args).map(|stats| {
+            if let Some(r) = stats {
+                let s = r.stats;
+                eprintln!(
+                    "run: {} events read, {} accepted, {} duplicates, {} late, {} invalid; {} sessions, {} snapshots; {} skipped on resume",
+                    s.events_read, s.accepted, s.duplicates, s.late, s.invalid, s.sessions_opened, s.snapshots, r.skipped_on_resume
+                );
+            }
+        }),
         Command::Demo(args) => commands::demo::run(args),
+        Command::Query(args) => commands::query::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,8 @@
 //!        |                  \--> [extra sinks: Kafka, HBase ...]
 //!        v
 //!  probe: the frontier of everything written; the source throttles on it
+//!  durable probe (with `commit_on_durable`): the frontier the extra sinks acknowledged;
+//!        the source commits input offsets (consistent cuts) as it advances
 //! ```
 //!
 //! After the dataflow completes, [`gather_stats`] sums every worker's counters at worker 0.
@@ -27,11 +29,11 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use sessionflow_operators::record::DeadLetter;
+use sessionflow_operators::record::{DeadLetter, Sourced};
 use sessionflow_operators::session::operator::SessionGauges;
-use sessionflow_operators::session::{Sessionize, Snapshot};
+use sessionflow_operators::session::{SessionStore, Sessionize, Snapshot};
 use sessionflow_operators::sink::files::{SharedLineFile, SinkDeadLetterFile, SinkSnapshotFile};
-use sessionflow_operators::source::{partitioned_source, PartitionReader, SourceGauges};
+use sessionflow_operators::source::{partitioned_source, Cut, PartitionReader, SourceGauges};
 use timely::dataflow::operators::vec::Input;
 use timely::dataflow::operators::{Concat, Exchange, Inspect, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
@@ -51,6 +53,18 @@ pub struct Outputs<'a> {
     pub snapshot_sinks: Vec<Box<dyn Attach<Snapshot> + 'a>>,
     /// Further sinks on the dead-letter stream.
     pub dead_letter_sinks: Vec<Box<dyn Attach<DeadLetter> + 'a>>,
+    /// Commit input offsets as the further sinks acknowledge writes (their frontiers form the
+    /// durable probe). Set it on every worker alike, and only when those sinks are all the
+    /// output: files are durable only once a bounded run completed.
+    pub commit_on_durable: bool,
+    /// Build no file sinks (live runs: the dead-letter file sink keeps everything until the
+    /// input ends).
+    pub no_file_sinks: bool,
+    /// [hbase] Further sinks on the stream of valid events (the event-per-cell HBase mode).
+    pub event_sinks: Vec<Box<dyn Attach<Sourced> + 'a>>,
+    /// [hbase] A session store restored from SessionDB (`sessiondb::restore`) at the resume
+    /// window: sessionize starts from it instead of an empty store.
+    pub restored_sessions: Option<SessionStore>,
 }
 
 /// A sink (or any consumer) attached to a stream of `D`.
@@ -67,6 +81,11 @@ pub struct Job {
     pub source: Rc<RefCell<SourceGauges>>,
     /// This worker's sessionize figures.
     pub session: Rc<RefCell<SessionGauges>>,
+    /// Where this worker's partitions resumed (empty on a fresh start), every cut with the
+    /// job's resume frontier `D` as `frontier`: every record assigned a window `< D` is already
+    /// reflected in durable output and is not read again, so the session state must be
+    /// restored as of window `D - 1` (the SessionDB hook).
+    pub resume: Vec<Cut>,
 }
 
 impl Job {
@@ -77,34 +96,63 @@ impl Job {
 }
 
 /// Builds the job's dataflow on `worker`.
-pub fn build<R: PartitionReader>(
-    worker: &mut Worker,
-    job: &JobConfig,
-    reader: R,
-    outputs: Outputs<'_>,
-) -> Job {
+pub fn build<R: PartitionReader>(worker: &mut Worker, job: &JobConfig, reader: R, outputs: Outputs<'_>) -> Job {
     let probe = ProbeHandle::new();
-    let throttle = probe.clone();
+    let durable = ProbeHandle::new();
+    let resume = reader.resume_points();
     let (source, session) = worker.dataflow::<u64, _, _>(|scope| {
         // 1. Partitioned input: parse, validate, assign windows by partition watermark.
-        let input = partitioned_source(scope, "Source", job.source.clone(), reader, Some(throttle));
+        let commits = outputs.commit_on_durable.then(|| durable.clone());
+        let input = partitioned_source(
+            scope,
+            "Source",
+            job.source.clone(),
+            reader,
+            Some(probe.clone()),
+            commits,
+        );
 
         // 2. Sessionize (exchanges by session key internally).
-        let sessions = input.events.sessionize(job.session.clone());
+        // [hbase] Event sinks see every valid event; a restored store resumes sessionize.
+        for sink in outputs.event_sinks {
+            sink.attach(input.events.clone())
+                .probe_with(&probe)
+                .probe_with(&durable);
+        }
+        let sessions = match outputs.restored_sessions {
+            Some(store) => input.events.sessionize_from(store),
+            None => input.events.sessionize(job.session.clone()),
+        };
 
         // 3. Sinks. Everything written is probed; the source throttles on it.
         let dead = input.dead_letters.concat(sessions.dead_letters);
         for sink in outputs.dead_letter_sinks {
-            sink.attach(dead.clone()).probe_with(&probe);
+            sink.attach(dead.clone()).probe_with(&probe).probe_with(&durable);
         }
-        dead.sink_dead_letter_file(outputs.dead_letter_file).probe_with(&probe);
         for sink in outputs.snapshot_sinks {
-            sink.attach(sessions.snapshots.clone()).probe_with(&probe);
+            sink.attach(sessions.snapshots.clone())
+                .probe_with(&probe)
+                .probe_with(&durable);
         }
-        sessions.snapshots.sink_snapshot_file(outputs.snapshot_file).probe_with(&probe);
+        if !outputs.no_file_sinks {
+            dead.sink_dead_letter_file(outputs.dead_letter_file).probe_with(&probe);
+            sessions
+                .snapshots
+                .sink_snapshot_file(outputs.snapshot_file)
+                .probe_with(&probe);
+        } else {
+            // The streams themselves say when the job is done, even with no sink at all.
+            dead.probe_with(&probe);
+            sessions.snapshots.probe_with(&probe);
+        }
         (input.gauges, sessions.gauges)
     });
-    Job { probe, source, session }
+    Job {
+        probe,
+        source,
+        session,
+        resume,
+    }
 }
 
 /// Steps the worker until the job's probe is done, calling `tick` about every `every`.

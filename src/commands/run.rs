@@ -1,0 +1,598 @@
+//! `sessionflow run`: the live job on a Kafka topic.
+//!
+//! Every worker reads its share of the topic's partitions (`partition % workers == index`,
+//! over all processes) with its own consumer, and writes snapshots and dead letters to Kafka
+//! topics (`--snapshot-topic`, `--dead-letter-topic`) and/or, with `--stop-at-end`, to the
+//! replay files (`--output`, `--dead-letter`, `--stats`).
+//!
+//! Offsets: in a live run with Kafka sinks, the sources commit a consistent cut of their
+//! partitions each time the sinks' acknowledged frontier advances (at most every
+//! `--commit-interval`). A `--stop-at-end` run commits once, when it completed and its files
+//! are in place (files are durable only then), with one frontier for all partitions: the
+//! smallest partition window, so records appended later are never taken for processed ones.
+//! A live run with no Kafka sink commits nothing.
+//!
+//! `--idle-timeout` trades determinism for progress: an idle partition stops holding the
+//! frontier, so windows close without it, but its next records are assigned no earlier than
+//! the frontier (not by their own watermark), so the output depends on arrival times; and a
+//! restart is exact only if no partition was idle when the last commits were made (the
+//! committed frontier may exceed an idle partition's window; its next records below that
+//! frontier would be skipped as processed).
+//!
+//! With `--stop-at-end` each worker stops at the end offsets its partitions had when it
+//! started; the run then behaves like `sessionflow replay` over one file per partition (the
+//! dead-letter offsets are Kafka offsets) and its files are byte-identical to replay's.
+//! Without it the job runs until it is killed; offsets committed so far are where a restart
+//! with the same `--group` resumes (exactly, see `sessionflow_operators::source`).
+
+use std::cell::RefCell;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+use sessionflow_operators::record::DeadLetter;
+use sessionflow_operators::sink::files::LineFile;
+use sessionflow_operators::sink::kafka::{
+    ensure_topic, KafkaMessage, KafkaSink, KafkaSinkConfig, KafkaSinkStatus, SinkKafka,
+};
+use sessionflow_operators::source::kafka::{parse_option, wait_for_topic, KafkaReader, KafkaSourceConfig, StartOffset};
+use sessionflow_operators::source::{Cut, PartitionReader};
+use timely::dataflow::operators::vec::Input;
+use timely::dataflow::operators::{Exchange, Inspect, Probe};
+use timely::dataflow::StreamVec;
+use timely::worker::Worker;
+
+use crate::cluster::ClusterArgs;
+use crate::commands::hbase_args::{self, HbaseArgs};
+use crate::commands::replay::{check_writable, write_json_file};
+use crate::config::{parse_duration_ms, SessionArgs};
+use crate::pipeline::{self, Attach, Outputs};
+use crate::stats::Stats;
+
+/// Where a partition without a committed offset starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Start {
+    /// The oldest message still in the partition.
+    Earliest,
+    /// The end of the partition: only messages produced after the start.
+    Latest,
+}
+
+/// Flags of `sessionflow run`.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Bootstrap brokers: comma-separated `host:port` list.
+    #[arg(long)]
+    pub brokers: String,
+    /// Input topic (every partition is read).
+    #[arg(long)]
+    pub topic: String,
+    /// Consumer group: offsets are committed under it; a restart with the same group resumes.
+    #[arg(long)]
+    pub group: String,
+    /// Where a partition without a committed offset starts.
+    #[arg(long, value_enum, default_value = "earliest")]
+    pub start: Start,
+    /// Topic receiving the snapshots (key = session id, value = snapshot JSON); created with
+    /// the input's partition count when missing.
+    #[arg(long)]
+    pub snapshot_topic: Option<String>,
+    /// Topic receiving the dead letters (value = `{"reason","partition","offset","raw"}`).
+    #[arg(long)]
+    pub dead_letter_topic: Option<String>,
+    /// Snapshot file, as replay's --output (requires --stop-at-end).
+    #[arg(long, requires = "stop_at_end")]
+    pub output: Option<PathBuf>,
+    /// Dead-letter file, as replay's --dead-letter (requires --stop-at-end).
+    #[arg(long, requires = "stop_at_end")]
+    pub dead_letter: Option<PathBuf>,
+    /// Counters file, as replay's --stats (requires --stop-at-end).
+    #[arg(long, requires = "stop_at_end")]
+    pub stats: Option<PathBuf>,
+    /// Stop once every partition reached the end offset it had when the job started.
+    #[arg(long)]
+    pub stop_at_end: bool,
+    /// A librdkafka option `key=value` for every Kafka client (applied after ours; repeat).
+    /// Prefix the key with `consumer:` or `producer:` for one kind of client only.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_option)]
+    pub options: Vec<(String, String)>,
+    /// A partition without a message for this long stops holding the frontier (e.g. 30s).
+    /// Off by default: with it, window assignment depends on arrival times (not deterministic).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub idle_timeout: Option<u64>,
+    /// How far the source may run ahead of the acknowledged output (windows).
+    #[arg(long, default_value_t = 3)]
+    pub max_windows_ahead: u64,
+    /// Least time between two offset commits (e.g. 1s).
+    #[arg(long, default_value = "1s", value_parser = parse_duration_ms)]
+    pub commit_interval: u64,
+    /// How long to keep retrying to reach the brokers at start (e.g. 60s).
+    #[arg(long, default_value = "60s", value_parser = parse_duration_ms)]
+    pub connect_timeout: u64,
+    /// Interval of the progress line on stderr (e.g. 5s); 0 is off.
+    #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
+    pub progress: u64,
+    /// Session semantics.
+    #[command(flatten)]
+    pub session: SessionArgs,
+    /// Workers and cluster.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// [hbase] The HBase sink (SessionDB or event-per-cell) and its restore on resume.
+    #[command(flatten)]
+    pub hbase: HbaseArgs,
+}
+
+/// The `--stats` file of a run: replay's counters, plus `skipped_on_resume` when non-zero
+/// (records read again after a restart whose window was already durable), so that a fresh run
+/// writes exactly replay's bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStats {
+    /// The spec's counters (`events_read` excludes the skipped records).
+    #[serde(flatten)]
+    pub stats: Stats,
+    /// Records read again after a restart and dropped as already reflected (count).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_on_resume: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a worker reports at the end.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Report {
+    stats: Stats,
+    skipped_on_resume: u64,
+    error: Option<String>,
+    /// The smallest frontier of the worker's end cuts.
+    end_frontier: Option<u64>,
+}
+
+/// What one worker last reported, for the progress line.
+#[derive(Clone, Copy, Debug, Default)]
+struct Figures {
+    events_read: u64,
+    open_sessions: u64,
+    window: Option<u64>,
+    commits: u64,
+}
+
+/// A Kafka sink as an extra sink of the pipeline.
+struct KafkaAttach(KafkaSink);
+
+impl<D: KafkaMessage + Clone + 'static> Attach<D> for KafkaAttach {
+    fn attach<'s>(self: Box<Self>, stream: StreamVec<'s, u64, D>) -> StreamVec<'s, u64, ()> {
+        stream.sink_kafka(self.0)
+    }
+}
+
+fn sink_config(args: &RunArgs, topic: &str) -> KafkaSinkConfig {
+    KafkaSinkConfig {
+        brokers: args.brokers.clone(),
+        topic: topic.to_string(),
+        options: args.options.clone(),
+    }
+}
+
+/// Runs the job; returns the counters (process 0 of a `--stop-at-end` run) once every output
+/// is in place and the final offsets are committed. A live run returns only on error.
+pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
+    let mut job = args.session.job()?;
+    job.source.max_windows_ahead = args.max_windows_ahead;
+    job.source.commit_interval_ms = args.commit_interval;
+    // [hbase] Sink settings (turns emit_state on for SessionDB); the table is checked or
+    // created, with logged retries, before any dataflow starts.
+    let hbase = args.hbase.sink_config(&mut job)?;
+    if let Some(h) = &hbase {
+        h.prepare().map_err(|e| e.to_string())?;
+    }
+    let hbase_stats = Arc::new(sessionflow_operators::sink::hbase::SinkStats::default());
+    let config = args.cluster.timely_config()?;
+    let writes = args.cluster.writes_outputs();
+    let files = args.output.is_some() || args.dead_letter.is_some() || args.stats.is_some();
+    if writes {
+        for p in [&args.output, &args.dead_letter, &args.stats].into_iter().flatten() {
+            check_writable(p)?;
+        }
+    }
+    // [hbase] The HBase sink acknowledges writes like the Kafka sinks.
+    let kafka_sinks = args.snapshot_topic.is_some() || args.dead_letter_topic.is_some() || args.hbase.hbase.is_some();
+    if !files && !kafka_sinks {
+        eprintln!("run: no output configured (snapshots and dead letters are dropped)");
+    }
+    if !args.stop_at_end && !kafka_sinks {
+        eprintln!("run: no Kafka sink: offsets are never committed");
+    }
+
+    // Clear errors (with logged retries) before any dataflow starts.
+    let deadline = Instant::now() + Duration::from_millis(args.connect_timeout);
+    let partitions = wait_for_topic(&args.brokers, &args.topic, &args.options, deadline)?;
+    for topic in [&args.snapshot_topic, &args.dead_letter_topic].into_iter().flatten() {
+        ensure_topic(&args.brokers, topic, partitions, &args.options, deadline)?;
+    }
+
+    let source = KafkaSourceConfig {
+        brokers: args.brokers.clone(),
+        topic: args.topic.clone(),
+        group: args.group.clone(),
+        start: match args.start {
+            Start::Earliest => StartOffset::Earliest,
+            Start::Latest => StartOffset::Latest,
+        },
+        stop_at_end: args.stop_at_end,
+        idle_timeout_ms: args.idle_timeout,
+        connect_timeout_ms: args.connect_timeout,
+        stats_interval_ms: if args.progress > 0 {
+            args.progress.clamp(1_000, 60_000)
+        } else {
+            0
+        },
+        options: args.options.clone(),
+    };
+    let workers = args.cluster.workers;
+    let figures = Arc::new(Mutex::new(vec![Figures::default(); workers]));
+    let lags: Arc<Mutex<Vec<Arc<AtomicI64>>>> = Arc::new(Mutex::new(Vec::new()));
+    let abort: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let printer = (args.progress > 0).then(|| {
+        let (figures, lags, done) = (Arc::clone(&figures), Arc::clone(&lags), Arc::clone(&done));
+        let every = Duration::from_millis(args.progress);
+        std::thread::spawn(move || progress_loop(&figures, &lags, &done, every, started))
+    });
+
+    let args = Arc::new(args);
+    let shared = (
+        Arc::clone(&figures),
+        Arc::clone(&lags),
+        Arc::clone(&abort),
+        Arc::clone(&hbase_stats),
+    );
+    let guards = timely::execute(config, move |worker| -> Result<Option<RunStats>, String> {
+        let (figures, lags, abort) = (&shared.0, &shared.1, &shared.2);
+        let index = worker.index();
+        let local = index % workers.max(1);
+        let fail = |e: String| {
+            if let Ok(mut a) = abort.lock() {
+                a.get_or_insert(e);
+            }
+        };
+        let reader = match KafkaReader::connect(&source, index, worker.peers()) {
+            Ok(r) => r,
+            Err(e) => {
+                // Every worker must build the same dataflow: carry on with nothing to read.
+                fail(e);
+                KafkaReader::empty(&args.topic)
+            }
+        };
+        let committer = reader.committer();
+        if let Ok(mut l) = lags.lock() {
+            l.push(reader.lag_gauge());
+        }
+        let line_files = if index == 0 && writes {
+            // A failure stops every worker in the loop below (they all build the dataflow).
+            let open = |p: &Option<PathBuf>| {
+                let file = p
+                    .as_ref()
+                    .map(|p| LineFile::create(p).map(|f| Rc::new(RefCell::new(f))));
+                file.transpose().unwrap_or_else(|e| {
+                    fail(e);
+                    None
+                })
+            };
+            Some((open(&args.output), open(&args.dead_letter)))
+        } else {
+            None
+        };
+        let mut statuses: Vec<KafkaSinkStatus> = Vec::new();
+        let mut outputs = Outputs {
+            snapshot_file: line_files.as_ref().and_then(|f| f.0.clone()),
+            dead_letter_file: line_files.as_ref().and_then(|f| f.1.clone()),
+            // A bounded run commits once, at the end: while it runs, partitions that ended hold
+            // no frontier, so a frontier committed then could exceed an ended partition's
+            // window and a later run would skip records appended to it.
+            commit_on_durable: kafka_sinks && !files && !args.stop_at_end,
+            no_file_sinks: !files,
+            ..Outputs::default()
+        };
+        if let Some(topic) = &args.snapshot_topic {
+            let sink = KafkaSink::create(
+                &sink_config(&args, topic),
+                &format!("kafka snapshot sink (worker {index})"),
+            )?;
+            statuses.push(sink.status());
+            outputs.snapshot_sinks.push(Box::new(KafkaAttach(sink)));
+        }
+        if let Some(topic) = &args.dead_letter_topic {
+            let sink = KafkaSink::create(
+                &sink_config(&args, topic),
+                &format!("kafka dead-letter sink (worker {index})"),
+            )?;
+            statuses.push(sink.status());
+            let attach: Box<dyn Attach<DeadLetter>> = Box::new(KafkaAttach(sink));
+            outputs.dead_letter_sinks.push(attach);
+        }
+        // [hbase] Restore this worker's sessions on a resume, then attach the sink. On a failed
+        // restore nothing is written to HBase and the run stops with the error.
+        if let Some(h) = &hbase {
+            let resume = reader.resume_points();
+            if let Err(e) = hbase_args::wire(h, &shared.3, &job, index, worker.peers(), &resume, &mut outputs) {
+                fail(e);
+            }
+        }
+        let built = pipeline::build(worker, &job, reader, outputs);
+
+        // Step until the output is complete; stop at once on any worker's failure.
+        let mut last = Instant::now();
+        while !built.probe.done() {
+            worker.step_or_park(Some(Duration::from_millis(5)));
+            if let Some(e) = built.source.borrow().error.clone() {
+                fail(e);
+            }
+            for s in &statuses {
+                if let Some(e) = s.error() {
+                    fail(e);
+                }
+            }
+            // [hbase] A write HBase rejected for good stops the run (nothing past it is durable).
+            if let Some(e) = shared.3.fatal() {
+                fail(e);
+            }
+            if let Some(e) = abort.lock().ok().and_then(|a| a.clone()) {
+                abandon(&line_files);
+                // timely steps a worker until its dataflows complete even after this closure
+                // returned, and a failed sink never completes: drop them.
+                for id in worker.installed_dataflows() {
+                    worker.drop_dataflow(id);
+                }
+                return Err(e);
+            }
+            if last.elapsed() >= Duration::from_millis(200) {
+                last = Instant::now();
+                let (src, ses) = (built.source.borrow(), built.session.borrow());
+                if let Ok(mut f) = figures.lock() {
+                    f[local] = Figures {
+                        events_read: src.events_read,
+                        open_sessions: ses.open_sessions,
+                        window: src.window,
+                        commits: src.commits,
+                    };
+                }
+            }
+        }
+
+        // Bounded run complete: counters, files, then the final offsets.
+        let (end_cuts, report) = {
+            let src = built.source.borrow();
+            let report = Report {
+                stats: built.stats(),
+                skipped_on_resume: src.skipped_on_resume,
+                error: src.error.clone(),
+                end_frontier: src.end_cuts.iter().map(|c| c.frontier).min(),
+            };
+            (src.end_cuts.clone(), report)
+        };
+        let gathered = gather(worker, report);
+        let mut result: Result<Option<RunStats>, String> = Ok(None);
+        let mut frontier = None;
+        if let Some(reports) = gathered {
+            result = finish(&args, &line_files, &reports);
+            // One frontier for every partition: the smallest of all workers' (see `end_cut`).
+            frontier = result
+                .is_ok()
+                .then(|| reports.iter().filter_map(|r| r.end_frontier).min().unwrap_or(0));
+        }
+        // Offsets are committed only once worker 0 reports every output in place.
+        match broadcast_from_0(worker, frontier) {
+            Some(f) => {
+                let cuts: Vec<_> = end_cuts.into_iter().map(|c| Cut { frontier: f, ..c }).collect();
+                committer.commit_sync(&cuts)?;
+            }
+            None if index != 0 => return Err("worker 0 failed to complete the output".into()),
+            None => {}
+        }
+        result
+    });
+    let guards = match guards {
+        Ok(g) => g,
+        Err(e) => {
+            done.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
+    };
+    let mut result = None;
+    let mut error = None;
+    for r in guards.join() {
+        match r {
+            Ok(Ok(Some(s))) => result = Some(s),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                error.get_or_insert(e);
+            }
+            Err(e) => {
+                error.get_or_insert(format!("worker failed: {e}"));
+            }
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    if let Some(p) = printer {
+        let _ = p.join();
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(result),
+    }
+}
+
+type Files = Option<(Option<Rc<RefCell<LineFile>>>, Option<Rc<RefCell<LineFile>>>)>;
+
+fn abandon(files: &Files) {
+    if let Some((s, d)) = files {
+        for f in [s, d].into_iter().flatten() {
+            f.borrow_mut().abandon();
+        }
+    }
+}
+
+/// Worker 0, after the run: checks the counters, puts the files in place.
+fn finish(args: &RunArgs, files: &Files, reports: &[Report]) -> Result<Option<RunStats>, String> {
+    let mut total = RunStats::default();
+    let mut error = None;
+    for r in reports {
+        total.stats.add(&r.stats);
+        total.skipped_on_resume += r.skipped_on_resume;
+        if error.is_none() {
+            error.clone_from(&r.error);
+        }
+    }
+    if let Some(e) = error {
+        abandon(files);
+        return Err(e);
+    }
+    if !total.stats.balanced() {
+        abandon(files);
+        return Err(format!("internal error: counters do not balance: {:?}", total.stats));
+    }
+    if let Some((s, d)) = files {
+        for f in [s, d].into_iter().flatten() {
+            f.borrow_mut().finish()?;
+        }
+        if let Some(path) = &args.stats {
+            write_json_file(path, &total)?;
+        }
+    }
+    Ok(Some(total))
+}
+
+/// Gathers one value from every worker at worker 0 (which gets `Some`, in worker order).
+fn gather<T: timely::ExchangeData + Clone>(worker: &mut Worker, value: T) -> Option<Vec<T>> {
+    let all: Rc<RefCell<Vec<(usize, T)>>> = Rc::new(RefCell::new(Vec::new()));
+    let sink = Rc::clone(&all);
+    let index = worker.index();
+    let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let (input, stream) = scope.new_input::<(usize, T)>();
+        let probe = stream
+            .exchange(|_| 0)
+            .inspect(move |x: &(usize, T)| sink.borrow_mut().push(x.clone()))
+            .probe()
+            .0;
+        (input, probe)
+    });
+    input.send((index, value));
+    input.close();
+    while !probe.done() {
+        worker.step_or_park(Some(Duration::from_millis(5)));
+    }
+    if index != 0 {
+        return None;
+    }
+    let mut v = all.take();
+    v.sort_by_key(|(i, _)| *i);
+    Some(v.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Worker 0's `value`, delivered to every worker.
+fn broadcast_from_0(worker: &mut Worker, flag: Option<u64>) -> Option<u64> {
+    let got = Rc::new(RefCell::new(None));
+    let sink = Rc::clone(&got);
+    let (index, peers) = (worker.index(), worker.peers());
+    let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let (input, stream) = scope.new_input::<(u64, Option<u64>)>();
+        let probe = stream
+            .exchange(|x: &(u64, Option<u64>)| x.0)
+            .inspect(move |x: &(u64, Option<u64>)| *sink.borrow_mut() = x.1)
+            .probe()
+            .0;
+        (input, probe)
+    });
+    if index == 0 {
+        for i in 0..peers {
+            input.send((i as u64, flag));
+        }
+    }
+    input.close();
+    while !probe.done() {
+        worker.step_or_park(Some(Duration::from_millis(5)));
+    }
+    let v = *got.borrow();
+    v
+}
+
+fn progress_loop(
+    figures: &Mutex<Vec<Figures>>,
+    lags: &Mutex<Vec<Arc<AtomicI64>>>,
+    done: &AtomicBool,
+    every: Duration,
+    started: Instant,
+) {
+    let mut last = (Instant::now(), 0u64);
+    let mut next = Instant::now() + every;
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+        if Instant::now() < next {
+            continue;
+        }
+        next += every;
+        let Ok(f) = figures.lock() else { return };
+        let read: u64 = f.iter().map(|x| x.events_read).sum();
+        let open: u64 = f.iter().map(|x| x.open_sessions).sum();
+        let commits: u64 = f.iter().map(|x| x.commits).sum();
+        let window = f.iter().filter_map(|x| x.window).min();
+        drop(f);
+        let lag: Option<i64> = lags.lock().ok().and_then(|l| {
+            let v: Vec<i64> = l
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .filter(|x| *x >= 0)
+                .collect();
+            (!v.is_empty()).then(|| v.iter().sum())
+        });
+        let rate = (read - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
+        last = (Instant::now(), read);
+        eprintln!(
+            "run [{:7.1}s] {read} events, {rate:.0} events/s, lag {}, open sessions {open}, window {}, commits {commits}",
+            started.elapsed().as_secs_f64(),
+            lag.map_or("?".to_string(), |l| l.to_string()),
+            window.map_or("-".to_string(), |w| w.to_string()),
+        );
+        let _ = std::io::stderr().flush();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_stats_bytes_equal_replay_stats_unless_records_were_skipped() {
+        let stats = Stats {
+            events_read: 5,
+            accepted: 3,
+            duplicates: 1,
+            late: 0,
+            invalid: 1,
+            ..Stats::default()
+        };
+        let plain = serde_json::to_string(&stats).unwrap();
+        let run = RunStats {
+            stats,
+            skipped_on_resume: 0,
+        };
+        assert_eq!(serde_json::to_string(&run).unwrap(), plain);
+        let resumed = RunStats {
+            stats,
+            skipped_on_resume: 7,
+        };
+        let text = serde_json::to_string(&resumed).unwrap();
+        assert!(text.ends_with(",\"skipped_on_resume\":7}"), "{text}");
+        assert_eq!(serde_json::from_str::<RunStats>(&text).unwrap(), resumed);
+    }
+}

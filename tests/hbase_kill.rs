@@ -1,0 +1,140 @@
+//! End to end on the real servers: `sessionflow run --hbase` into table A uninterrupted, and
+//! into table B killed with SIGKILL at several points and restarted with the same group until
+//! it finishes (`--stop-at-end`); the latest version of every row of A and B must be
+//! identical. Needs Kafka and HBase (`scripts/services.sh up`; KAFKA_BROKERS, HBASE_THRIFT).
+#![allow(clippy::unwrap_used)]
+
+#[path = "hbase_common/mod.rs"]
+mod hbase_common;
+#[path = "kafka_support/mod.rs"]
+mod kafka_support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kafka_support::{brokers, committed, meta_frontier, produce_generated, run_flags, run_ok, sessionflow, unique};
+use sessionflow::generate::GenerateArgs;
+
+const PARTITIONS: u32 = 4;
+const ALL: &[&str] = &[
+    "snapshot",
+    "start",
+    "end",
+    "event_count",
+    "revenue",
+    "visitor_id",
+    "project_id",
+    "experiments",
+    "window",
+    "closed",
+    "merged_into",
+    "state",
+];
+
+fn flags(topic: &str, group: &str, table: &str) -> Vec<String> {
+    let mut f = run_flags(topic, group, 1);
+    f.extend(
+        [
+            "--hbase",
+            &hbase_common::thrift(),
+            "--table",
+            table,
+            "--gap",
+            "5m",
+            "--commit-interval",
+            "200ms",
+        ]
+        .map(String::from),
+    );
+    f
+}
+
+#[test]
+#[ignore = "needs Kafka and HBase: scripts/services.sh up"]
+fn killed_runs_restored_from_sessiondb_equal_an_uninterrupted_run() {
+    let _ = brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("hbkill");
+    let args = GenerateArgs {
+        events: 40_000,
+        partitions: PARTITIONS,
+        seed: 5,
+        out_dir: dir.path().join("in"),
+        rate: 15.0,
+        ..GenerateArgs::default()
+    };
+    produce_generated(&args, &topic);
+    let (a, b) = (hbase_common::fresh_table("kill_a"), hbase_common::fresh_table("kill_b"));
+
+    let mut once = flags(&topic, &unique("hbkill-a"), &a);
+    once.push("--stop-at-end".into());
+    run_ok(sessionflow(&once), Duration::from_secs(600));
+
+    let group = unique("hbkill-b");
+    let mut kills = Vec::new();
+    let mut last = 0u64;
+    for round in 0..3 {
+        let log = dir.path().join(format!("live{round}.log"));
+        let mut child = sessionflow(&flags(&topic, &group, &b))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        // Kill once the committed frontier moved some windows past the previous kill's.
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "the live run exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "no progress within 300 s: {}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            let f: Vec<u64> = committed(&group, &topic, PARTITIONS)
+                .iter()
+                .map(|c| c.as_ref().map_or(0, |(_, m)| meta_frontier(m)))
+                .collect();
+            let lo = f.iter().copied().min().unwrap_or(0);
+            if lo > 0 && lo >= last + 3 + round as u64 * 2 {
+                last = lo;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills.push(last);
+        eprintln!(
+            "round {round}: killed at committed frontier {last}\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+    }
+    let mut finish = flags(&topic, &group, &b);
+    finish.push("--stop-at-end".into());
+    let out = run_ok(sessionflow(&finish), Duration::from_secs(600));
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("final run:\n{err}");
+    assert!(
+        err.contains("hbase restore"),
+        "the final run did not restore from SessionDB"
+    );
+
+    let want = hbase_common::table_contents(&a, "s", ALL);
+    let got = hbase_common::table_contents(&b, "s", ALL);
+    assert!(want.len() > 1000, "{} rows", want.len());
+    let diff: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .map(|(k, _)| sessionflow::sessiondb::schema::escape(k))
+        .take(5)
+        .collect();
+    assert!(diff.is_empty(), "rows differ after kills at {kills:?}: {diff:?}");
+    assert_eq!(want.len(), got.len());
+    let mut c = hbase_common::client();
+    c.drop_table(&a).unwrap();
+    c.drop_table(&b).unwrap();
+}
