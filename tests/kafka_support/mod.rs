@@ -179,6 +179,8 @@ pub struct Msg {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
+    /// The message timestamp (ms since the Unix epoch; the producer's create time by default).
+    pub timestamp: Option<i64>,
 }
 
 /// Every message of `topic` below its current end offsets, in partition then offset order.
@@ -213,6 +215,7 @@ pub fn consume_all(topic: &str, partitions: u32) -> Vec<Msg> {
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().unwrap_or_default().to_vec(),
+            timestamp: m.timestamp().to_millis(),
         });
     }
     out.sort_by_key(|m| (m.partition, m.offset));
