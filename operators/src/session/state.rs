@@ -373,15 +373,37 @@ impl Session {
         self.start = self.start.min(ts);
         self.end = self.end.max(ts);
         let mut changed = false;
+        // Both the event's attributes and the session's are sorted by key: one merge walk.
+        let mut from = 0;
         for (k, v) in attrs.unwrap_or(&[]) {
-            changed |= self.offer_attr(k, v, ts, id);
+            let (c, next) = self.offer_attr(from, k, v, ts, id);
+            changed |= c;
+            from = next;
         }
         changed
     }
 
-    /// Offers an attribute value from event `(ts, id)`; returns whether an existing key changed value.
-    fn offer_attr(&mut self, key: &str, value: &AttrValue, ts: i64, id: &str) -> bool {
-        match self.attrs.binary_search_by(|a| a.key.as_ref().cmp(key)) {
+    /// Offers an attribute value from event `(ts, id)`, looking for `key` from index `from` of
+    /// the sorted attributes on; returns whether an existing key changed value, and the index
+    /// after `key`'s.
+    fn offer_attr(&mut self, from: usize, key: &str, value: &AttrValue, ts: i64, id: &str) -> (bool, usize) {
+        let rest = &self.attrs[from..];
+        let found = if rest.len() > 16 {
+            rest.binary_search_by(|a| a.key.as_ref().cmp(key))
+        } else {
+            // Usually the next key is the one: one comparison.
+            let mut i = 0;
+            loop {
+                match rest.get(i).map(|a| a.key.as_ref().cmp(key)) {
+                    Some(Ordering::Less) => i += 1,
+                    Some(Ordering::Equal) => break Ok(i),
+                    _ => break Err(i),
+                }
+            }
+        }
+        .map(|i| from + i)
+        .map_err(|i| from + i);
+        let changed = match found {
             Err(pos) => {
                 let attr = SessionAttr {
                     key: key.into(),
@@ -404,7 +426,8 @@ impl Session {
                     false
                 }
             }
-        }
+        };
+        (changed, found.unwrap_or_else(|p| p) + 1)
     }
 
     fn add_experiment(&mut self, pair: (u64, u64)) {
