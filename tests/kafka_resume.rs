@@ -2,7 +2,8 @@
 //! the sinks acknowledge) once it committed, restart it with the same group and
 //! `--stop-at-end`: the restart resumes from the committed cuts and skips every record whose
 //! window was already durable, so no window below the resume frontier `D` is computed twice,
-//! no input record is lost, and the committed offsets end at the end offsets.
+//! no input record is lost, and the committed offsets end at the end offsets. With 2 workers
+//! and with 3 (which do not divide the 4 partitions evenly: worker 0 reads two of them).
 //!
 //! What this cannot check without the session state restore (SessionDB, another module): the
 //! restarted job starts with no open session, so sessions spanning `D` are split (their
@@ -47,6 +48,19 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
 #[test]
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
 fn killed_live_run_resumes_without_recounting_durable_windows() {
+    killed_live_run_resumes(2, 99);
+}
+
+/// 3 workers on 4 partitions: worker 0 reads partitions 0 and 3, workers 1 and 2 one each.
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn killed_live_run_with_3_workers_resumes_without_recounting_durable_windows() {
+    killed_live_run_resumes(3, 7);
+}
+
+/// The live job with `workers` workers on a stream generated with `seed`, killed, then
+/// restarted with as many workers.
+fn killed_live_run_resumes(workers: usize, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("resume");
     let snap_topic = unique("resume-snap");
@@ -55,7 +69,7 @@ fn killed_live_run_resumes_without_recounting_durable_windows() {
     let args = GenerateArgs {
         events: 60_000,
         partitions: PARTITIONS,
-        seed: 99,
+        seed,
         out_dir: dir.path().join("in"),
         late: 0.01,
         ..GenerateArgs::default()
@@ -66,7 +80,7 @@ fn killed_live_run_resumes_without_recounting_durable_windows() {
     let ends = end_offsets(&topic, PARTITIONS);
 
     // 1. The live job, killed with SIGKILL once every partition has a commit past offset 0.
-    let mut live = run_flags(&topic, &group, 2);
+    let mut live = run_flags(&topic, &group, workers);
     live.extend(
         [
             "--snapshot-topic",
@@ -118,13 +132,13 @@ fn killed_live_run_resumes_without_recounting_durable_windows() {
     let snap_ends = end_offsets(&snap_topic, PARTITIONS);
     let left: i64 = cuts.iter().zip(&ends).map(|(c, e)| e - c.0).sum();
     eprintln!(
-        "killed after {:?}: cuts {cuts:?}, ends {ends:?}, D = {d}, {left} messages after the cuts",
+        "{workers} workers: killed after {:?}: cuts {cuts:?}, ends {ends:?}, D = {d}, {left} messages after the cuts",
         started.elapsed()
     );
 
     // 2. Restart with the same group, to the end.
     let files = Files::new(dir.path(), "resumed");
-    let mut again = run_flags(&topic, &group, 2);
+    let mut again = run_flags(&topic, &group, workers);
     again.extend(
         [
             "--stop-at-end",
@@ -137,7 +151,7 @@ fn killed_live_run_resumes_without_recounting_durable_windows() {
     );
     again.extend(files.flags());
     let out = run_ok(sessionflow(&again), Duration::from_secs(120));
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{workers} workers, restart:\n{}", String::from_utf8_lossy(&out.stderr));
 
     // Every message from the cuts on was read once: counted, or skipped as already durable.
     let stats = files.stats_json();
