@@ -1,7 +1,9 @@
 //! End to end on the real servers: `sessionflow run --hbase` into table A uninterrupted, and
 //! into table B killed with SIGKILL at several points and restarted with the same group until
 //! it finishes (`--stop-at-end`); the latest version of every row of A and B must be
-//! identical. Needs Kafka and HBase (`scripts/services.sh up`; KAFKA_BROKERS, HBASE_THRIFT).
+//! identical. With 1 worker and with 3 (which do not divide the 4 partitions evenly: worker 0
+//! reads partitions 0 and 3, and restores the sessions of its own salt buckets). Needs Kafka
+//! and HBase (`scripts/services.sh up`; KAFKA_BROKERS, HBASE_THRIFT).
 #![allow(clippy::unwrap_used)]
 
 #[path = "hbase_common/mod.rs"]
@@ -31,8 +33,8 @@ const ALL: &[&str] = &[
     "state",
 ];
 
-fn flags(topic: &str, group: &str, table: &str) -> Vec<String> {
-    let mut f = run_flags(topic, group, 1);
+fn flags(topic: &str, group: &str, table: &str, workers: usize) -> Vec<String> {
+    let mut f = run_flags(topic, group, workers);
     f.extend(
         [
             "--hbase",
@@ -52,21 +54,36 @@ fn flags(topic: &str, group: &str, table: &str) -> Vec<String> {
 #[test]
 #[ignore = "needs Kafka and HBase: scripts/services.sh up"]
 fn killed_runs_restored_from_sessiondb_equal_an_uninterrupted_run() {
+    killed_runs_equal_an_uninterrupted_run(1, 5);
+}
+
+#[test]
+#[ignore = "needs Kafka and HBase: scripts/services.sh up"]
+fn killed_3_worker_runs_restored_from_sessiondb_equal_an_uninterrupted_run() {
+    killed_runs_equal_an_uninterrupted_run(3, 6);
+}
+
+/// Tables A (uninterrupted) and B (killed three times, then finished), both written by runs
+/// with `workers` workers on a stream generated with `seed`.
+fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64) {
     let _ = brokers();
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("hbkill");
     let args = GenerateArgs {
         events: 40_000,
         partitions: PARTITIONS,
-        seed: 5,
+        seed,
         out_dir: dir.path().join("in"),
         rate: 15.0,
         ..GenerateArgs::default()
     };
     produce_generated(&args, &topic);
-    let (a, b) = (hbase_common::fresh_table("kill_a"), hbase_common::fresh_table("kill_b"));
+    let (a, b) = (
+        hbase_common::fresh_table(&format!("kill{workers}_a")),
+        hbase_common::fresh_table(&format!("kill{workers}_b")),
+    );
 
-    let mut once = flags(&topic, &unique("hbkill-a"), &a);
+    let mut once = flags(&topic, &unique("hbkill-a"), &a, workers);
     once.push("--stop-at-end".into());
     run_ok(sessionflow(&once), Duration::from_secs(600));
 
@@ -75,7 +92,7 @@ fn killed_runs_restored_from_sessiondb_equal_an_uninterrupted_run() {
     let mut last = 0u64;
     for round in 0..3 {
         let log = dir.path().join(format!("live{round}.log"));
-        let mut child = sessionflow(&flags(&topic, &group, &b))
+        let mut child = sessionflow(&flags(&topic, &group, &b, workers))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -109,15 +126,15 @@ fn killed_runs_restored_from_sessiondb_equal_an_uninterrupted_run() {
         child.wait().unwrap();
         kills.push(last);
         eprintln!(
-            "round {round}: killed at committed frontier {last}\n{}",
+            "{workers} workers, round {round}: killed at committed frontier {last}\n{}",
             std::fs::read_to_string(&log).unwrap()
         );
     }
-    let mut finish = flags(&topic, &group, &b);
+    let mut finish = flags(&topic, &group, &b, workers);
     finish.push("--stop-at-end".into());
     let out = run_ok(sessionflow(&finish), Duration::from_secs(600));
     let err = String::from_utf8_lossy(&out.stderr);
-    eprintln!("final run:\n{err}");
+    eprintln!("{workers} workers, final run:\n{err}");
     assert!(
         err.contains("hbase restore"),
         "the final run did not restore from SessionDB"
@@ -132,7 +149,10 @@ fn killed_runs_restored_from_sessiondb_equal_an_uninterrupted_run() {
         .map(|(k, _)| sessionflow::sessiondb::schema::escape(k))
         .take(5)
         .collect();
-    assert!(diff.is_empty(), "rows differ after kills at {kills:?}: {diff:?}");
+    assert!(
+        diff.is_empty(),
+        "{workers} workers: rows differ after kills at {kills:?}: {diff:?}"
+    );
     assert_eq!(want.len(), got.len());
     let mut c = hbase_common::client();
     c.drop_table(&a).unwrap();
