@@ -1983,8 +1983,16 @@ fn corrupt(rng: &mut ChaCha8Rng, buf: &mut Vec<u8>) -> usize {
 // ---------------------------------------------------------------------------------------------
 // Files.
 
-fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+/// The error path of every file operation here: the error, keeping its kind, as
+/// `"{what} {path}: {error}"`.
+trait WithPath<T> {
+    fn with_path(self, what: &str, path: &Path) -> io::Result<T>;
+}
+
+impl<T> WithPath<T> for io::Result<T> {
+    fn with_path(self, what: &str, path: &Path) -> io::Result<T> {
+        self.map_err(|e| io::Error::new(e.kind(), format!("{what} {}: {e}", path.display())))
+    }
 }
 
 /// Writes `DIR/p0.jsonl` ... `DIR/p{P-1}.jsonl` for `args` and returns the counts.
@@ -1997,7 +2005,7 @@ pub fn write_files(args: &GenerateArgs) -> io::Result<GenerateSummary> {
     args.validate()
         .map_err(|m| io::Error::new(io::ErrorKind::InvalidInput, m))?;
     let dir = &args.out_dir;
-    fs::create_dir_all(dir).map_err(|e| with_path(e, "cannot create directory", dir))?;
+    fs::create_dir_all(dir).with_path("cannot create directory", dir)?;
     let finals: Vec<PathBuf> = (0..args.partitions).map(|i| dir.join(format!("p{i}.jsonl"))).collect();
     let tmps: Vec<PathBuf> = (0..args.partitions)
         .map(|i| dir.join(format!("p{i}.jsonl.tmp")))
@@ -2012,7 +2020,7 @@ pub fn write_files(args: &GenerateArgs) -> io::Result<GenerateSummary> {
         }
     };
     for (tmp, fin) in tmps.iter().zip(&finals) {
-        fs::rename(tmp, fin).map_err(|e| with_path(e, "cannot rename into", fin))?;
+        fs::rename(tmp, fin).with_path("cannot rename into", fin)?;
     }
     summary.files = finals;
     Ok(summary)
@@ -2021,7 +2029,7 @@ pub fn write_files(args: &GenerateArgs) -> io::Result<GenerateSummary> {
 fn write_tmp_files(args: &GenerateArgs, tmps: &[PathBuf]) -> io::Result<GenerateSummary> {
     let mut writers = Vec::with_capacity(tmps.len());
     for t in tmps {
-        let f = File::create(t).map_err(|e| with_path(e, "cannot create", t))?;
+        let f = File::create(t).with_path("cannot create", t)?;
         writers.push(BufWriter::with_capacity(1 << 18, f));
     }
     let target = if args.events >= 200_000 {
@@ -2044,7 +2052,7 @@ fn write_tmp_files(args: &GenerateArgs, tmps: &[PathBuf]) -> io::Result<Generate
         let (Some(w), Some(path)) = (w, path) else {
             return Err(io::Error::other(format!("partition {p} out of range")));
         };
-        w.write_all(&buf).map_err(|e| with_path(e, "cannot write", path))?;
+        w.write_all(&buf).with_path("cannot write", path)?;
         pending += 1;
         if pending == 1 << 16 {
             bar.inc(pending);
@@ -2054,7 +2062,8 @@ fn write_tmp_files(args: &GenerateArgs, tmps: &[PathBuf]) -> io::Result<Generate
     bar.inc(pending);
     for (w, path) in writers.into_iter().zip(tmps) {
         w.into_inner()
-            .map_err(|e| with_path(e.into_error(), "cannot write", path))?;
+            .map_err(io::IntoInnerError::into_error)
+            .with_path("cannot write", path)?;
     }
     bar.finish_and_clear();
     Ok(generator.summary())
