@@ -18,20 +18,6 @@ use kafka_support::{brokers, committed, meta_frontier, produce_generated, run_fl
 use sessionflow::generate::GenerateArgs;
 
 const PARTITIONS: u32 = 4;
-const ALL: &[&str] = &[
-    "snapshot",
-    "start",
-    "end",
-    "event_count",
-    "revenue",
-    "visitor_id",
-    "project_id",
-    "experiments",
-    "window",
-    "closed",
-    "merged_into",
-    "state",
-];
 
 fn flags(topic: &str, group: &str, table: &str, workers: usize) -> Vec<String> {
     let mut f = run_flags(topic, group, workers);
@@ -140,8 +126,8 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64) {
         "the final run did not restore from SessionDB"
     );
 
-    let want = hbase_common::table_contents(&a, "s", ALL);
-    let got = hbase_common::table_contents(&b, "s", ALL);
+    let want = hbase_common::table_contents(&a, "s", hbase_common::ALL_COLUMNS);
+    let got = hbase_common::table_contents(&b, "s", hbase_common::ALL_COLUMNS);
     assert!(want.len() > 1000, "{} rows", want.len());
     let diff: Vec<_> = want
         .iter()

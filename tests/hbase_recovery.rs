@@ -16,21 +16,6 @@ use sessionflow::sessiondb::{self, SinkMode};
 
 static CLOSED: AtomicUsize = AtomicUsize::new(0);
 
-const ALL: &[&str] = &[
-    "snapshot",
-    "start",
-    "end",
-    "event_count",
-    "revenue",
-    "visitor_id",
-    "project_id",
-    "experiments",
-    "window",
-    "closed",
-    "merged_into",
-    "state",
-];
-
 fn resume(commits: &Commits) -> Option<u64> {
     let cuts: Vec<_> = commits.lock().unwrap().values().cloned().collect();
     resume_window(&cuts).unwrap()
@@ -73,8 +58,8 @@ fn restores_after_crashes_give_the_table_of_an_uninterrupted_run() {
         "the last restore found no open session"
     );
 
-    let want = table_contents(&a, "s", ALL);
-    let got = table_contents(&b, "s", ALL);
+    let want = table_contents(&a, "s", ALL_COLUMNS);
+    let got = table_contents(&b, "s", ALL_COLUMNS);
     assert!(want.len() > 1000, "{} rows", want.len());
     let diff: Vec<_> = want
         .iter()

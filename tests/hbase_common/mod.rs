@@ -32,6 +32,28 @@ pub fn client() -> HbaseClient {
     }
 }
 
+/// Every column of a session row (`s:snapshot`, its query columns and `s:state`): what the
+/// tests compare the tables of two runs on.
+pub const ALL_COLUMNS: &[&str] = &[
+    "snapshot",
+    "start",
+    "end",
+    "event_count",
+    "revenue",
+    "visitor_id",
+    "project_id",
+    "experiments",
+    "window",
+    "closed",
+    "merged_into",
+    "state",
+];
+
+/// [`ALL_COLUMNS`] without `state` (what `hbase_outage.rs` compares).
+pub fn columns_without_state() -> Vec<&'static str> {
+    ALL_COLUMNS.iter().copied().filter(|c| *c != "state").collect()
+}
+
 /// A fresh table name (dropped first if it exists).
 pub fn fresh_table(prefix: &str) -> String {
     let name = format!(
