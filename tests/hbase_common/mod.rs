@@ -13,6 +13,7 @@ use sessionflow::pipeline::{self, Outputs};
 use sessionflow::sessiondb::{HbaseClient, HbaseEvents, HbaseSessions, HbaseSink, HbaseSinkConfig, SinkMode};
 use sessionflow_operators::session::{SessionConfig, Snapshot};
 use sessionflow_operators::sink::hbase::client::Timeouts;
+use sessionflow_operators::source::memory::MemoryReader;
 use sessionflow_operators::source::{Cut, PartitionReader, RawRecord, ReadStatus, SourceConfig, Watermarks};
 
 /// `HBASE_THRIFT` or 127.0.0.1:9090.
@@ -143,13 +144,11 @@ pub type Commits = Arc<Mutex<BTreeMap<u32, Cut>>>;
 
 /// An in-memory partition reader that commits cuts like Kafka and resumes from them; it can
 /// stop delivering after `limit` records per partition (the "crash" point: the run is then
-/// abandoned) without ending its partitions.
+/// abandoned) without ending its partitions. A [`MemoryReader`] (resumed from the committed
+/// cuts, with the limit) that also commits, in reads of at most 256 records.
 pub struct ResumableReader {
-    lines: Arc<Vec<Vec<Vec<u8>>>>,
-    next: Vec<(u32, usize)>,
+    inner: MemoryReader,
     commits: Commits,
-    resume: Vec<Cut>,
-    limit: Option<usize>,
 }
 
 impl ResumableReader {
@@ -160,74 +159,27 @@ impl ResumableReader {
         commits: Commits,
         limit: Option<usize>,
     ) -> Self {
-        let resume: Vec<Cut> = commits
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|c| c.partition as usize % peers == index)
-            .cloned()
-            .collect();
-        let next = (0..lines.len())
-            .filter(|p| p % peers == index)
-            .map(|p| {
-                (
-                    p as u32,
-                    resume
-                        .iter()
-                        .find(|c| c.partition as usize == p)
-                        .map_or(0, |c| c.offset as usize),
-                )
-            })
-            .collect();
-        ResumableReader {
-            lines,
-            next,
-            commits,
-            resume,
-            limit,
-        }
+        let cuts: Vec<Cut> = commits.lock().unwrap().values().cloned().collect();
+        let inner = MemoryReader::new(lines, index, peers).resume_from(&cuts);
+        let inner = match limit {
+            Some(l) => inner.with_limit(l),
+            None => inner,
+        };
+        ResumableReader { inner, commits }
     }
 }
 
 impl PartitionReader for ResumableReader {
     fn partitions(&self) -> Vec<u32> {
-        self.next.iter().map(|(p, _)| *p).collect()
+        self.inner.partitions()
     }
 
     fn read(&mut self, marks: &mut Watermarks, budget: usize, out: &mut Vec<RawRecord>) -> Result<ReadStatus, String> {
-        let Some(pid) = marks.laggard() else {
-            return Ok(ReadStatus::Done);
-        };
-        let Some(slot) = self.next.iter_mut().find(|(p, _)| *p == pid) else {
-            marks.end(pid);
-            return Ok(ReadStatus::More);
-        };
-        let lines = &self.lines[pid as usize];
-        let cap = self.limit.map_or(lines.len(), |l| l.min(lines.len()));
-        if slot.1 >= cap && cap < lines.len() {
-            return Ok(ReadStatus::Idle(Duration::from_millis(5)));
-        }
-        let end = (slot.1 + budget.min(256)).min(cap);
-        for (i, line) in lines[slot.1..end].iter().enumerate() {
-            out.push(RawRecord {
-                partition: pid,
-                offset: (slot.1 + i) as u64,
-                bytes: line.clone(),
-            });
-        }
-        slot.1 = end;
-        if end == lines.len() {
-            marks.end(pid);
-        }
-        if self.next.iter().all(|(p, n)| *n >= self.lines[*p as usize].len()) {
-            Ok(ReadStatus::Done)
-        } else {
-            Ok(ReadStatus::More)
-        }
+        self.inner.read(marks, budget.min(256), out)
     }
 
     fn resume_points(&self) -> Vec<Cut> {
-        self.resume.clone()
+        self.inner.resume_points()
     }
 
     fn commit(&mut self, cuts: &[Cut]) -> Result<(), String> {
@@ -351,7 +303,7 @@ pub fn reference_last_snapshots(lines: Arc<Vec<Vec<Vec<u8>>>>) -> BTreeMap<Vec<u
     let last: Arc<Mutex<Latest>> = Arc::new(Mutex::new(BTreeMap::new()));
     let l2 = Arc::clone(&last);
     timely::execute_directly(move |worker| {
-        let reader = sessionflow_operators::source::memory::MemoryReader::new(lines, 0, 1);
+        let reader = MemoryReader::new(lines, 0, 1);
         let seen: Rc<RefCell<Vec<Snapshot>>> = Rc::new(RefCell::new(Vec::new()));
         let outputs = Outputs {
             no_file_sinks: true,
