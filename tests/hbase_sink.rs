@@ -12,6 +12,11 @@ use sessionflow::commands::query::{self, Question};
 use sessionflow::sessiondb::{self, schema, HbaseError, SinkMode};
 use sessionflow_operators::sink::hbase::schema::Columns;
 
+/// Connections for the query functions (3: the lookups and aggregates run their scans side by side).
+fn conns() -> query::Conns {
+    query::Conns::connect(&thrift(), Default::default(), 3).unwrap()
+}
+
 fn put(col: &str, v: &[u8]) -> Mutation {
     Mutation {
         is_delete: Some(false),
@@ -109,7 +114,7 @@ fn thrift1_semantics_on_the_real_server() {
         0
     );
     // Lookup by id with a quote and a NUL in it.
-    let found = query::sessions_lookup(&mut c, &table, "s", None, "a'\u{0}b");
+    let found = query::sessions_lookup(&mut conns(), &table, "s", None, "a'\u{0}b");
     // (The row has no s:snapshot: the lookup reads that column only.)
     assert_eq!(found.unwrap().len(), 0);
     c.mutate_rows_ts(
@@ -121,10 +126,10 @@ fn thrift1_semantics_on_the_real_server() {
         schema::cell_ts(7, w),
     )
     .unwrap();
-    let found = query::sessions_lookup(&mut c, &table, "s", Some(7), "a'\u{0}b").unwrap();
+    let found = query::sessions_lookup(&mut conns(), &table, "s", Some(7), "a'\u{0}b").unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].0.opened_window, 5);
-    assert!(query::sessions_lookup(&mut c, &table, "s", Some(7), "a'")
+    assert!(query::sessions_lookup(&mut conns(), &table, "s", Some(7), "a'")
         .unwrap()
         .is_empty());
     // Dropping the history before the window-7 version keeps only that version.
@@ -216,7 +221,7 @@ fn the_sink_writes_one_row_per_session_as_its_last_snapshot() {
         project,
         ..Question::default()
     };
-    let a = query::sessions_aggregate(&mut c, &table, "s", 60_000, &q).unwrap();
+    let a = query::sessions_aggregate(&mut conns(), &table, "s", 60_000, &q).unwrap();
     let expect = want
         .values()
         .filter(|j| {
@@ -252,12 +257,14 @@ fn session_ids_with_any_bytes_are_safe() {
     run_into(lines, cfg, Default::default(), None, None);
     let mut c = client();
     for id in ids {
-        let found = query::sessions_lookup(&mut c, &table, "s", Some(9), id).unwrap();
+        let found = query::sessions_lookup(&mut conns(), &table, "s", Some(9), id).unwrap();
         assert_eq!(found.len(), 1, "{id:?}");
         let v: serde_json::Value = serde_json::from_slice(&found[0].1).unwrap();
         assert_eq!(v["session_id"].as_str(), Some(id));
         assert_eq!(
-            query::sessions_lookup(&mut c, &table, "s", None, id).unwrap().len(),
+            query::sessions_lookup(&mut conns(), &table, "s", None, id)
+                .unwrap()
+                .len(),
             1,
             "{id:?} without project"
         );

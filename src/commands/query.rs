@@ -5,18 +5,21 @@
 //! `[salt][project_id]` (from the window of `--from` on: a session that started at or after
 //! `--from` opened no earlier than that window), reading only the columns the question needs.
 //! A lookup scans the one or two salt buckets the id can hash to, with a server-side row
-//! filter on the id.
+//! filter on the id. The scans of one question run side by side over a few connections
+//! ([`Conns`], `--parallel`), and are folded in salt order, so answers do not depend on it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use hbase_thrift::hbase::TScan;
+use hbase_thrift::hbase::{TRowResult, TScan};
 use sessionflow_operators::event::parse_event;
 use sessionflow_operators::session::operator::key_hash;
-use sessionflow_operators::sink::hbase::schema::{self, col, Columns, RowKey, SALTS};
+use sessionflow_operators::sink::hbase::schema::{self, col, Columns, RowKey, SessionRow, SALTS};
 
-use crate::sessiondb::{scan_rows, HbaseClient, HbaseError};
+use sessionflow_operators::sink::hbase::client::Timeouts;
+
+use crate::sessiondb::{HbaseClient, HbaseError};
 
 /// Which table layout to query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -75,6 +78,109 @@ pub struct QueryArgs {
     /// Read/write timeout of each call, in milliseconds.
     #[arg(long, default_value_t = 60_000)]
     pub timeout_ms: u64,
+    /// Scans run side by side, one connection each (count; 1 = one after another).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+}
+
+/// A few connections to one Thrift1 server, to run a question's scans side by side: one
+/// connection carries one call at a time, and the server serves each on its own handler
+/// thread. A connection idle for a while is reopened first (the server drops connections
+/// idle for 60 s).
+pub struct Conns {
+    addr: String,
+    timeouts: Timeouts,
+    pool: Vec<HbaseClient>,
+}
+
+/// Reopen a pooled connection idle for longer than this before using it.
+const REOPEN_IDLE: Duration = Duration::from_secs(45);
+
+impl Conns {
+    /// Opens `n` connections (at least one) to `addr`.
+    pub fn connect(addr: &str, timeouts: Timeouts, n: usize) -> Result<Conns, HbaseError> {
+        let pool = (0..n.max(1))
+            .map(|_| HbaseClient::connect(addr, timeouts))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Conns {
+            addr: addr.to_string(),
+            timeouts,
+            pool,
+        })
+    }
+
+    /// How many scans run at once.
+    pub fn width(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// The first connection (for single calls).
+    pub fn first(&mut self) -> Result<&mut HbaseClient, HbaseError> {
+        self.refresh(0)?;
+        Ok(&mut self.pool[0])
+    }
+
+    fn refresh(&mut self, i: usize) -> Result<(), HbaseError> {
+        if self.pool[i].idle() > REOPEN_IDLE {
+            self.pool[i] = HbaseClient::connect(&self.addr, self.timeouts)?;
+        }
+        Ok(())
+    }
+
+    /// Runs every scan of `scans` to its end (`batch` rows per round trip), up to
+    /// [`Conns::width`] at a time, and returns each scan's rows, in the order of `scans`.
+    pub fn scan_all(&mut self, table: &str, scans: Vec<TScan>, batch: i32) -> Result<Vec<Vec<TRowResult>>, HbaseError> {
+        for i in 0..self.pool.len() {
+            self.refresh(i)?;
+        }
+        let n = self.pool.len().min(scans.len()).max(1);
+        // Scan `k` goes to connection `k % n`.
+        let mut jobs: Vec<Vec<(usize, TScan)>> = (0..n).map(|_| Vec::new()).collect();
+        for (k, scan) in scans.into_iter().enumerate() {
+            jobs[k % n].push((k, scan));
+        }
+        let run = |c: &mut HbaseClient, jobs: Vec<(usize, TScan)>| {
+            let mut out = Vec::with_capacity(jobs.len());
+            for (k, scan) in jobs {
+                let mut rows = Vec::new();
+                c.scan(table, scan, batch, |r| {
+                    rows.push(r);
+                    true
+                })?;
+                out.push((k, rows));
+            }
+            Ok::<_, HbaseError>(out)
+        };
+        let mut done: Vec<(usize, Vec<TRowResult>)> = Vec::new();
+        if n == 1 {
+            done = run(&mut self.pool[0], jobs.pop().unwrap_or_default())?;
+        } else {
+            let results: Vec<Result<_, HbaseError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = self
+                    .pool
+                    .iter_mut()
+                    .zip(jobs)
+                    .map(|(c, j)| s.spawn(move || run(c, j)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(HbaseError::Server {
+                                op: "scan",
+                                message: "a scan thread panicked".into(),
+                            })
+                        })
+                    })
+                    .collect()
+            });
+            for r in results {
+                done.extend(r?);
+            }
+        }
+        done.sort_unstable_by_key(|(k, _)| *k);
+        Ok(done.into_iter().map(|(_, rows)| rows).collect())
+    }
 }
 
 /// What an aggregate query asks.
@@ -167,7 +273,7 @@ fn prefix_scan(salt: u8, project: u64, from_window: u64, columns: Vec<Vec<u8>>) 
 
 /// Aggregates over SessionDB.
 pub fn sessions_aggregate(
-    c: &mut HbaseClient,
+    c: &mut Conns,
     table: &str,
     family: &str,
     window_ms: u64,
@@ -190,39 +296,34 @@ pub fn sessions_aggregate(
     let needle = q.conversion.as_deref().map(needle).unwrap_or_default();
     let mut a = Answer::default();
     let mut visitors: HashSet<Vec<u8>> = HashSet::new();
-    for salt in 0..SALTS {
-        scan_rows(
-            c,
-            table,
-            family,
-            prefix_scan(salt, q.project, from_window, columns.clone()),
-            |row| {
-                a.rows += 1;
-                a.bytes += row.key.len() as u64 + row.snapshot.as_ref().map_or(0, |s| s.len() as u64) + 64;
-                if row.merged_into.is_some() || RowKey::decode(&row.key).is_none() {
-                    return Ok(());
+    let scans = (0..SALTS)
+        .map(|salt| prefix_scan(salt, q.project, from_window, columns.clone()))
+        .collect();
+    for rows in c.scan_all(table, scans, 1000)? {
+        for r in rows {
+            let row = SessionRow::decode(family, r)?;
+            a.rows += 1;
+            a.bytes += row.key.len() as u64 + row.snapshot.as_ref().map_or(0, |s| s.len() as u64) + 64;
+            if row.merged_into.is_some() || RowKey::decode(&row.key).is_none() {
+                continue;
+            }
+            if q.experiment.is_some() && !experiment_matches(row.experiments.as_deref().unwrap_or(&[]), q.experiment) {
+                continue;
+            }
+            if (q.from.is_some() || q.to.is_some()) && !row.start.is_some_and(|s| in_range(s, q)) {
+                continue;
+            }
+            a.sessions += 1;
+            a.revenue += row.revenue.unwrap_or(0);
+            if let Some(v) = row.visitor_id {
+                visitors.insert(v);
+            }
+            if let (Some(name), Some(snap)) = (&q.conversion, &row.snapshot) {
+                if has_event_named(snap, name, &needle) {
+                    a.conversions += 1;
                 }
-                if q.experiment.is_some()
-                    && !experiment_matches(row.experiments.as_deref().unwrap_or(&[]), q.experiment)
-                {
-                    return Ok(());
-                }
-                if (q.from.is_some() || q.to.is_some()) && !row.start.is_some_and(|s| in_range(s, q)) {
-                    return Ok(());
-                }
-                a.sessions += 1;
-                a.revenue += row.revenue.unwrap_or(0);
-                if let Some(v) = row.visitor_id {
-                    visitors.insert(v);
-                }
-                if let (Some(name), Some(snap)) = (&q.conversion, &row.snapshot) {
-                    if has_event_named(snap, name, &needle) {
-                        a.conversions += 1;
-                    }
-                }
-                Ok(())
-            },
-        )?;
+            }
+        }
     }
     a.visitors = visitors.len() as u64;
     Ok(a)
@@ -242,7 +343,7 @@ struct Built {
 /// Aggregates over an event-per-cell table: every event of the project is read and parsed,
 /// and sessions are rebuilt (by client id, or by visitor and gap) before filtering.
 pub fn events_aggregate(
-    c: &mut HbaseClient,
+    c: &mut Conns,
     table: &str,
     family: &str,
     gap_ms: u64,
@@ -254,21 +355,21 @@ pub fn events_aggregate(
     // Gap sessions: rows come sorted by (visitor, time) within a salt bucket.
     let mut gap_open: Option<(Vec<u8>, usize)> = None;
     let mut gap_done: Vec<Built> = Vec::new();
-    for salt in 0..SALTS {
+    let scans = (0..SALTS)
+        .map(|salt| prefix_scan(salt, q.project, 0, vec![column.clone()]))
+        .collect();
+    for rows in c.scan_all(table, scans, 2000)? {
         gap_open = None;
-        c.scan(
-            table,
-            prefix_scan(salt, q.project, 0, vec![column.clone()]),
-            2000,
-            |r| {
+        for r in rows {
+            {
                 a.rows += 1;
                 let key_len = r.row.as_ref().map_or(0, Vec::len);
                 let Some(cell) = r.columns.and_then(|m| m.into_values().next()) else {
-                    return true;
+                    continue;
                 };
                 let value = cell.value.unwrap_or_default();
                 a.bytes += (key_len + value.len() + 16) as u64;
-                let Ok(e) = parse_event(&value) else { return true };
+                let Ok(e) = parse_event(&value) else { continue };
                 let fold = |b: &mut Built| {
                     b.start = b.start.min(e.timestamp);
                     b.end = b.end.max(e.timestamp);
@@ -305,9 +406,8 @@ pub fn events_aggregate(
                         }
                     }
                 }
-                true
-            },
-        )?;
+            }
+        }
     }
     let _ = gap_open;
     let mut visitors: HashSet<Vec<u8>> = HashSet::new();
@@ -344,7 +444,7 @@ fn id_row_filter(sid: &str) -> Vec<u8> {
 /// Every SessionDB row of session `sid` (several when the id was reused), as
 /// `(row key, snapshot JSON)`, oldest first.
 pub fn sessions_lookup(
-    c: &mut HbaseClient,
+    c: &mut Conns,
     table: &str,
     family: &str,
     project: Option<u64>,
@@ -361,32 +461,37 @@ pub fn sessions_lookup(
     }
     salts.sort_unstable();
     salts.dedup();
+    let scans = salts
+        .into_iter()
+        .map(|salt| {
+            let (start, stop) = match project {
+                Some(p) => (schema::project_start(salt, p, 0), schema::project_stop(salt, p)),
+                None => (vec![salt], vec![salt + 1]),
+            };
+            TScan {
+                start_row: Some(start),
+                stop_row: Some(stop),
+                timestamp: None,
+                columns: Some(vec![cols.snapshot.clone()]),
+                caching: Some(100),
+                filter_string: Some(id_row_filter(sid)),
+                batch_size: None,
+                sort_columns: None,
+                reversed: None,
+                cache_blocks: None,
+            }
+        })
+        .collect();
     let mut found = Vec::new();
-    for salt in salts {
-        let (start, stop) = match project {
-            Some(p) => (schema::project_start(salt, p, 0), schema::project_stop(salt, p)),
-            None => (vec![salt], vec![salt + 1]),
-        };
-        let scan = TScan {
-            start_row: Some(start),
-            stop_row: Some(stop),
-            timestamp: None,
-            columns: Some(vec![cols.snapshot.clone()]),
-            caching: Some(100),
-            filter_string: Some(id_row_filter(sid)),
-            batch_size: None,
-            sort_columns: None,
-            reversed: None,
-            cache_blocks: None,
-        };
-        scan_rows(c, table, family, scan, |row| {
+    for rows in c.scan_all(table, scans, 100)? {
+        for r in rows {
+            let row = SessionRow::decode(family, r)?;
             if let (Some(id), Some(snap)) = (row.id, row.snapshot) {
                 if id.session_id == sid.as_bytes() {
                     found.push((id, snap));
                 }
             }
-            Ok(())
-        })?;
+        }
     }
     found.sort_by_key(|(id, _)| id.opened_window);
     Ok(found)
@@ -395,7 +500,7 @@ pub fn sessions_lookup(
 /// Every event of session `sid` in an event-per-cell table (the project's, or only the
 /// visitor's rows when `visitor` is known), as event JSON lines sorted by time.
 pub fn events_lookup(
-    c: &mut HbaseClient,
+    c: &mut Conns,
     table: &str,
     family: &str,
     project: u64,
@@ -420,8 +525,9 @@ pub fn events_lookup(
         Some((v, t)) => (Some(v.to_string()), t.parse::<i64>().ok()),
         None => (None, None),
     };
-    for (start, stop) in ranges {
-        let scan = TScan {
+    let scans = ranges
+        .into_iter()
+        .map(|(start, stop)| TScan {
             start_row: Some(start),
             stop_row: Some(stop),
             timestamp: None,
@@ -432,10 +538,12 @@ pub fn events_lookup(
             sort_columns: None,
             reversed: None,
             cache_blocks: None,
-        };
-        c.scan(table, scan, 2000, |r| {
+        })
+        .collect();
+    for rows in c.scan_all(table, scans, 2000)? {
+        for r in rows {
             let Some(value) = r.columns.and_then(|m| m.into_values().next()).and_then(|c| c.value) else {
-                return true;
+                continue;
             };
             if let Ok(e) = parse_event(&value) {
                 let hit = match &e.session_id {
@@ -450,20 +558,23 @@ pub fn events_lookup(
                     found.insert((e.timestamp, e.event_id.clone()), value);
                 }
             }
-            true
-        })?;
+        }
     }
     Ok(found.into_values().collect())
 }
 
 /// Runs the command.
 pub fn run(args: QueryArgs) -> Result<(), String> {
-    let timeouts = sessionflow_operators::sink::hbase::client::Timeouts {
-        connect: std::time::Duration::from_secs(5),
-        io: std::time::Duration::from_millis(args.timeout_ms),
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        io: Duration::from_millis(args.timeout_ms),
     };
-    let mut c = HbaseClient::connect(&args.hbase, timeouts).map_err(|e| e.to_string())?;
-    match c.families(&args.table).map_err(|e| e.to_string())? {
+    let mut c = Conns::connect(&args.hbase, timeouts, args.parallel.into()).map_err(|e| e.to_string())?;
+    match c
+        .first()
+        .and_then(|f| f.families(&args.table))
+        .map_err(|e| e.to_string())?
+    {
         None => return Err(format!("HBase table {:?} does not exist", args.table)),
         Some(f) if !f.contains_key(&args.family) => {
             return Err(format!(

@@ -332,7 +332,10 @@ impl HbaseClient {
         self.call("enableTable", |c| c.enable_table(name))
     }
 
-    /// Asks HBase to major-compact a table (asynchronous on the server).
+    /// Asks HBase to compact a table (asynchronous on the server). Despite its name, HBase
+    /// 2.x's Thrift1 handler runs `Admin.compact`: a *minor* compaction, which skips a store
+    /// of fewer than three files and keeps delete markers. `scripts/services.sh compact` runs
+    /// a real major compaction through the Java Admin API.
     pub fn major_compact(&mut self, table: &str) -> Result<(), HbaseError> {
         self.call("majorCompact", |c| c.major_compact(table.as_bytes().to_vec()))
     }
@@ -408,13 +411,17 @@ impl HbaseClient {
             match self.call("scannerGetList", |c| c.scanner_get_list(id, batch.max(1))) {
                 Ok(rows) if rows.is_empty() => break Ok(()),
                 Ok(rows) => {
+                    // `scannerGetList` returns fewer rows than asked only at the end of the
+                    // scan (the server's `ResultScanner.next(n)` fills up to `n`): no need for
+                    // another round trip to learn that.
+                    let last = rows.len() < batch.max(1) as usize;
                     let mut go = true;
                     for r in rows {
                         if go && !each(r) {
                             go = false;
                         }
                     }
-                    if !go {
+                    if !go || last {
                         break Ok(());
                     }
                 }
