@@ -7,13 +7,12 @@
 //!
 //! Storage is reported three ways for each table: the bytes a full scan returns (latest
 //! version of every cell: row key + column + value), the same as HBase `KeyValue`s (what an
-//! HFile stores per cell, before block overhead), and the HFiles on disk after the tables were
-//! disabled and enabled (which flushes the memstores) and major-compacted (`HBASE_ROOTDIR`,
-//! default `<repo>/.services/hbase/data/root`).
+//! HFile stores per cell, before block overhead), and HBase's store-file size after a flush and
+//! a real major compaction (`scripts/services.sh compact`, Java Admin API). Queries run their
+//! scans `BENCH_PARALLEL` (default 4) at a time, for both layouts alike.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -180,64 +179,32 @@ fn storage(c: &mut HbaseClient, table: &str) -> Res<Storage> {
     Ok(s)
 }
 
-/// HFile names (and sizes) of a table's stores.
-fn hfiles(dir: &std::path::Path) -> BTreeMap<PathBuf, u64> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let path = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || name == "recovered.edits" {
-                continue;
-            }
-            match e.file_type() {
-                Ok(t) if t.is_dir() => stack.push(path),
-                Ok(_) => {
-                    out.insert(path, e.metadata().map_or(0, |m| m.len()));
-                }
-                _ => {}
-            }
-        }
+/// Store-file bytes of tables after a flush and a real major compaction, as HBase accounts
+/// them (whole MB per region): `scripts/services.sh compact` (Java Admin API; Thrift1's
+/// `majorCompact` runs a minor compaction, which left every overwritten version on disk in
+/// earlier runs of this bench). `None` when the script fails (HBase not managed by it).
+fn disk_bytes(tables: &[&str]) -> Option<Vec<u64>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg("compact")
+        .args(tables)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("services.sh compact failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
     }
-    out
-}
-
-/// HFile bytes of a table after a flush (disable + enable closes the regions, which flushes
-/// them) and a major compaction: waits until the flushed files were replaced by the compacted
-/// ones and the sizes settled (10 min at most).
-fn disk_bytes(table: &str) -> Res<Option<u64>> {
-    let root = std::env::var("HBASE_ROOTDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".services/hbase/data/root"));
-    let dir = root.join("data/default").join(table);
-    if !dir.exists() {
-        return Ok(None);
-    }
-    // Fresh connections: the server drops connections idle for 60 s.
-    connect()?.flush_by_reopening(table).map_err(|e| e.to_string())?;
-    std::thread::sleep(Duration::from_secs(2));
-    let flushed = hfiles(&dir);
-    connect()?.major_compact(table).map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    let mut last = BTreeMap::new();
-    let mut stable = 0;
-    while started.elapsed() < Duration::from_secs(600) {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = hfiles(&dir);
-        let compacted = !now.is_empty() && now.keys().all(|k| !flushed.contains_key(k));
-        if now == last && (compacted || flushed.len() <= 1) {
-            stable += 1;
-            if stable >= 10 {
-                break;
-            }
-        } else {
-            stable = 0;
-        }
-        last = now;
-    }
-    Ok(Some(last.values().sum()))
+    let text = String::from_utf8_lossy(&out.stdout);
+    tables
+        .iter()
+        .map(|t| {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(*t))
+                .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("store_file_bytes=")))
+                .and_then(|v| v.parse().ok())
+        })
+        .collect()
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -314,8 +281,7 @@ fn main() -> Res<()> {
 
     let st_s = storage(&mut c, &ts)?;
     let st_e = storage(&mut c, &te)?;
-    let disk_s = disk_bytes(&ts)?;
-    let disk_e = disk_bytes(&te)?;
+    let disk = disk_bytes(&[&ts, &te]);
     c = connect()?;
     let mb = |b: u64| b as f64 / 1e6;
     println!("\nstorage                     SessionDB   event-per-cell   ratio");
@@ -343,14 +309,14 @@ fn main() -> Res<()> {
         mb(st_e.keyvalue_bytes),
         st_e.keyvalue_bytes as f64 / st_s.keyvalue_bytes.max(1) as f64
     );
-    match (disk_s, disk_e) {
-        (Some(a), Some(b)) => println!(
-            "HFiles on disk (MB)       {:>11.2} {:>16.2}   {:>5.2}x",
-            mb(a),
-            mb(b),
-            b as f64 / a.max(1) as f64
+    match disk {
+        Some(d) => println!(
+            "HFiles after major compaction (MB) {:>6.0} {:>16.0}   {:>5.2}x",
+            mb(d[0]),
+            mb(d[1]),
+            d[1] as f64 / d[0].max(1) as f64
         ),
-        _ => println!("HFiles on disk            (HBase root dir not found; set HBASE_ROOTDIR)"),
+        None => println!("HFiles after major compaction: not measured (scripts/services.sh compact failed)"),
     }
 
     // The questions: the 5 biggest projects; for each the plain aggregate, with a conversion
@@ -391,14 +357,25 @@ fn main() -> Res<()> {
             ));
         }
     }
+    // Both layouts run their scans over the same connections, `BENCH_PARALLEL` at a time
+    // (default 4, as `sessionflow query --parallel`).
+    let width: usize = std::env::var("BENCH_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let t = Timeouts {
+        connect: Duration::from_secs(3),
+        io: Duration::from_secs(300),
+    };
+    let mut qc = query::Conns::connect(&thrift(), t, width).map_err(|e| e.to_string())?;
     let mut lat: HashMap<&str, (Vec<f64>, Vec<f64>)> = HashMap::new();
     let mut mismatches = 0;
     for _ in 0..reps {
         for (kind, q) in &questions {
             let (a_ms, a) =
-                time(|| query::sessions_aggregate(&mut c, &ts, "s", session.window_ms, q).map_err(|e| e.to_string()))?;
+                time(|| query::sessions_aggregate(&mut qc, &ts, "s", session.window_ms, q).map_err(|e| e.to_string()))?;
             let (b_ms, b) =
-                time(|| query::events_aggregate(&mut c, &te, "s", session.gap_ms, q).map_err(|e| e.to_string()))?;
+                time(|| query::events_aggregate(&mut qc, &te, "s", session.gap_ms, q).map_err(|e| e.to_string()))?;
             if (a.sessions, a.conversions) != (b.sessions, b.conversions) {
                 mismatches += 1;
             }
@@ -416,10 +393,10 @@ fn main() -> Res<()> {
     for _ in 0..reps {
         for (p, sid, visitor) in &lookups {
             let (a_ms, a) =
-                time(|| query::sessions_lookup(&mut c, &ts, "s", Some(*p), sid).map_err(|e| e.to_string()))?;
+                time(|| query::sessions_lookup(&mut qc, &ts, "s", Some(*p), sid).map_err(|e| e.to_string()))?;
             let (b_ms, b) =
-                time(|| query::events_lookup(&mut c, &te, "s", *p, Some(visitor), sid).map_err(|e| e.to_string()))?;
-            let (c_ms, _) = time(|| query::events_lookup(&mut c, &te, "s", *p, None, sid).map_err(|e| e.to_string()))?;
+                time(|| query::events_lookup(&mut qc, &te, "s", *p, Some(visitor), sid).map_err(|e| e.to_string()))?;
+            let (c_ms, _) = time(|| query::events_lookup(&mut qc, &te, "s", *p, None, sid).map_err(|e| e.to_string()))?;
             if a.is_empty() || b.is_empty() {
                 mismatches += 1;
             }
@@ -431,7 +408,7 @@ fn main() -> Res<()> {
             e.1.push(c_ms);
         }
     }
-    println!("\nquery latency, ms (5 biggest projects, {reps} rounds)   SessionDB p50 / p99   event-per-cell p50 / p99   ratio p50 / p99");
+    println!("\nquery latency, ms (5 biggest projects, {reps} rounds, {width} scans at a time)   SessionDB p50 / p99   event-per-cell p50 / p99   ratio p50 / p99");
     let mut kinds: Vec<_> = lat.keys().copied().collect();
     kinds.sort_unstable();
     for k in kinds {

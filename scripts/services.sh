@@ -5,6 +5,9 @@
 #   scripts/services.sh up     [kafka|hbase]...           start (idempotent), wait until ready
 #   scripts/services.sh down   [kafka|hbase]... [--purge] stop; --purge also deletes their data
 #   scripts/services.sh status [kafka|hbase]...           report; exit 0 only if all are ready
+#   scripts/services.sh compact TABLE...                  HBase: flush + major-compact each table
+#                                                         (Java Admin API; Thrift1's majorCompact
+#                                                         is a minor one), print its store bytes
 #
 # With no service named, the command applies to both. `up` prints, on stdout and only on
 # success, the addresses for the tests (everything else goes to stderr), e.g.
@@ -539,10 +542,25 @@ cmd_status() {
   return "$rc"
 }
 
+cmd_compact() {  # cmd_compact TABLE...: scripts/HbaseMajorCompact.java on the running HBase
+  (($# >= 1)) || usage
+  hbase_alive || die "hbase is not running (scripts/services.sh up hbase)"
+  hbase_jvm hbase-admin
+  # Java 11+ runs a single source file directly; the client's logs go to logs/hbase-admin.log.
+  "${HBASE_JVM[@]}" "$SCRIPT_DIR/HbaseMajorCompact.java" "$@"
+}
+
 main() {
   (($# >= 1)) || usage
   local cmd=$1 purge=0 a
   shift
+  if [[ $cmd == compact ]]; then
+    mkdir -p "$SERVICES_DIR"
+    SERVICES_DIR=$(cd "$SERVICES_DIR" && pwd)
+    HBASE_DIR="$SERVICES_DIR/hbase"
+    cmd_compact "$@"
+    return
+  fi
   SERVICES=()
   for a in "$@"; do
     case $a in
