@@ -114,6 +114,10 @@ pub struct RunArgs {
     /// How long to keep retrying to reach the brokers at start (e.g. 60s).
     #[arg(long, default_value = "60s", value_parser = parse_duration_ms)]
     pub connect_timeout: u64,
+    /// With --stop-at-end: how long to keep retrying the final offset commit while the brokers
+    /// are unreachable (e.g. 5m).
+    #[arg(long, default_value = "5m", value_parser = parse_duration_ms)]
+    pub final_commit_timeout: u64,
     /// Interval of the progress line on stderr (e.g. 5s); 0 is off.
     #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
     pub progress: u64,
@@ -229,6 +233,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         stop_at_end: args.stop_at_end,
         idle_timeout_ms: args.idle_timeout,
         connect_timeout_ms: args.connect_timeout,
+        final_commit_timeout_ms: args.final_commit_timeout,
         stats_interval_ms: if args.progress > 0 {
             args.progress.clamp(1_000, 60_000)
         } else {

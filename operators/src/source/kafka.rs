@@ -96,6 +96,9 @@ pub struct KafkaSourceConfig {
     pub idle_timeout_ms: Option<u64>,
     /// How long to keep retrying to reach the brokers at start, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// How long a bounded run keeps retrying its final offset commit (after its outputs are
+    /// in place) while the brokers are unreachable, in milliseconds.
+    pub final_commit_timeout_ms: u64,
     /// Interval of librdkafka statistics (the consumer lag gauge), in milliseconds; 0 is off.
     pub stats_interval_ms: u64,
     /// librdkafka options as `(key, value)`, applied after ours (`-X key=value`); a key
@@ -113,6 +116,7 @@ impl Default for KafkaSourceConfig {
             stop_at_end: false,
             idle_timeout_ms: None,
             connect_timeout_ms: 60_000,
+            final_commit_timeout_ms: 300_000,
             stats_interval_ms: 0,
             options: Vec::new(),
         }
@@ -436,6 +440,7 @@ pub struct KafkaReader {
     resume: Vec<Cut>,
     activator: Arc<OnceLock<SyncActivator>>,
     idle_timeout: Option<Duration>,
+    final_commit_timeout: Duration,
     stop_at_end: bool,
     lag: Arc<AtomicI64>,
     told_ended: bool,
@@ -447,17 +452,20 @@ pub struct KafkaCommitter {
     topic: String,
     log: Arc<ClientLog>,
     consumer: Option<Rc<SourceConsumer>>,
+    timeout: Duration,
 }
 
 impl KafkaCommitter {
-    /// Commits `cuts` synchronously (retrying for up to 30 s).
+    /// Commits `cuts` synchronously, retrying with backoff for up to
+    /// [`KafkaSourceConfig::final_commit_timeout_ms`] (a broker restart at the very end of a
+    /// bounded run is ridden out like one in its middle).
     pub fn commit_sync(&self, cuts: &[Cut]) -> Result<(), String> {
         let Some(consumer) = &self.consumer else { return Ok(()) };
         if cuts.is_empty() {
             return Ok(());
         }
         let tpl = cut_list(&self.topic, cuts)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + self.timeout;
         retry(self.log.label(), "cannot commit the final offsets", deadline, || {
             consumer.commit(&tpl, CommitMode::Sync).map_err(|e| e.to_string())
         })
@@ -534,6 +542,7 @@ impl KafkaReader {
             resume: Vec::new(),
             activator,
             idle_timeout: cfg.idle_timeout_ms.map(Duration::from_millis),
+            final_commit_timeout: Duration::from_millis(cfg.final_commit_timeout_ms),
             stop_at_end: cfg.stop_at_end,
             lag,
             told_ended: false,
@@ -644,6 +653,7 @@ impl KafkaReader {
             resume: Vec::new(),
             activator: Arc::new(OnceLock::new()),
             idle_timeout: None,
+            final_commit_timeout: Duration::ZERO,
             stop_at_end: true,
             lag: Arc::new(AtomicI64::new(-1)),
             told_ended: false,
@@ -656,6 +666,7 @@ impl KafkaReader {
             topic: self.topic.clone(),
             log: Arc::clone(&self.log),
             consumer: self.consumer.clone(),
+            timeout: self.final_commit_timeout,
         }
     }
 
