@@ -9,7 +9,7 @@
 //! version of every cell: row key + column + value), the same as HBase `KeyValue`s (what an
 //! HFile stores per cell, before block overhead), and HBase's store-file size after a flush and
 //! a real major compaction (`scripts/services.sh compact`, Java Admin API). Queries run their
-//! scans `BENCH_PARALLEL` (default 4) at a time, for both layouts alike.
+//! scans `BENCH_PARALLEL` (default 8) at a time, for both layouts alike.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -358,11 +358,11 @@ fn main() -> Res<()> {
         }
     }
     // Both layouts run their scans over the same connections, `BENCH_PARALLEL` at a time
-    // (default 4, as `sessionflow query --parallel`).
+    // (default 8, as `sessionflow query --parallel`).
     let width: usize = std::env::var("BENCH_PARALLEL")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(8);
     let t = Timeouts {
         connect: Duration::from_secs(3),
         io: Duration::from_secs(300),

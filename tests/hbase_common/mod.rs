@@ -44,6 +44,7 @@ pub const ALL_COLUMNS: &[&str] = &[
     "visitor_id",
     "project_id",
     "experiments",
+    "names",
     "window",
     "closed",
     "merged_into",

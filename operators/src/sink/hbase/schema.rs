@@ -64,6 +64,8 @@ pub mod col {
     pub const PROJECT_ID: &str = "project_id";
     /// Experiment variations.
     pub const EXPERIMENTS: &str = "experiments";
+    /// Distinct `name`s of the listed events (conversion queries).
+    pub const NAMES: &str = "names";
     /// Snapshot window.
     pub const WINDOW: &str = "window";
     /// Final snapshot flag.
@@ -260,6 +262,8 @@ pub struct Columns {
     pub project_id: Vec<u8>,
     /// `s:experiments`.
     pub experiments: Vec<u8>,
+    /// `s:names`.
+    pub names: Vec<u8>,
     /// `s:window`.
     pub window: Vec<u8>,
     /// `s:closed`.
@@ -290,6 +294,7 @@ impl Columns {
             visitor_id: column(family, col::VISITOR_ID),
             project_id: column(family, col::PROJECT_ID),
             experiments: column(family, col::EXPERIMENTS),
+            names: column(family, col::NAMES),
             window: column(family, col::WINDOW),
             closed: column(family, col::CLOSED),
             merged_into: column(family, col::MERGED_INTO),
@@ -305,8 +310,10 @@ impl Columns {
     /// `s:merged_into` (merged-away sessions only). `snap.json` and `snap.state` are moved out.
     pub fn snapshot_row(&self, snap: &mut Snapshot) -> BatchMutation {
         let key = RowKey::of(snap).encode();
-        let mut m = Vec::with_capacity(12);
+        let mut m = Vec::with_capacity(13);
+        let names = names_text(&event_names(snap.json.as_bytes()));
         m.push(put(self.snapshot.clone(), std::mem::take(&mut snap.json).into_bytes()));
+        m.push(put(self.names.clone(), names));
         m.push(put(self.start.clone(), snap.start.to_be_bytes().to_vec()));
         m.push(put(self.end.clone(), snap.end.to_be_bytes().to_vec()));
         m.push(put(self.event_count.clone(), snap.event_count.to_be_bytes().to_vec()));
@@ -392,6 +399,35 @@ impl Columns {
     }
 }
 
+/// The sorted distinct `name`s of the events listed in a snapshot JSON (empty when it is not
+/// one: the engine writes it, so that does not happen).
+pub fn event_names(snapshot_json: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Snap {
+        events: Vec<Named>,
+    }
+    let mut names: Vec<String> = serde_json::from_slice::<Snap>(snapshot_json)
+        .map(|s| s.events.into_iter().filter_map(|e| e.name).collect())
+        .unwrap_or_default();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// `s:names`: a JSON array of strings.
+pub fn names_text(names: &[String]) -> Vec<u8> {
+    serde_json::to_vec(names).unwrap_or_else(|_| b"[]".to_vec())
+}
+
+/// Parses `s:names`.
+pub fn parse_names(text: &[u8]) -> Option<Vec<String>> {
+    serde_json::from_slice(text).ok()
+}
+
 /// Event-per-cell row key: `[salt][project_id: 8 BE][visitor length: 1][visitor][timestamp: 8 BE][event_id]`,
 /// salted by `(project, visitor)` so a visitor's events are contiguous and time-ordered.
 pub fn event_row_key(project_id: u64, visitor_id: &str, timestamp: i64, event_id: &str) -> Vec<u8> {
@@ -438,6 +474,8 @@ pub struct SessionRow {
     pub project_id: Option<u64>,
     /// `s:experiments`.
     pub experiments: Option<Vec<(u64, u64)>>,
+    /// `s:names`.
+    pub names: Option<Vec<String>>,
     /// `s:window`, with its cell timestamp.
     pub window: Option<(u64, i64)>,
     /// `s:closed`.
@@ -480,6 +518,7 @@ impl SessionRow {
                 col::VISITOR_ID => row.visitor_id = Some(v),
                 col::PROJECT_ID => row.project_id = Some(be_u64(&v).ok_or_else(|| bad(col::PROJECT_ID))?),
                 col::EXPERIMENTS => row.experiments = Some(parse_experiments(&v).ok_or_else(|| bad(col::EXPERIMENTS))?),
+                col::NAMES => row.names = Some(parse_names(&v).ok_or_else(|| bad(col::NAMES))?),
                 col::WINDOW => row.window = Some((be_u64(&v).ok_or_else(|| bad(col::WINDOW))?, ts)),
                 col::CLOSED => {
                     row.closed = Some(match v.as_slice() {
@@ -534,6 +573,19 @@ mod tests {
     }
 
     #[test]
+    fn names_are_the_listed_events_distinct_names() {
+        let json = br#"{"session_id":"s","events":[{"event_id":"a","type":"conversion","name":"purchase"},
+            {"event_id":"b","type":"pageview","tags":{"name":"not this"}},{"event_id":"c","name":"add \"to\" cart"},
+            {"event_id":"d","name":"purchase"}],"closed":false}"#;
+        let names = event_names(json);
+        assert_eq!(names, vec!["add \"to\" cart".to_string(), "purchase".to_string()]);
+        assert_eq!(parse_names(&names_text(&names)), Some(names));
+        assert!(event_names(b"{\"events\":[]}").is_empty());
+        assert!(event_names(b"not json").is_empty());
+        assert_eq!(names_text(&[]), b"[]");
+    }
+
+    #[test]
     fn row_keys_round_trip_any_id_bytes() {
         for id in ["s1", "", "a\u{0}g\u{0}s", "\u{0}", "ünï\\cødé", "x@1700000000000"] {
             for gap in [false, true] {
@@ -575,7 +627,7 @@ mod tests {
         let b = cols.snapshot_row(&mut s);
         assert_eq!(b.row, Some(RowKey::of(&snap("s1", false)).encode()));
         let muts = b.mutations.unwrap_or_default();
-        assert_eq!(muts.len(), 11, "10 query columns + state");
+        assert_eq!(muts.len(), 12, "11 query columns + state");
         let columns = muts
             .into_iter()
             .map(|m| {
@@ -604,11 +656,12 @@ mod tests {
         assert_eq!(row.closed, Some(false));
         assert_eq!(row.state, Some((vec![1, 2, 3], 9)));
         assert_eq!(row.snapshot.as_deref(), Some(&b"{\"session_id\":\"s1\"}"[..]));
+        assert_eq!(row.names, Some(vec![]));
         // Closed snapshots carry no state.
         let mut c = snap("s1", false);
         c.closed = true;
         let n = cols.snapshot_row(&mut c).mutations.map_or(0, |m| m.len());
-        assert_eq!(n, 10);
+        assert_eq!(n, 11);
     }
 
     #[test]
