@@ -22,6 +22,11 @@
 //!   alone, and a restart is exact only if no partition was idle at the last commits (the
 //!   committed frontier may pass an idle partition's window). Without it, a partition that
 //!   receives nothing holds every window open (standard event-time semantics).
+//! - Watermark alignment: a partition whose watermark window ran more than
+//!   `max_windows_ahead` windows past the sinks' frontier is paused (`rd_kafka_pause`) until
+//!   the frontier catches up, so when one partition lags, or has not delivered its first
+//!   message yet, the others do not pile their records up in memory (the whole-source throttle
+//!   alone cannot see that: the worker's window is the laggard's).
 //! - Broker down at start: every blocking call made before the dataflow runs (metadata,
 //!   committed offsets, watermarks) is retried with backoff until `connect_timeout_ms`, each
 //!   failure logged on stderr; then a clear error. Once running, librdkafka reconnects by itself
@@ -393,6 +398,8 @@ struct Part {
     end: Option<u64>,
     ended: bool,
     last_data: Instant,
+    /// Paused because it ran past the ceiling ([`Watermarks::ahead`]).
+    paused: bool,
 }
 
 /// The commit metadata of a [`Cut`] (what the offset itself does not say).
@@ -587,6 +594,7 @@ impl KafkaReader {
                 end: None,
                 ended: false,
                 last_data: now,
+                paused: false,
             };
             let mut from = match (start, cfg.start) {
                 (Some(o), _) => Offset::Offset(o as i64),
@@ -726,6 +734,27 @@ impl PartitionReader for KafkaReader {
             return Ok(ReadStatus::Done);
         };
         let now = Instant::now();
+        // Watermark alignment: stop fetching the partitions that ran more than
+        // `max_windows_ahead` windows past the sinks' frontier (while another one lags or has
+        // not delivered yet), so their records do not pile up in memory; fetch them again once
+        // the frontier caught up. Failing to pause or resume only costs memory or a retry.
+        for part in self.parts.iter_mut().filter(|p| !p.ended) {
+            let ahead = marks.ahead(part.id);
+            if ahead != part.paused {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&self.topic, part.id as i32);
+                let done = if ahead {
+                    consumer.pause(&tpl)
+                } else {
+                    consumer.resume(&tpl)
+                };
+                if done.is_ok() {
+                    part.paused = ahead;
+                    // Paused is not idle: the idle clock restarts when it resumes.
+                    part.last_data = now;
+                }
+            }
+        }
         // Poll until the queue is empty. A poll that served a commit or statistics event also
         // returns nothing, so only two empty polls in a row mean "empty".
         let mut empty = 0;
@@ -786,7 +815,7 @@ impl PartitionReader for KafkaReader {
             for p in self
                 .parts
                 .iter()
-                .filter(|p| !p.ended && now.duration_since(p.last_data) >= timeout)
+                .filter(|p| !p.ended && !p.paused && now.duration_since(p.last_data) >= timeout)
             {
                 marks.set_idle(p.id);
             }

@@ -66,6 +66,7 @@ pub struct Watermarks {
     window_ms: u64,
     lateness_ms: u64,
     clocks: Vec<(u32, PartitionClock)>,
+    ceiling: Option<u64>,
 }
 
 impl Watermarks {
@@ -76,6 +77,7 @@ impl Watermarks {
             window_ms: window_ms.max(1),
             lateness_ms,
             clocks,
+            ceiling: None,
         }
     }
 
@@ -177,6 +179,21 @@ impl Watermarks {
             .filter(|(_, c)| !c.ended)
             .min_by_key(|(p, c)| (c.low, *p))
             .map(|(p, _)| *p)
+    }
+
+    /// Sets the highest window a partition may reach before its reader should stop fetching
+    /// it (the sink's frontier plus `max_windows_ahead`); `None`: no limit.
+    pub fn set_ceiling(&mut self, ceiling: Option<u64>) {
+        self.ceiling = ceiling;
+    }
+
+    /// Whether partition `p` ran past the ceiling: a reader that can pause partitions one by
+    /// one (Kafka) pauses it, so a partition far ahead of a lagging one (or of one that has
+    /// not delivered yet) does not pile its records up in memory. The partition holding the
+    /// frontier is never ahead while the source reads at all (the source itself stops while
+    /// the frontier is past the ceiling).
+    pub fn ahead(&self, p: u32) -> bool {
+        self.ceiling.is_some_and(|c| self.low_of(p) > c)
     }
 
     /// Every partition's clock.
@@ -531,6 +548,11 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                         return;
                     }
                 }
+                let ceiling = throttle
+                    .as_ref()
+                    .and_then(|probe| probe.with_frontier(|f| f.first().copied()))
+                    .map(|f| f.saturating_add(cfg.max_windows_ahead));
+                marks.set_ceiling(ceiling);
                 raw.clear();
                 let status = match reader.read(&mut marks, cfg.batch, &mut raw) {
                     Ok(s) => s,
@@ -653,6 +675,20 @@ mod tests {
         assert_eq!(m.low(), Some((t1 as u64 - 5_000) / 60_000));
         m.end(0);
         assert_eq!(m.low(), None);
+    }
+
+    #[test]
+    fn partitions_past_the_ceiling_are_ahead() {
+        let mut m = Watermarks::new(1_000, 0, &[0, 1]);
+        m.observe(0, 10_500, 0); // window 10
+        assert!(!m.ahead(0), "no ceiling, nothing is ahead");
+        // Sink frontier 0, 3 windows ahead allowed: p0 (window 10) is ahead, p1 (no data) not.
+        m.set_ceiling(Some(3));
+        assert!(m.ahead(0));
+        assert!(!m.ahead(1));
+        m.observe(1, 9_000, 0);
+        m.set_ceiling(Some(9 + 3));
+        assert!(!m.ahead(0) && !m.ahead(1));
     }
 
     #[test]
