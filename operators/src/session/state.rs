@@ -149,6 +149,8 @@ struct Listed {
     /// Index in `exp_sets`, or `NO_ATTRS`.
     exps: u16,
     id_len: u8,
+    /// The low bits of the id's hash: duplicate checks compare ids only when these match.
+    tag: u32,
 }
 
 const NO_ATTRS: u16 = u16::MAX;
@@ -325,10 +327,12 @@ impl Session {
 
     /// Whether this session already accepted an event with this id.
     pub fn has_event(&self, id: &str) -> bool {
-        let scan = |s: &Session| s.listed.iter().any(|l| s.listed_id(l) == id.as_bytes());
+        let hash = id_hash(id);
+        let tag = hash as u32;
+        let scan = |s: &Session| s.listed.iter().any(|l| l.tag == tag && s.listed_id(l) == id.as_bytes());
         let listed = match &self.listed_hashes {
             None => scan(self),
-            Some(h) => h.contains_key(&id_hash(id)) && scan(self),
+            Some(h) => h.contains_key(&hash) && scan(self),
         };
         listed || self.unlisted.as_ref().is_some_and(|u| u.contains_key(id))
     }
@@ -574,6 +578,7 @@ impl Session {
             attrs,
             exps,
             id_len: inc.id.len() as u8,
+            tag: id_hash(inc.id) as u32,
         };
         self.listed.insert(pos, entry);
         if let Some(h) = &mut self.listed_hashes {

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use hashbrown::hash_map::EntryRef;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
@@ -298,13 +299,15 @@ impl SessionStore {
             return self.late(rec, out);
         }
         let e = &rec.event;
-        if !self.sessions.contains_key(sid) {
-            self.counters.sessions_opened += 1;
-            self.open += 1;
-            self.sessions.insert(sid.into(), Session::open(sid, e, m));
-        }
-        let Some((key, s)) = self.sessions.get_key_value_mut(sid) else {
-            return;
+        // One hash lookup per event.
+        let (key, s) = match self.sessions.entry_ref(sid) {
+            EntryRef::Occupied(o) => (Rc::clone(o.key()), o.into_mut()),
+            EntryRef::Vacant(v) => {
+                self.counters.sessions_opened += 1;
+                self.open += 1;
+                let key: Rc<str> = sid.into();
+                (Rc::clone(&key), v.insert_with_key(key, Session::open(sid, e, m)))
+            }
         };
         if s.has_event(&e.event_id) {
             self.counters.duplicates += 1;
@@ -313,11 +316,11 @@ impl SessionStore {
         s.accept(e, &self.cfg);
         self.counters.accepted += 1;
         Self::reindex(&self.cfg, &mut self.close_index, s, m, || {
-            SessionRef::Id(Rc::clone(key))
+            SessionRef::Id(Rc::clone(&key))
         });
         if s.touched != m + 1 {
             s.touched = m + 1;
-            touched.push(SessionRef::Id(Rc::clone(key)));
+            touched.push(SessionRef::Id(key));
         }
     }
 
