@@ -143,3 +143,65 @@ fn offsets_are_the_end_offsets_and_a_second_run_reads_nothing() {
     assert!(stats.get("skipped_on_resume").is_none(), "{stats}");
     assert_eq!(committed(&group, &f.topic, PARTITIONS), commits);
 }
+
+/// Scale-out across processes: `run --stop-at-end` as a two-process timely cluster (timely's
+/// own cluster mode over TCP on localhost, 2 workers each: every worker reads one of the 4
+/// partitions, sessions are exchanged across the processes) writes what replay writes, and
+/// commits the end offsets.
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_two_process_cluster_equals_replay() {
+    let f = fixture();
+    let expected = f.reference.read();
+    let ports = [
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+    ]
+    .map(|l| l.local_addr().unwrap().port());
+    let hostfile = f.dir.path().join("hosts-cluster");
+    std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", ports[0], ports[1])).unwrap();
+    let files = Files::new(f.dir.path(), "cluster");
+    let group = unique("cluster");
+    let children: Vec<_> = (0..2)
+        .map(|id| {
+            let mut args = run_flags(&f.topic, &group, 2);
+            args.push("--stop-at-end".into());
+            args.extend(files.flags());
+            args.extend(
+                [
+                    "--processes".to_string(),
+                    "2".into(),
+                    "--process-id".into(),
+                    id.to_string(),
+                    "--hostfile".into(),
+                    hostfile.display().to_string(),
+                ]
+                .into_iter(),
+            );
+            let mut cmd = sessionflow(&args);
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for (id, child) in children.into_iter().enumerate() {
+        let out = wait_timeout(child, Duration::from_secs(180));
+        assert!(
+            out.status.success(),
+            "process {id} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let got = files.read();
+    assert!(got.0 == expected.0, "2 processes: snapshots differ from replay");
+    assert!(got.1 == expected.1, "2 processes: dead letters differ from replay");
+    assert_eq!(
+        String::from_utf8_lossy(&got.2),
+        String::from_utf8_lossy(&expected.2),
+        "2 processes: stats"
+    );
+    let ends = end_offsets(&f.topic, PARTITIONS);
+    for (p, (c, end)) in committed(&group, &f.topic, PARTITIONS).iter().zip(&ends).enumerate() {
+        assert_eq!(c.as_ref().map(|c| c.0), Some(*end), "partition {p}");
+    }
+}
