@@ -167,17 +167,14 @@ fn a_two_process_cluster_equals_replay() {
             let mut args = run_flags(&f.topic, &group, 2);
             args.push("--stop-at-end".into());
             args.extend(files.flags());
-            args.extend(
-                [
-                    "--processes".to_string(),
-                    "2".into(),
-                    "--process-id".into(),
-                    id.to_string(),
-                    "--hostfile".into(),
-                    hostfile.display().to_string(),
-                ]
-                .into_iter(),
-            );
+            args.extend([
+                "--processes".to_string(),
+                "2".into(),
+                "--process-id".into(),
+                id.to_string(),
+                "--hostfile".into(),
+                hostfile.display().to_string(),
+            ]);
             let mut cmd = sessionflow(&args);
             cmd.stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped());
