@@ -52,6 +52,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
@@ -910,10 +911,10 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
                     };
                 }
                 Field::Attributes => {
-                    attributes = map.next_value_seed(AttributesSeed { slot: &mut *slot })?;
+                    attributes = map.next_value_seed(ObjectSeed::<Attributes>::new(&mut *slot))?;
                 }
                 Field::Tags => {
-                    tags = map.next_value_seed(TagsSeed { slot: &mut *slot })?;
+                    tags = map.next_value_seed(ObjectSeed::<Tags>::new(&mut *slot))?;
                 }
                 Field::Experiments => {
                     experiments = map.next_value_seed(ExperimentsSeed { slot: &mut *slot })?;
@@ -991,94 +992,112 @@ macro_rules! reject_non_container {
     };
 }
 
-const ATTRIBUTES_OBJECT: Invalid = field("attributes", "an object");
-const ATTRIBUTES_VALUES: Invalid = field("attributes values", "strings, numbers, booleans or null");
-const TAGS_OBJECT: Invalid = field("tags", "an object");
-const TAGS_VALUES: Invalid = field("tags values", "strings");
 const EXPERIMENTS_ARRAY: Invalid = field("experiments", "an array");
 const EXPERIMENTS_ENTRIES: Invalid = field("experiments entries", "objects");
 
+/// An optional object of scalars (`attributes`, `tags`): what differs between them.
+trait ScalarObject {
+    /// The type of one value.
+    type Value;
+    /// The reason when the field is not an object (nor null).
+    const OBJECT: Invalid;
+    /// The reason when a value is an array or an object (or, for some, another scalar).
+    const VALUES: Invalid;
+    /// What the visitor expects, for the deserializer's own messages.
+    const EXPECTING: &'static str;
+    /// Initial capacity of the pairs.
+    const CAPACITY: usize;
+
+    /// Converts one value, or fails with its reason.
+    fn value<E: de::Error>(s: Scalar<'_>, slot: &mut Slot) -> Result<Self::Value, E>;
+}
+
 /// `attributes`: null or an object of scalars.
-struct AttributesSeed<'s> {
-    slot: &'s mut Slot,
-}
+struct Attributes;
 
-impl<'de> DeserializeSeed<'de> for AttributesSeed<'_> {
-    type Value = Option<Vec<(String, AttrValue)>>;
+impl ScalarObject for Attributes {
+    type Value = AttrValue;
+    const OBJECT: Invalid = field("attributes", "an object");
+    const VALUES: Invalid = field("attributes values", "strings, numbers, booleans or null");
+    const EXPECTING: &'static str = "an attributes object";
+    const CAPACITY: usize = 8;
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for AttributesSeed<'_> {
-    type Value = Option<Vec<(String, AttrValue)>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an attributes object")
-    }
-
-    reject_non_container!(ATTRIBUTES_OBJECT);
-
-    fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<Self::Value, A::Error> {
-        Err(fail(self.slot, ATTRIBUTES_OBJECT))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let slot = self.slot;
-        let mut out = SortedPairs::with_capacity(8);
-        while let Some(k) = map.next_key_seed(KeySeed)? {
-            let v = match next_scalar(&mut map, slot, ATTRIBUTES_VALUES)? {
-                Scalar::Null => AttrValue::Null,
-                Scalar::Bool(b) => AttrValue::Bool(b),
-                Scalar::U64(v) => AttrValue::Num(v.into()),
-                Scalar::I64(v) => AttrValue::Num(v.into()),
-                Scalar::F64(v) => match serde_json::Number::from_f64(v) {
-                    Some(n) => AttrValue::Num(n),
-                    None => return Err(fail(slot, Invalid::NotFinite)),
-                },
-                Scalar::Str(s) => AttrValue::Str(s.into_owned()),
-            };
-            out.push(slot, k, v)?;
-        }
-        out.finish(slot).map(Some)
+    #[inline]
+    fn value<E: de::Error>(s: Scalar<'_>, slot: &mut Slot) -> Result<AttrValue, E> {
+        Ok(match s {
+            Scalar::Null => AttrValue::Null,
+            Scalar::Bool(b) => AttrValue::Bool(b),
+            Scalar::U64(v) => AttrValue::Num(v.into()),
+            Scalar::I64(v) => AttrValue::Num(v.into()),
+            Scalar::F64(v) => match serde_json::Number::from_f64(v) {
+                Some(n) => AttrValue::Num(n),
+                None => return Err(fail(slot, Invalid::NotFinite)),
+            },
+            Scalar::Str(s) => AttrValue::Str(s.into_owned()),
+        })
     }
 }
 
 /// `tags`: null or an object of strings.
-struct TagsSeed<'s> {
-    slot: &'s mut Slot,
+struct Tags;
+
+impl ScalarObject for Tags {
+    type Value = String;
+    const OBJECT: Invalid = field("tags", "an object");
+    const VALUES: Invalid = field("tags values", "strings");
+    const EXPECTING: &'static str = "a tags object";
+    const CAPACITY: usize = 4;
+
+    #[inline]
+    fn value<E: de::Error>(s: Scalar<'_>, slot: &mut Slot) -> Result<String, E> {
+        match s {
+            Scalar::Str(s) => Ok(s.into_owned()),
+            _ => Err(fail(slot, Self::VALUES)),
+        }
+    }
 }
 
-impl<'de> DeserializeSeed<'de> for TagsSeed<'_> {
-    type Value = Option<Vec<(String, String)>>;
+/// Reads an optional `K` object into pairs sorted by key with unique keys.
+struct ObjectSeed<'s, K> {
+    slot: &'s mut Slot,
+    kind: PhantomData<K>,
+}
+
+impl<'s, K> ObjectSeed<'s, K> {
+    fn new(slot: &'s mut Slot) -> Self {
+        ObjectSeed {
+            slot,
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<'de, K: ScalarObject> DeserializeSeed<'de> for ObjectSeed<'_, K> {
+    type Value = Option<Vec<(String, K::Value)>>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for TagsSeed<'_> {
-    type Value = Option<Vec<(String, String)>>;
+impl<'de, K: ScalarObject> Visitor<'de> for ObjectSeed<'_, K> {
+    type Value = Option<Vec<(String, K::Value)>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a tags object")
+        f.write_str(K::EXPECTING)
     }
 
-    reject_non_container!(TAGS_OBJECT);
+    reject_non_container!(K::OBJECT);
 
     fn visit_seq<A: SeqAccess<'de>>(self, _seq: A) -> Result<Self::Value, A::Error> {
-        Err(fail(self.slot, TAGS_OBJECT))
+        Err(fail(self.slot, K::OBJECT))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let slot = self.slot;
-        let mut out = SortedPairs::with_capacity(4);
+        let mut out = SortedPairs::with_capacity(K::CAPACITY);
         while let Some(k) = map.next_key_seed(KeySeed)? {
-            let v = match next_scalar(&mut map, slot, TAGS_VALUES)? {
-                Scalar::Str(s) => s.into_owned(),
-                _ => return Err(fail(slot, TAGS_VALUES)),
-            };
+            let v = K::value(next_scalar(&mut map, slot, K::VALUES)?, slot)?;
             out.push(slot, k, v)?;
         }
         out.finish(slot).map(Some)
