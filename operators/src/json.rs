@@ -6,12 +6,44 @@
 
 use crate::event::AttrValue;
 
+/// Whether any of the 8 bytes of `w` must be escaped in a JSON string: a control byte
+/// (`< 0x20`), `"` or `\\`. The classic "has a zero byte" bit trick: a borrow can only flag a
+/// byte above a byte that really matches, so the answer is exact for the word as a whole.
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let q = w ^ (ONES * u64::from(b'"'));
+    let quote = q.wrapping_sub(ONES) & !q & HIGH;
+    let b = w ^ (ONES * u64::from(b'\\'));
+    let backslash = b.wrapping_sub(ONES) & !b & HIGH;
+    (control | quote | backslash) != 0
+}
+
 /// Appends `s` as a JSON string literal (with quotes).
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.reserve(s.len() + 2);
     out.push(b'"');
     let bytes = s.as_bytes();
+    // Check 8 bytes at a time (the last word padded with spaces) while nothing needs
+    // escaping: ids, names and most values then cost a few word operations and one copy.
+    let mut clean = 0;
+    while clean < bytes.len() {
+        let chunk = &bytes[clean..bytes.len().min(clean + 8)];
+        let mut word = [b' '; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        if needs_escape(u64::from_le_bytes(word)) {
+            break;
+        }
+        clean += chunk.len();
+    }
+    if clean == bytes.len() {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    for (i, &b) in bytes.iter().enumerate().skip(clean) {
         let esc: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -86,6 +118,35 @@ mod tests {
             let mut out = Vec::new();
             write_str(&mut out, s);
             assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(s).unwrap());
+        }
+    }
+
+    #[test]
+    fn the_word_check_finds_every_byte_to_escape() {
+        for b in 0u8..=255 {
+            let must = b < 0x20 || b == b'"' || b == b'\\';
+            for pos in 0..8 {
+                let mut w = [b'a'; 8];
+                w[pos] = b;
+                assert_eq!(needs_escape(u64::from_le_bytes(w)), must, "byte {b:#x} at {pos}");
+                // Next to bytes that flag or borrow.
+                let mut w = [0xffu8; 8];
+                w[pos] = b;
+                assert_eq!(
+                    needs_escape(u64::from_le_bytes(w)),
+                    must,
+                    "byte {b:#x} at {pos} among 0xff"
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_string_escapes_like_serde_json(s in "\\PC*|[\\x00-\\x7f]{0,40}") {
+            let mut out = Vec::new();
+            write_str(&mut out, &s);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
         }
     }
 

@@ -767,7 +767,7 @@ impl Session {
 
     /// Builds the snapshot at window `m`.
     pub fn snapshot(&self, gap_based: bool, m: u64, closed: bool, merged_into: Option<&str>) -> Snapshot {
-        let mut out = Vec::with_capacity(256 + self.arena.len());
+        let mut out = Vec::with_capacity(self.json_capacity(merged_into));
         self.write_json(&mut out, m, closed, merged_into);
         Snapshot {
             session_id: self.id.to_string(),
@@ -788,6 +788,25 @@ impl Session {
             // The arena holds only bytes written from `&str`s and ASCII, so this never replaces.
             json: String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
         }
+    }
+
+    /// Room for the snapshot JSON, so that writing it never reallocates in the usual case
+    /// (ids without escapes): the fixed keys and numbers, the ids, the attributes and
+    /// experiments, and the listed events with their separators.
+    fn json_capacity(&self, merged_into: Option<&str>) -> usize {
+        let attr_len = |v: &AttrValue| match v {
+            AttrValue::Str(s) => s.len() + 2,
+            AttrValue::Num(_) => 32,
+            AttrValue::Bool(_) | AttrValue::Null => 5,
+        };
+        let attrs: usize = self.attrs.iter().map(|a| a.key.len() + 4 + attr_len(&a.value)).sum();
+        320 + self.id.len()
+            + self.visitor_id.len()
+            + merged_into.map_or(0, |m| m.len() + 20)
+            + attrs
+            + self.experiments.len() * 44
+            + self.arena.len()
+            + self.listed.len()
     }
 
     /// Writes the spec's snapshot JSON object.
