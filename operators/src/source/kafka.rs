@@ -22,11 +22,14 @@
 //!   alone, and a restart is exact only if no partition was idle at the last commits (the
 //!   committed frontier may pass an idle partition's window). Without it, a partition that
 //!   receives nothing holds every window open (standard event-time semantics).
-//! - Watermark alignment: a partition whose watermark window ran more than
-//!   `max_windows_ahead` windows past the sinks' frontier is paused (`rd_kafka_pause`) until
-//!   the frontier catches up, so when one partition lags, or has not delivered its first
-//!   message yet, the others do not pile their records up in memory (the whole-source throttle
-//!   alone cannot see that: the worker's window is the laggard's).
+//! - Each partition has its own queue (`split_partition_queue`), read laggard first.
+//!   Watermark alignment: a partition whose watermark window ran more than twice
+//!   `max_windows_ahead` windows past the sinks' frontier is left in its queue (librdkafka
+//!   stops fetching it once `queued.max.messages.kbytes` is reached) until the frontier
+//!   catches up, so when one partition lags, or has not delivered its first
+//!   message yet, the others do not pile their records up in memory (the whole-source
+//!   throttle alone cannot see that: the worker's window is the laggard's). Pausing it
+//!   instead would drop its prefetched messages and stall on a new fetch at every resume.
 //! - Broker down at start: every blocking call made before the dataflow runs (metadata,
 //!   committed offsets, watermarks) is retried with backoff until `connect_timeout_ms`, each
 //!   failure logged on stderr; then a clear error. Once running, librdkafka reconnects by itself
@@ -36,7 +39,6 @@
 //! [`parse_option`]) are shared with the Kafka sinks.
 
 use std::future::Future;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
@@ -44,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::Client;
 use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -59,6 +62,8 @@ use super::{Cut, PartitionReader, RawRecord, ReadStatus, Watermarks};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Re-check delay when the queue is empty (the non-empty callback usually wakes us first).
 const IDLE_RECHECK: Duration = Duration::from_millis(100);
+/// How soon a source holding a partition back (watermark alignment) looks again.
+const HELD_RECHECK: Duration = Duration::from_millis(2);
 /// Least time between two log lines of one client (more are counted, then summarised).
 const LOG_EVERY: Duration = Duration::from_secs(2);
 
@@ -391,15 +396,14 @@ impl ConsumerContext for SourceContext {
 
 type SourceConsumer = BaseConsumer<SourceContext>;
 
-#[derive(Debug)]
 struct Part {
     id: u32,
     /// `stop_at_end`: the high watermark at start (exclusive end offset).
     end: Option<u64>,
     ended: bool,
     last_data: Instant,
-    /// Paused because it ran past the ceiling ([`Watermarks::ahead`]).
-    paused: bool,
+    /// The partition's own message queue (split from the consumer's).
+    queue: Option<PartitionQueue<SourceContext>>,
 }
 
 /// The commit metadata of a [`Cut`] (what the offset itself does not say).
@@ -442,7 +446,7 @@ pub fn parse_cut(partition: u32, offset: u64, metadata: &str) -> Option<Cut> {
 pub struct KafkaReader {
     topic: String,
     log: Arc<ClientLog>,
-    consumer: Option<Rc<SourceConsumer>>,
+    consumer: Option<Arc<SourceConsumer>>,
     parts: Vec<Part>,
     resume: Vec<Cut>,
     activator: Arc<OnceLock<SyncActivator>>,
@@ -458,7 +462,7 @@ pub struct KafkaReader {
 pub struct KafkaCommitter {
     topic: String,
     log: Arc<ClientLog>,
-    consumer: Option<Rc<SourceConsumer>>,
+    consumer: Option<Arc<SourceConsumer>>,
     timeout: Duration,
 }
 
@@ -594,7 +598,7 @@ impl KafkaReader {
                 end: None,
                 ended: false,
                 last_data: now,
-                paused: false,
+                queue: None,
             };
             let mut from = match (start, cfg.start) {
                 (Some(o), _) => Offset::Offset(o as i64),
@@ -647,7 +651,24 @@ impl KafkaReader {
                 .assign(&assign)
                 .map_err(|e| format!("cannot assign partitions: {e}"))?;
         }
-        reader.consumer = Some(Rc::new(consumer));
+        let consumer = Arc::new(consumer);
+        // One queue per partition: the source reads the partitions in watermark order and
+        // leaves one that ran far ahead in librdkafka's queue (whose size bounds it) instead of
+        // pausing it, which would drop its prefetched messages and stall on a new fetch.
+        for part in reader.parts.iter_mut().filter(|p| !p.ended) {
+            let mut queue = consumer
+                .split_partition_queue(&cfg.topic, part.id as i32)
+                .ok_or_else(|| format!("cannot open the queue of partition {}", part.id))?;
+            let wake = Arc::clone(&reader.activator);
+            queue.set_nonempty_callback(move || {
+                if let Some(a) = wake.get() {
+                    // Fails only when the worker is gone; nothing left to wake then.
+                    let _ = a.activate();
+                }
+            });
+            part.queue = Some(queue);
+        }
+        reader.consumer = Some(consumer);
         Ok(reader)
     }
 
@@ -684,12 +705,76 @@ impl KafkaReader {
         Arc::clone(&self.lag)
     }
 
+    /// Handles one poll result, a message as `(partition, offset, payload)`, from partition
+    /// `i`'s queue or (`None`) the consumer's queue.
+    fn take(
+        &mut self,
+        from: Option<usize>,
+        result: KafkaResult<(i32, i64, Option<Vec<u8>>)>,
+        marks: &mut Watermarks,
+        out: &mut Vec<RawRecord>,
+        now: Instant,
+    ) -> Result<(), String> {
+        match result {
+            Ok((partition, offset, payload)) => {
+                let i = match from {
+                    Some(i) => i,
+                    None => match self.parts.iter().position(|p| p.id as i32 == partition) {
+                        Some(i) => i,
+                        None => return Ok(()),
+                    },
+                };
+                let Ok(offset) = u64::try_from(offset) else {
+                    return Ok(());
+                };
+                let part = &mut self.parts[i];
+                if part.ended {
+                    return Ok(());
+                }
+                if part.end.is_some_and(|end| offset >= end) {
+                    self.end_part(i, marks);
+                    return Ok(());
+                }
+                out.push(RawRecord {
+                    partition: part.id,
+                    offset,
+                    bytes: payload.unwrap_or_default(),
+                });
+                part.last_data = now;
+                if part.end.is_some_and(|end| offset + 1 >= end) {
+                    self.end_part(i, marks);
+                }
+            }
+            Err(KafkaError::PartitionEOF(p)) => {
+                // The fetcher reached the partition's end (at least the one we started with).
+                if self.stop_at_end {
+                    if let Some(i) = self.parts.iter().position(|q| q.id as i32 == p) {
+                        self.end_part(i, marks);
+                    }
+                }
+            }
+            Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
+                return Err(format!("Kafka consumer of topic {} failed: {e}", self.topic));
+            }
+            Err(KafkaError::MessageConsumption(
+                code @ (RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::GroupAuthorizationFailed),
+            )) => {
+                return Err(format!("Kafka consumer of topic {}: {code}", self.topic));
+            }
+            // Transient (broker down, leader change ...): logged by the context, and
+            // librdkafka retries by itself.
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
     fn end_part(&mut self, i: usize, marks: &mut Watermarks) {
         let part = &mut self.parts[i];
         if part.ended {
             return;
         }
         part.ended = true;
+        part.queue = None;
         marks.end(part.id);
         if let Some(c) = &self.consumer {
             // Stop fetching what this run will not read; failing to pause only costs bandwidth.
@@ -734,96 +819,61 @@ impl PartitionReader for KafkaReader {
             return Ok(ReadStatus::Done);
         };
         let now = Instant::now();
-        // Watermark alignment: stop fetching the partitions that ran more than
-        // `max_windows_ahead` windows past the sinks' frontier (while another one lags or has
-        // not delivered yet), so their records do not pile up in memory; fetch them again once
-        // the frontier caught up. Failing to pause or resume only costs memory or a retry.
-        for part in self.parts.iter_mut().filter(|p| !p.ended) {
-            let ahead = marks.ahead(part.id);
-            if ahead != part.paused {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&self.topic, part.id as i32);
-                let done = if ahead {
-                    consumer.pause(&tpl)
-                } else {
-                    consumer.resume(&tpl)
-                };
-                if done.is_ok() {
-                    part.paused = ahead;
-                    // Paused is not idle: the idle clock restarts when it resumes.
-                    part.last_data = now;
-                }
-            }
+        // The consumer's own queue carries only events now (errors, statistics, commit
+        // results): serve them.
+        while let Some(result) = consumer.poll(Duration::ZERO) {
+            let item = result.map(|m| (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
+            self.take(None, item, marks, out, now)?;
         }
-        // Poll until the queue is empty. A poll that served a commit or statistics event also
-        // returns nothing, so only two empty polls in a row mean "empty".
-        let mut empty = 0;
-        while out.len() < budget && empty < 2 {
-            let Some(result) = consumer.poll(Duration::ZERO) else {
-                empty += 1;
+        // Read the partitions laggard first, so they advance together in event time; leave
+        // one that ran far past the sinks' frontier in its queue (watermark alignment: its
+        // records do not pile up in memory while another partition lags or has not delivered
+        // yet; librdkafka stops fetching it once its queue is full).
+        let mut order: Vec<usize> = (0..self.parts.len()).filter(|&i| !self.parts[i].ended).collect();
+        order.sort_by_key(|&i| (marks.low_of(self.parts[i].id), self.parts[i].id));
+        let mut held = false;
+        let mut drained = true;
+        for i in order {
+            if out.len() >= budget {
+                drained = false;
+                break;
+            }
+            if marks.far_ahead(self.parts[i].id) {
+                held = true;
+                // Held back is not idle.
+                self.parts[i].last_data = now;
                 continue;
-            };
-            empty = 0;
-            match result {
-                Ok(msg) => {
-                    let Some(i) = self.parts.iter().position(|p| p.id as i32 == msg.partition()) else {
-                        continue;
-                    };
-                    let Ok(offset) = u64::try_from(msg.offset()) else {
-                        continue;
-                    };
-                    let part = &mut self.parts[i];
-                    if part.ended {
-                        continue;
-                    }
-                    if part.end.is_some_and(|end| offset >= end) {
-                        self.end_part(i, marks);
-                        continue;
-                    }
-                    out.push(RawRecord {
-                        partition: part.id,
-                        offset,
-                        bytes: msg.payload().unwrap_or_default().to_vec(),
-                    });
-                    part.last_data = now;
-                    if part.end.is_some_and(|end| offset + 1 >= end) {
-                        self.end_part(i, marks);
-                    }
-                }
-                Err(KafkaError::PartitionEOF(p)) => {
-                    // The fetcher reached the partition's end (at least the one we started with).
-                    if self.stop_at_end {
-                        if let Some(i) = self.parts.iter().position(|q| q.id as i32 == p) {
-                            self.end_part(i, marks);
-                        }
-                    }
-                }
-                Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
-                    return Err(format!("Kafka consumer of topic {} failed: {e}", self.topic));
-                }
-                Err(KafkaError::MessageConsumption(
-                    code @ (RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::GroupAuthorizationFailed),
-                )) => {
-                    return Err(format!("Kafka consumer of topic {}: {code}", self.topic));
-                }
-                // Transient (broker down, leader change ...): logged by the context, and
-                // librdkafka retries by itself.
-                Err(_) => {}
+            }
+            while out.len() < budget && !self.parts[i].ended {
+                let Some(queue) = self.parts[i].queue.as_ref() else {
+                    break;
+                };
+                let Some(result) = queue.poll(Duration::ZERO) else {
+                    break;
+                };
+                let item = result.map(|m| (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
+                self.take(Some(i), item, marks, out, now)?;
+            }
+            if out.len() >= budget {
+                drained = false;
             }
         }
         if let Some(timeout) = self.idle_timeout {
             for p in self
                 .parts
                 .iter()
-                .filter(|p| !p.ended && !p.paused && now.duration_since(p.last_data) >= timeout)
+                .filter(|p| !p.ended && now.duration_since(p.last_data) >= timeout)
             {
                 marks.set_idle(p.id);
             }
         }
         if self.parts.iter().all(|p| p.ended) {
             Ok(ReadStatus::Done)
-        } else if empty < 2 || !out.is_empty() {
+        } else if !drained || !out.is_empty() {
             Ok(ReadStatus::More)
+        } else if held {
+            // The sinks' frontier moves without waking this source: look again soon.
+            Ok(ReadStatus::Idle(HELD_RECHECK))
         } else {
             Ok(ReadStatus::Idle(IDLE_RECHECK))
         }

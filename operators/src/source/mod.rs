@@ -66,7 +66,8 @@ pub struct Watermarks {
     window_ms: u64,
     lateness_ms: u64,
     clocks: Vec<(u32, PartitionClock)>,
-    ceiling: Option<u64>,
+    /// The sinks' frontier and how many windows ahead of it the source may read.
+    alignment: Option<(u64, u64)>,
 }
 
 impl Watermarks {
@@ -77,7 +78,7 @@ impl Watermarks {
             window_ms: window_ms.max(1),
             lateness_ms,
             clocks,
-            ceiling: None,
+            alignment: None,
         }
     }
 
@@ -181,19 +182,21 @@ impl Watermarks {
             .map(|(p, _)| *p)
     }
 
-    /// Sets the highest window a partition may reach before its reader should stop fetching
-    /// it (the sink's frontier plus `max_windows_ahead`); `None`: no limit.
-    pub fn set_ceiling(&mut self, ceiling: Option<u64>) {
-        self.ceiling = ceiling;
+    /// Sets the sinks' frontier and how many windows the source may read ahead of it
+    /// (`max_windows_ahead`); `None`: no limit.
+    pub fn set_alignment(&mut self, alignment: Option<(u64, u64)>) {
+        self.alignment = alignment;
     }
 
-    /// Whether partition `p` ran past the ceiling: a reader that can pause partitions one by
-    /// one (Kafka) pauses it, so a partition far ahead of a lagging one (or of one that has
-    /// not delivered yet) does not pile its records up in memory. The partition holding the
-    /// frontier is never ahead while the source reads at all (the source itself stops while
-    /// the frontier is past the ceiling).
-    pub fn ahead(&self, p: u32) -> bool {
-        self.ceiling.is_some_and(|c| self.low_of(p) > c)
+    /// Whether partition `p` ran so far past the sinks' frontier (more than twice
+    /// `max_windows_ahead`) that a reader able to hold partitions back one by one (Kafka)
+    /// should leave it unread for now: a partition far ahead of a lagging one (or of one that
+    /// has not delivered yet) must not pile its records up in memory. The partition holding the frontier is never
+    /// that far ahead while the source reads at all (the source itself stops when the
+    /// frontier is `max_windows_ahead` past the sinks').
+    pub fn far_ahead(&self, p: u32) -> bool {
+        self.alignment
+            .is_some_and(|(f, ahead)| self.low_of(p) > f.saturating_add(ahead.saturating_mul(2)))
     }
 
     /// Every partition's clock.
@@ -548,11 +551,10 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                         return;
                     }
                 }
-                let ceiling = throttle
+                let sinks = throttle
                     .as_ref()
-                    .and_then(|probe| probe.with_frontier(|f| f.first().copied()))
-                    .map(|f| f.saturating_add(cfg.max_windows_ahead));
-                marks.set_ceiling(ceiling);
+                    .and_then(|probe| probe.with_frontier(|f| f.first().copied()));
+                marks.set_alignment(sinks.map(|f| (f, cfg.max_windows_ahead)));
                 raw.clear();
                 let status = match reader.read(&mut marks, cfg.batch, &mut raw) {
                     Ok(s) => s,
@@ -678,17 +680,17 @@ mod tests {
     }
 
     #[test]
-    fn partitions_past_the_ceiling_are_ahead() {
+    fn partitions_far_past_the_sinks_frontier_are_far_ahead() {
         let mut m = Watermarks::new(1_000, 0, &[0, 1]);
         m.observe(0, 10_500, 0); // window 10
-        assert!(!m.ahead(0), "no ceiling, nothing is ahead");
-        // Sink frontier 0, 3 windows ahead allowed: p0 (window 10) is ahead, p1 (no data) not.
-        m.set_ceiling(Some(3));
-        assert!(m.ahead(0));
-        assert!(!m.ahead(1));
-        m.observe(1, 9_000, 0);
-        m.set_ceiling(Some(9 + 3));
-        assert!(!m.ahead(0) && !m.ahead(1));
+        assert!(!m.far_ahead(0), "no alignment, nothing is ahead");
+        // Sinks at 0, 3 windows ahead allowed: p0 (window 10 > 0 + 2 * 3) is far ahead, p1
+        // (no data) is not.
+        m.set_alignment(Some((0, 3)));
+        assert!(m.far_ahead(0));
+        assert!(!m.far_ahead(1));
+        m.set_alignment(Some((4, 3)));
+        assert!(!m.far_ahead(0));
     }
 
     #[test]
