@@ -57,16 +57,6 @@ fn produce(topic: &str, partition: i32, lines: &[String]) {
     p.flush(Duration::from_secs(30)).unwrap();
 }
 
-/// The live job, killed however the test ends (a failed assertion included).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The event count of a progress line `run [   1.0s] 1234 events, ...`.
 fn events_of(line: &str) -> Option<u64> {
     line.strip_prefix("run [")?
@@ -92,15 +82,15 @@ fn a_partition_far_ahead_of_an_empty_one_is_paused_not_read_into_memory() {
     let n = flags.len();
     flags[n - 1] = "1s".into();
     flags.extend(["--max-windows-ahead", "2"].map(String::from));
-    let mut child = KillOnDrop(
-        sessionflow(&flags)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    // The live job, killed however the test ends (a failed assertion included).
+    let mut child = sessionflow(&flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (tx, rx) = mpsc::channel();
-    let stderr = child.0.stderr.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = KillOnDrop(Some(child));
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if tx.send(line).is_err() {

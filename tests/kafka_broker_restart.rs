@@ -20,7 +20,7 @@
 
 mod kafka_support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kafka_support::*;
@@ -56,18 +56,6 @@ impl Drop for RestoreBroker {
                 String::from_utf8_lossy(&out.stderr)
             ),
             Err(e) => eprintln!("RestoreBroker: cannot run services.sh up kafka: {e}"),
-        }
-    }
-}
-
-/// Kills the job when dropped (a failed assertion must not leave it running).
-struct KillOnDrop(Option<Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

@@ -286,3 +286,16 @@ pub fn run_flags(topic: &str, group: &str, workers: usize) -> Vec<String> {
         "0".into(),
     ]
 }
+
+/// Kills a child process when dropped (a failed assertion must not leave a job running);
+/// `None` once the test took the child back to wait for it.
+pub struct KillOnDrop(pub Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
