@@ -109,11 +109,6 @@ impl Conns {
         })
     }
 
-    /// How many scans run at once.
-    pub fn width(&self) -> usize {
-        self.pool.len()
-    }
-
     /// The first connection (for single calls).
     pub fn first(&mut self) -> Result<&mut HbaseClient, HbaseError> {
         self.refresh(0)?;
@@ -127,8 +122,8 @@ impl Conns {
         Ok(())
     }
 
-    /// Runs every scan of `scans` to its end (`batch` rows per round trip), up to
-    /// [`Conns::width`] at a time, and returns each scan's rows, in the order of `scans`.
+    /// Runs every scan of `scans` to its end (`batch` rows per round trip), one per connection
+    /// at a time, and returns each scan's rows, in the order of `scans`.
     pub fn scan_all(&mut self, table: &str, scans: Vec<TScan>, batch: i32) -> Result<Vec<Vec<TRowResult>>, HbaseError> {
         for i in 0..self.pool.len() {
             self.refresh(i)?;

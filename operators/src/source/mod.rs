@@ -191,9 +191,9 @@ impl Watermarks {
     /// Whether partition `p` ran so far past the sinks' frontier (more than twice
     /// `max_windows_ahead`) that a reader able to hold partitions back one by one (Kafka)
     /// should leave it unread for now: a partition far ahead of a lagging one (or of one that
-    /// has not delivered yet) must not pile its records up in memory. The partition holding the frontier is never
-    /// that far ahead while the source reads at all (the source itself stops when the
-    /// frontier is `max_windows_ahead` past the sinks').
+    /// has not delivered yet) must not pile its records up in memory. The partition holding
+    /// the frontier is never that far ahead while the source reads at all (the source itself
+    /// stops when the frontier is `max_windows_ahead` past the sinks').
     pub fn far_ahead(&self, p: u32) -> bool {
         self.alignment
             .is_some_and(|(f, ahead)| self.low_of(p) > f.saturating_add(ahead.saturating_mul(2)))
