@@ -287,6 +287,12 @@ pub struct SourceConfig {
     pub max_windows_ahead: u64,
     /// Least time between two offset commits (with a durable probe), in milliseconds.
     pub commit_interval_ms: u64,
+    /// Commit anyway, before `commit_interval_ms` elapsed, once the durable frontier moved
+    /// this many windows past the last commit, in windows (0: never). A sink that drops
+    /// history some windows after it wrote it (SessionDB's closed rows) needs the commits to
+    /// keep up in windows, not only in time: catching up on a backlog, hundreds of windows can
+    /// become durable within one interval.
+    pub commit_every_windows: u64,
 }
 
 impl Default for SourceConfig {
@@ -297,6 +303,7 @@ impl Default for SourceConfig {
             batch: 4096,
             max_windows_ahead: 3,
             commit_interval_ms: 1_000,
+            commit_every_windows: 2,
         }
     }
 }
@@ -477,7 +484,8 @@ impl OffsetTrack {
 ///
 /// `durable`: a probe on the sinks whose frontier means "acknowledged by the external system";
 /// when given, the source hands [`PartitionReader::commit`] a consistent [`Cut`] per partition
-/// each time that frontier advances (at most every `commit_interval_ms`). Without it nothing
+/// each time that frontier advances (at most every `commit_interval_ms`, unless it moved
+/// `commit_every_windows` windows since the last commit). Without it nothing
 /// is committed while running; [`SourceGauges::end_cuts`] has the final cuts of a bounded run.
 pub fn partitioned_source<'scope, R: PartitionReader>(
     scope: Scope<'scope, u64>,
@@ -516,9 +524,12 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                 let Some(c) = cap.as_mut() else { return };
                 let floor = *c.time();
                 if let Some(probe) = &durable {
-                    let due =
-                        last_commit.is_none_or(|(at, _)| at.elapsed() >= Duration::from_millis(cfg.commit_interval_ms));
                     let frontier = probe.with_frontier(|f| f.first().copied());
+                    let due = last_commit.is_none_or(|(at, last)| {
+                        at.elapsed() >= Duration::from_millis(cfg.commit_interval_ms)
+                            || (cfg.commit_every_windows > 0
+                                && frontier.is_some_and(|f| f >= last.saturating_add(cfg.commit_every_windows)))
+                    });
                     if let (true, Some(f)) = (due, frontier) {
                         if last_commit.is_none_or(|(_, last)| f > last) {
                             let cuts: Vec<Cut> = tracks
