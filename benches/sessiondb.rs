@@ -25,7 +25,6 @@ use sessionflow::sessiondb::{schema, HbaseClient, HbaseEvents, HbaseSessions, Hb
 use sessionflow_operators::session::{SessionConfig, Snapshot};
 use sessionflow_operators::sink::hbase::client::Timeouts;
 use sessionflow_operators::source::memory::MemoryReader;
-use sessionflow_operators::source::SourceConfig;
 
 type Res<T> = Result<T, String>;
 
@@ -44,16 +43,10 @@ fn connect() -> Res<HbaseClient> {
 }
 
 fn job() -> JobConfig {
-    let session = SessionConfig {
+    JobConfig::for_session(SessionConfig {
         emit_state: true,
         ..SessionConfig::default()
-    };
-    let source = SourceConfig {
-        window_ms: session.window_ms,
-        lateness_ms: session.lateness_ms,
-        ..SourceConfig::default()
-    };
-    JobConfig { session, source }
+    })
 }
 
 fn generate(events: u64) -> Res<Vec<Vec<Vec<u8>>>> {

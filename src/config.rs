@@ -52,6 +52,19 @@ pub struct JobConfig {
     pub source: SourceConfig,
 }
 
+impl JobConfig {
+    /// The job for `session`, with a default source whose window and lateness are the
+    /// session's (they must agree: the source assigns the windows the session operator keys on).
+    pub fn for_session(session: SessionConfig) -> JobConfig {
+        let source = SourceConfig {
+            window_ms: session.window_ms,
+            lateness_ms: session.lateness_ms,
+            ..SourceConfig::default()
+        };
+        JobConfig { session, source }
+    }
+}
+
 impl SessionArgs {
     /// The job configuration these flags describe.
     pub fn job(&self) -> Result<JobConfig, String> {
@@ -63,12 +76,7 @@ impl SessionArgs {
             emit_state: false,
         };
         session.validate()?;
-        let source = SourceConfig {
-            window_ms: self.window,
-            lateness_ms: self.lateness,
-            ..SourceConfig::default()
-        };
-        Ok(JobConfig { session, source })
+        Ok(JobConfig::for_session(session))
     }
 }
 

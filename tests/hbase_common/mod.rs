@@ -14,7 +14,7 @@ use sessionflow::sessiondb::{HbaseClient, HbaseEvents, HbaseSessions, HbaseSink,
 use sessionflow_operators::session::{SessionConfig, Snapshot};
 use sessionflow_operators::sink::hbase::client::Timeouts;
 use sessionflow_operators::source::memory::MemoryReader;
-use sessionflow_operators::source::{Cut, PartitionReader, RawRecord, ReadStatus, SourceConfig, Watermarks};
+use sessionflow_operators::source::{Cut, PartitionReader, RawRecord, ReadStatus, Watermarks};
 
 /// `HBASE_THRIFT` or 127.0.0.1:9090.
 pub fn thrift() -> String {
@@ -91,17 +91,11 @@ pub fn job() -> JobConfig {
 
 /// The job settings with another session gap (ms).
 pub fn job_gap(gap_ms: u64) -> JobConfig {
-    let session = SessionConfig {
+    JobConfig::for_session(SessionConfig {
         emit_state: true,
         gap_ms,
         ..SessionConfig::default()
-    };
-    let source = SourceConfig {
-        window_ms: session.window_ms,
-        lateness_ms: session.lateness_ms,
-        ..SourceConfig::default()
-    };
-    JobConfig { session, source }
+    })
 }
 
 /// Generated lines, one Vec per partition.
