@@ -39,6 +39,18 @@ struct ReplayCli {
     replay: ReplayArgs,
 }
 
+/// `--output`, `--dead-letter` and `--stats` into `dir` (the same files for every run).
+fn file_flags(dir: &std::path::Path) -> Vec<String> {
+    [
+        ("--output", "out.jsonl"),
+        ("--dead-letter", "dead.jsonl"),
+        ("--stats", "stats.json"),
+    ]
+    .into_iter()
+    .flat_map(|(flag, name)| [flag.to_string(), dir.join(name).display().to_string()])
+    .collect()
+}
+
 fn main() {
     if let Err(e) = bench() {
         eprintln!("kafka bench failed: {e}");
@@ -114,14 +126,7 @@ fn bench() -> Result<(), String> {
             .collect();
         argv.extend(["--stop-at-end", "--workers", "2", "--progress", "0"].map(String::from));
         if files {
-            for (flag, name) in [
-                ("--output", "out.jsonl"),
-                ("--dead-letter", "dead.jsonl"),
-                ("--stats", "stats.json"),
-            ] {
-                argv.push(flag.into());
-                argv.push(dir.join(name).display().to_string());
-            }
+            argv.extend(file_flags(&dir));
         }
         let args = Cli::try_parse_from(&argv).map_err(|e| e.to_string())?.run;
         let started = Instant::now();
@@ -151,14 +156,7 @@ fn bench() -> Result<(), String> {
         argv.push("--input".into());
         argv.push(f.display().to_string());
     }
-    for (flag, name) in [
-        ("--output", "out.jsonl"),
-        ("--dead-letter", "dead.jsonl"),
-        ("--stats", "stats.json"),
-    ] {
-        argv.push(flag.into());
-        argv.push(dir.join(name).display().to_string());
-    }
+    argv.extend(file_flags(&dir));
     argv.extend(["--workers", "2"].map(String::from));
     let args = ReplayCli::try_parse_from(&argv).map_err(|e| e.to_string())?.replay;
     let started = Instant::now();
