@@ -30,6 +30,11 @@
 //!   message yet, the others do not pile their records up in memory (the whole-source
 //!   throttle alone cannot see that: the worker's window is the laggard's). Pausing it
 //!   instead would drop its prefetched messages and stall on a new fetch at every resume.
+//! - Commits run on a thread of the reader's own ([`PartitionReader::commit`] only hands the
+//!   cuts over): a synchronous commit there returns once the broker stored the offsets, which
+//!   is what [`PartitionReader::acknowledged`] reports (librdkafka reports nothing back for an
+//!   asynchronous commit without a configured callback). Cut sets waiting behind a slow commit
+//!   merge into one; a commit never stores a cut older than one already stored.
 //! - Broker down at start: every blocking call made before the dataflow runs (metadata,
 //!   committed offsets, watermarks) is retried with backoff until `connect_timeout_ms`, each
 //!   failure logged on stderr; then a clear error. Once running, librdkafka reconnects by itself
@@ -38,10 +43,12 @@
 //! The helpers here ([`client_config`], [`ClientLog`], [`retry`], [`block_on`],
 //! [`parse_option`]) are shared with the Kafka sinks.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::Client;
@@ -384,15 +391,7 @@ impl ClientContext for SourceContext {
     }
 }
 
-impl ConsumerContext for SourceContext {
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            // The next commit carries a later cut; at-least-once stays intact meanwhile.
-            self.log
-                .note(&format!("offset commit failed (retried with the next one): {e}"));
-        }
-    }
-}
+impl ConsumerContext for SourceContext {}
 
 type SourceConsumer = BaseConsumer<SourceContext>;
 
@@ -455,30 +454,116 @@ pub struct KafkaReader {
     stop_at_end: bool,
     lag: Arc<AtomicI64>,
     told_ended: bool,
+    /// Commit state shared with the commit thread and [`KafkaCommitter`].
+    commits: Option<Arc<CommitShared>>,
+    /// The commit thread, started at the first commit.
+    commit_thread: Option<CommitThread>,
+}
+
+/// What the commit thread and the final commit share.
+struct CommitShared {
+    topic: String,
+    log: Arc<ClientLog>,
+    consumer: Arc<SourceConsumer>,
+    /// 1 + the largest frontier the broker acknowledged (0: none).
+    acked: AtomicU64,
+    /// Per partition, the `(frontier, offset)` last stored: held while committing, so commits
+    /// are serialized and never go back.
+    stored: Mutex<BTreeMap<u32, (u64, u64)>>,
+}
+
+impl CommitShared {
+    /// Commits the cuts newer than what is stored, synchronously (blocks until the broker
+    /// answered); on success records them and the acknowledged frontier.
+    fn commit(&self, cuts: &[Cut]) -> Result<(), String> {
+        let mut stored = self.stored.lock().map_err(|_| "commit state poisoned".to_string())?;
+        let fresh: Vec<Cut> = cuts
+            .iter()
+            .filter(|c| stored.get(&c.partition).is_none_or(|&old| (c.frontier, c.offset) > old))
+            .cloned()
+            .collect();
+        if !fresh.is_empty() {
+            let tpl = cut_list(&self.topic, &fresh)?;
+            self.consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(|e| e.to_string())?;
+            for c in &fresh {
+                stored.insert(c.partition, (c.frontier, c.offset));
+            }
+        }
+        if let Some(f) = cuts.iter().map(|c| c.frontier).max() {
+            self.acked.fetch_max(f.saturating_add(1), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+/// The reader's commit thread: takes cut sets from a channel, merges the ones waiting, commits
+/// them (see [`CommitShared::commit`]); a failure is logged and the source issues the cuts
+/// again. Dropping it lets the thread finish its commit and waits for it.
+struct CommitThread {
+    tx: Option<mpsc::Sender<Vec<Cut>>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl CommitThread {
+    fn spawn(shared: Arc<CommitShared>) -> Result<CommitThread, String> {
+        let (tx, rx) = mpsc::channel::<Vec<Cut>>();
+        let handle = std::thread::Builder::new()
+            .name("kafka-commit".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut merged: BTreeMap<u32, Cut> = BTreeMap::new();
+                    for cuts in std::iter::once(first).chain(rx.try_iter()) {
+                        for c in cuts {
+                            merged.insert(c.partition, c);
+                        }
+                    }
+                    let cuts: Vec<Cut> = merged.into_values().collect();
+                    if let Err(e) = shared.commit(&cuts) {
+                        // The source issues them (or later ones) again; nothing is lost.
+                        shared.log.note(&format!("offset commit failed (retried): {e}"));
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the Kafka commit thread: {e}"))?;
+        Ok(CommitThread {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+}
+
+impl Drop for CommitThread {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// Commits cuts on behalf of a [`KafkaReader`] after its dataflow completed.
 #[derive(Clone)]
 pub struct KafkaCommitter {
-    topic: String,
     log: Arc<ClientLog>,
-    consumer: Option<Arc<SourceConsumer>>,
+    shared: Option<Arc<CommitShared>>,
     timeout: Duration,
 }
 
 impl KafkaCommitter {
     /// Commits `cuts` synchronously, retrying with backoff for up to
     /// [`KafkaSourceConfig::final_commit_timeout_ms`] (a broker restart at the very end of a
-    /// bounded run is ridden out like one in its middle).
+    /// bounded run is ridden out like one in its middle). Serialized with the reader's commit
+    /// thread; a cut older than one already stored is skipped.
     pub fn commit_sync(&self, cuts: &[Cut]) -> Result<(), String> {
-        let Some(consumer) = &self.consumer else { return Ok(()) };
+        let Some(shared) = &self.shared else { return Ok(()) };
         if cuts.is_empty() {
             return Ok(());
         }
-        let tpl = cut_list(&self.topic, cuts)?;
         let deadline = Instant::now() + self.timeout;
         retry(self.log.label(), "cannot commit the final offsets", deadline, || {
-            consumer.commit(&tpl, CommitMode::Sync).map_err(|e| e.to_string())
+            shared.commit(cuts)
         })
     }
 }
@@ -557,6 +642,8 @@ impl KafkaReader {
             stop_at_end: cfg.stop_at_end,
             lag,
             told_ended: false,
+            commits: None,
+            commit_thread: None,
         };
         if mine.is_empty() {
             return Ok(reader);
@@ -668,6 +755,14 @@ impl KafkaReader {
             });
             part.queue = Some(queue);
         }
+        reader.commits = Some(Arc::new(CommitShared {
+            topic: cfg.topic.clone(),
+            log: Arc::clone(&log),
+            consumer: Arc::clone(&consumer),
+            // Committed before the restart: acknowledged by definition.
+            acked: AtomicU64::new(resume_frontier.map_or(0, |d| d.saturating_add(1))),
+            stored: Mutex::new(BTreeMap::new()),
+        }));
         reader.consumer = Some(consumer);
         Ok(reader)
     }
@@ -686,15 +781,16 @@ impl KafkaReader {
             stop_at_end: true,
             lag: Arc::new(AtomicI64::new(-1)),
             told_ended: false,
+            commits: None,
+            commit_thread: None,
         }
     }
 
     /// A handle that commits cuts after the dataflow (and this reader) is gone.
     pub fn committer(&self) -> KafkaCommitter {
         KafkaCommitter {
-            topic: self.topic.clone(),
             log: Arc::clone(&self.log),
-            consumer: self.consumer.clone(),
+            shared: self.commits.clone(),
             timeout: self.final_commit_timeout,
         }
     }
@@ -799,13 +895,21 @@ impl PartitionReader for KafkaReader {
     }
 
     fn commit(&mut self, cuts: &[Cut]) -> Result<(), String> {
-        let Some(consumer) = &self.consumer else { return Ok(()) };
-        let tpl = cut_list(&self.topic, cuts)?;
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            // Not fatal: the next commit carries a later cut.
-            self.log.note(&format!("cannot commit offsets: {e}"));
+        let Some(shared) = &self.commits else { return Ok(()) };
+        if self.commit_thread.is_none() {
+            self.commit_thread = Some(CommitThread::spawn(Arc::clone(shared))?);
+        }
+        if let Some(tx) = self.commit_thread.as_ref().and_then(|t| t.tx.as_ref()) {
+            // Fails only if the thread is gone (it never exits while the sender lives).
+            tx.send(cuts.to_vec())
+                .map_err(|_| "the Kafka commit thread stopped".to_string())?;
         }
         Ok(())
+    }
+
+    fn acknowledged(&mut self, _issued: Option<u64>) -> Option<u64> {
+        let shared = self.commits.as_ref()?;
+        shared.acked.load(Ordering::Relaxed).checked_sub(1)
     }
 
     fn read(&mut self, marks: &mut Watermarks, budget: usize, out: &mut Vec<RawRecord>) -> Result<ReadStatus, String> {

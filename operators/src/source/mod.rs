@@ -271,6 +271,14 @@ pub trait PartitionReader: 'static {
         let _ = cuts;
         Ok(())
     }
+    /// The largest frontier of a commit the external system acknowledged so far (`None`: none
+    /// yet), after serving pending commit results without reading records (the source calls it
+    /// on every activation, throttled or not). `issued` is the frontier of the last
+    /// [`PartitionReader::commit`] call (or the resume frontier); the default, for a
+    /// synchronous `commit`, returns it.
+    fn acknowledged(&mut self, issued: Option<u64>) -> Option<u64> {
+        issued
+    }
 }
 
 /// Settings of a partitioned source.
@@ -288,10 +296,10 @@ pub struct SourceConfig {
     /// Least time between two offset commits (with a durable probe), in milliseconds.
     pub commit_interval_ms: u64,
     /// Commit anyway, before `commit_interval_ms` elapsed, once the durable frontier moved
-    /// this many windows past the last commit, in windows (0: never). A sink that drops
-    /// history some windows after it wrote it (SessionDB's closed rows) needs the commits to
-    /// keep up in windows, not only in time: catching up on a backlog, hundreds of windows can
-    /// become durable within one interval.
+    /// this many windows past the last commit, in windows (0: never). A sink gated on the
+    /// acknowledged commits (SessionDB writes at most `max_versions - 2` windows past them)
+    /// would otherwise wait for the interval: catching up on a backlog, hundreds of windows
+    /// can become durable within one.
     pub commit_every_windows: u64,
 }
 
@@ -332,6 +340,12 @@ pub struct SourceGauges {
     pub commits: u64,
     /// The cuts last handed to [`PartitionReader::commit`].
     pub committed: Vec<Cut>,
+    /// The largest commit frontier the external system acknowledged (see
+    /// [`SourceStreams::committed`]).
+    pub acknowledged: Option<u64>,
+    /// Commits issued again because the last one was not acknowledged within
+    /// `commit_interval_ms` (a broker restart, a coordinator change).
+    pub commit_retries: u64,
     /// Once every partition ended: the cuts to commit when the whole job's output is durable
     /// (the command commits them after the dataflow completed and the files are in place,
     /// with the smallest frontier of all workers' end cuts: see `end_cut`).
@@ -344,8 +358,61 @@ pub struct SourceStreams<'scope> {
     pub events: StreamVec<'scope, u64, Sourced>,
     /// Invalid input, with reasons.
     pub dead_letters: StreamVec<'scope, u64, DeadLetter>,
+    /// A stream without data whose frontier is the smallest acknowledged commit frontier of
+    /// the workers still committing: once it passed window `a`, every such worker's last
+    /// acknowledged commit says windows `< a` are durable, so a restart resumes at `a` or later.
+    /// Empty once no worker commits any more (no durable probe, no partition, the input ended
+    /// or failed). Sinks that keep history for exact restores gate on it (SessionDB).
+    pub committed: StreamVec<'scope, u64, ()>,
     /// This worker's figures.
     pub gauges: Rc<RefCell<SourceGauges>>,
+}
+
+/// What the source shares with its commit tracker on the same worker.
+#[derive(Default)]
+struct CommitTrack {
+    /// Largest acknowledged commit frontier.
+    acked: u64,
+    /// The source still commits (else the tracker drops its capability).
+    open: bool,
+    /// Wakes the tracker.
+    activator: Option<timely::scheduling::Activator>,
+}
+
+impl CommitTrack {
+    fn update(&mut self, acked: Option<u64>, open: bool) {
+        let acked = acked.unwrap_or(0).max(self.acked);
+        if acked != self.acked || open != self.open {
+            self.acked = acked;
+            self.open = open;
+            if let Some(a) = &self.activator {
+                a.activate();
+            }
+        }
+    }
+}
+
+/// The operator behind [`SourceStreams::committed`]: holds a capability at the worker's
+/// acknowledged commit frontier while its source commits.
+fn commit_tracker<'scope>(
+    scope: Scope<'scope, u64>,
+    name: &str,
+    track: Rc<RefCell<CommitTrack>>,
+) -> StreamVec<'scope, u64, ()> {
+    source::<_, CapacityContainerBuilder<Vec<()>>, _, _>(scope, name, move |cap, info| {
+        track.borrow_mut().activator = Some(scope.activator_for(info.address));
+        let mut cap = Some(cap);
+        move |_output| {
+            let t = track.borrow();
+            if !t.open {
+                cap = None;
+            } else if let Some(c) = cap.as_mut() {
+                if t.acked > *c.time() {
+                    c.downgrade(&t.acked);
+                }
+            }
+        }
+    })
 }
 
 /// Parses one raw record into an event or a dead letter.
@@ -485,8 +552,10 @@ impl OffsetTrack {
 /// `durable`: a probe on the sinks whose frontier means "acknowledged by the external system";
 /// when given, the source hands [`PartitionReader::commit`] a consistent [`Cut`] per partition
 /// each time that frontier advances (at most every `commit_interval_ms`, unless it moved
-/// `commit_every_windows` windows since the last commit). Without it nothing
-/// is committed while running; [`SourceGauges::end_cuts`] has the final cuts of a bounded run.
+/// `commit_every_windows` windows since the last commit), and issues the last cuts again
+/// while [`PartitionReader::acknowledged`] stays below them for `commit_interval_ms`. Without
+/// it nothing is committed while running; [`SourceGauges::end_cuts`] has the final cuts of a
+/// bounded run. [`SourceStreams::committed`] tracks the acknowledged commits.
 pub fn partitioned_source<'scope, R: PartitionReader>(
     scope: Scope<'scope, u64>,
     name: &str,
@@ -497,6 +566,11 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
 ) -> SourceStreams<'scope> {
     let gauges = Rc::new(RefCell::new(SourceGauges::default()));
     let shared = Rc::clone(&gauges);
+    let track = Rc::new(RefCell::new(CommitTrack {
+        open: true,
+        ..CommitTrack::default()
+    }));
+    let committed = commit_tracker(scope, &format!("{name}Commits"), Rc::clone(&track));
     type Item = Result<(u64, Sourced), (u64, DeadLetter)>;
     let out: StreamVec<'scope, u64, Item> =
         source::<_, CapacityContainerBuilder<Vec<Item>>, _, _>(scope, name, move |cap, info| {
@@ -520,40 +594,71 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
             let mut raw = Vec::with_capacity(cfg.batch);
             let mut batch: Vec<(u64, Result<Sourced, DeadLetter>)> = Vec::with_capacity(cfg.batch);
             let mut last_commit: Option<(Instant, u64)> = None;
+            // Frontier of the last commit issued (or resumed from), and its cuts (issued again
+            // while not acknowledged: the sinks may wait for it).
+            let mut issued: Option<u64> = shared.borrow().resume_frontier;
+            let mut last_cuts: Vec<Cut> = Vec::new();
             move |output| {
-                let Some(c) = cap.as_mut() else { return };
+                let Some(c) = cap.as_mut() else {
+                    track.borrow_mut().update(None, false);
+                    return;
+                };
                 let floor = *c.time();
                 if let Some(probe) = &durable {
+                    let acked = reader.acknowledged(issued);
+                    shared.borrow_mut().acknowledged = acked;
+                    track.borrow_mut().update(acked, true);
                     let frontier = probe.with_frontier(|f| f.first().copied());
+                    let interval = Duration::from_millis(cfg.commit_interval_ms);
                     let due = last_commit.is_none_or(|(at, last)| {
-                        at.elapsed() >= Duration::from_millis(cfg.commit_interval_ms)
+                        at.elapsed() >= interval
                             || (cfg.commit_every_windows > 0
                                 && frontier.is_some_and(|f| f >= last.saturating_add(cfg.commit_every_windows)))
                     });
+                    let mut cuts: Vec<Cut> = Vec::new();
+                    let mut retry = false;
                     if let (true, Some(f)) = (due, frontier) {
                         if last_commit.is_none_or(|(_, last)| f > last) {
-                            let cuts: Vec<Cut> = tracks
+                            cuts = tracks
                                 .iter_mut()
                                 .filter_map(|t| t.cut(f, marks.max_ts(t.partition)))
                                 .collect();
-                            if !cuts.is_empty() {
-                                if let Err(e) = reader.commit(&cuts) {
-                                    shared.borrow_mut().error = Some(e);
-                                    cap = None;
-                                    return;
-                                }
-                                for cut in &cuts {
-                                    if let Some(t) = tracks.iter_mut().find(|t| t.partition == cut.partition) {
-                                        t.committed = Some((cut.offset, cut.frontier));
-                                    }
-                                }
-                                let mut g = shared.borrow_mut();
-                                g.commits += 1;
-                                g.committed = cuts;
-                            }
                             last_commit = Some((Instant::now(), f));
+                        } else if acked < issued
+                            && !last_cuts.is_empty()
+                            && last_commit.is_some_and(|(at, _)| at.elapsed() >= interval)
+                        {
+                            // Not acknowledged within an interval (it failed, or the broker
+                            // is away): issue it again, nothing else would.
+                            cuts = last_cuts.clone();
+                            retry = true;
+                            last_commit = last_commit.map(|(_, last)| (Instant::now(), last));
                         }
                     }
+                    if !cuts.is_empty() {
+                        if let Err(e) = reader.commit(&cuts) {
+                            shared.borrow_mut().error = Some(e);
+                            cap = None;
+                            track.borrow_mut().update(None, false);
+                            return;
+                        }
+                        for cut in &cuts {
+                            if let Some(t) = tracks.iter_mut().find(|t| t.partition == cut.partition) {
+                                t.committed = Some((cut.offset, cut.frontier));
+                            }
+                        }
+                        issued = cuts.iter().map(|c| c.frontier).max().max(issued);
+                        let mut g = shared.borrow_mut();
+                        if retry {
+                            g.commit_retries += 1;
+                        } else {
+                            g.commits += 1;
+                        }
+                        g.committed = cuts.clone();
+                        last_cuts = cuts;
+                    }
+                } else {
+                    track.borrow_mut().update(None, false);
                 }
                 if let Some(probe) = &throttle {
                     if probe.less_than(&floor.saturating_sub(cfg.max_windows_ahead)) {
@@ -573,6 +678,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                         // A broken input stops this source; the job reports the error.
                         shared.borrow_mut().error = Some(e);
                         cap = None;
+                        track.borrow_mut().update(None, false);
                         return;
                     }
                 };
@@ -639,6 +745,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                         .filter_map(|t| t.end_cut(marks.max_ts(t.partition), low))
                         .collect();
                     cap = None;
+                    track.borrow_mut().update(None, false);
                 } else {
                     if let Some(low) = marks.hold() {
                         if low > floor {
@@ -660,6 +767,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
     SourceStreams {
         events,
         dead_letters,
+        committed,
         gauges,
     }
 }
@@ -741,6 +849,108 @@ mod tests {
         next: usize,
         resume: Vec<Cut>,
         commits: std::sync::Arc<std::sync::Mutex<Vec<Cut>>>,
+    }
+
+    /// [`Lines`] that stays open after its last line until `end` is set, and acknowledges
+    /// commits only up to `ack_cap`.
+    struct Held {
+        lines: Lines,
+        ack_cap: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        end: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl PartitionReader for Held {
+        fn partitions(&self) -> Vec<u32> {
+            vec![0]
+        }
+
+        fn read(
+            &mut self,
+            marks: &mut Watermarks,
+            budget: usize,
+            out: &mut Vec<RawRecord>,
+        ) -> Result<ReadStatus, String> {
+            let keep = self.lines.lines.len() - 1;
+            if self.end.load(std::sync::atomic::Ordering::Relaxed) {
+                return self.lines.read(marks, budget, out);
+            }
+            // Everything but the last line, then wait (a live partition).
+            if self.lines.next < keep {
+                return self.lines.read(marks, budget.min(keep - self.lines.next), out);
+            }
+            Ok(ReadStatus::Idle(Duration::from_millis(1)))
+        }
+
+        fn commit(&mut self, cuts: &[Cut]) -> Result<(), String> {
+            self.lines.commit(cuts)
+        }
+
+        fn acknowledged(&mut self, issued: Option<u64>) -> Option<u64> {
+            issued.map(|i| i.min(self.ack_cap.load(std::sync::atomic::Ordering::Relaxed)))
+        }
+    }
+
+    #[test]
+    fn the_committed_stream_follows_acknowledgements_and_unacknowledged_cuts_are_issued_again() {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        use timely::dataflow::operators::Probe;
+        let ack_cap = Arc::new(AtomicU64::new(0));
+        let end = Arc::new(AtomicBool::new(false));
+        let reader = Held {
+            lines: Lines {
+                lines: sample(),
+                next: 0,
+                resume: Vec::new(),
+                commits: Arc::new(std::sync::Mutex::new(Vec::new())),
+            },
+            ack_cap: Arc::clone(&ack_cap),
+            end: Arc::clone(&end),
+        };
+        timely::execute_directly(move |worker| {
+            let (durable, gate) = (ProbeHandle::new(), ProbeHandle::new());
+            let gauges = worker.dataflow::<u64, _, _>(|scope| {
+                let cfg = SourceConfig {
+                    batch: 16,
+                    max_windows_ahead: 1_000,
+                    commit_interval_ms: 20,
+                    ..SourceConfig::default()
+                };
+                let s = partitioned_source(scope, "Source", cfg, reader, None, Some(durable.clone()));
+                s.events.probe_with(&durable);
+                s.dead_letters.probe_with(&durable);
+                s.committed.probe_with(&gate);
+                s.gauges
+            });
+            let frontier = |p: &ProbeHandle<u64>| p.with_frontier(|f| f.first().copied());
+            let step_until = |worker: &mut timely::worker::Worker, what: &str, done: &dyn Fn() -> bool| {
+                let start = Instant::now();
+                while !done() {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(20),
+                        "timed out waiting for {what}"
+                    );
+                    worker.step_or_park(Some(Duration::from_millis(1)));
+                }
+            };
+            // 1. Nothing acknowledged: the gate stays at 0 while cuts are issued, and the last
+            //    one is issued again every interval.
+            step_until(worker, "retries", &|| gauges.borrow().commit_retries >= 3);
+            let issued = gauges.borrow().committed.iter().map(|c| c.frontier).max().unwrap();
+            assert!(gauges.borrow().commits > 1);
+            assert_eq!(frontier(&gate), Some(0));
+            // 2. Acknowledged up to `issued - 1`, then everything: the gate follows.
+            ack_cap.store(issued - 1, Ordering::Relaxed);
+            step_until(worker, "the gate at issued - 1", &|| {
+                frontier(&gate) == Some(issued - 1)
+            });
+            assert_eq!(gauges.borrow().acknowledged, Some(issued - 1));
+            ack_cap.store(u64::MAX, Ordering::Relaxed);
+            step_until(worker, "the gate at issued", &|| frontier(&gate) == Some(issued));
+            // 3. The input ends: no more commits, the gate opens.
+            end.store(true, Ordering::Relaxed);
+            step_until(worker, "the end", &|| durable.done() && gate.done());
+        });
     }
 
     impl PartitionReader for Lines {
