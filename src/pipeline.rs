@@ -21,6 +21,8 @@
 //!  probe: the frontier of everything written; the source throttles on it
 //!  durable probe (with `commit_on_durable`): the frontier the extra sinks acknowledged;
 //!        the source commits input offsets (consistent cuts) as it advances
+//!  commit gate (SessionDB): the source's acknowledged commits; the HBase sink writes at most
+//!        max_versions - 2 windows past them, so a restart can always restore exactly
 //! ```
 //!
 //! After the dataflow completes, [`gather_stats`] sums every worker's counters at worker 0.
@@ -62,6 +64,9 @@ pub struct Outputs<'a> {
     pub no_file_sinks: bool,
     /// [hbase] Further sinks on the stream of valid events (the event-per-cell HBase mode).
     pub event_sinks: Vec<Box<dyn Attach<Sourced> + 'a>>,
+    /// [hbase] Probes the source's acknowledged commits (`SourceStreams::committed`), for a
+    /// sink that must not run ahead of them (SessionDB).
+    pub commit_gate: Option<ProbeHandle<u64>>,
     /// [hbase] A session store restored from SessionDB (`sessiondb::restore`) at the resume
     /// window: sessionize starts from it instead of an empty store.
     pub restored_sessions: Option<SessionStore>,
@@ -111,6 +116,9 @@ pub fn build<R: PartitionReader>(worker: &mut Worker, job: &JobConfig, reader: R
             Some(probe.clone()),
             commits,
         );
+        if let Some(gate) = &outputs.commit_gate {
+            input.committed.probe_with(gate);
+        }
 
         // 2. Sessionize (exchanges by session key internally).
         // [hbase] Event sinks see every valid event; a restored store resumes sessionize.

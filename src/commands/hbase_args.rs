@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use sessionflow_operators::source::Cut;
+use timely::dataflow::ProbeHandle;
 
 use crate::config::JobConfig;
 use crate::pipeline::Outputs;
@@ -118,6 +119,7 @@ pub fn wire(
         cfg: cfg.clone(),
         stats: Arc::clone(stats),
         pending_compactions: Vec::new(),
+        commit_gate: None,
     };
     match cfg.mode {
         SinkMode::Events => outputs.event_sinks.push(Box::new(HbaseEvents(sink))),
@@ -131,6 +133,10 @@ pub fn wire(
                 sink.pending_compactions = r.pending_compactions;
                 outputs.restored_sessions = Some(r.store);
             }
+            // SessionDB stays restorable: writes wait for the commits (see `commit_gate`).
+            let gate = ProbeHandle::new();
+            sink.commit_gate = Some(gate.clone());
+            outputs.commit_gate = Some(gate);
             outputs.snapshot_sinks.push(Box::new(HbaseSessions(sink)));
         }
     }

@@ -193,9 +193,10 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
     job.source.commit_interval_ms = args.commit_interval;
     // [hbase] Sink settings (turns emit_state on for SessionDB); the table is checked or
     // created, with logged retries, before any dataflow starts.
-    let hbase = args.hbase.sink_config(&mut job)?;
-    if let Some(h) = &hbase {
-        h.prepare().map_err(|e| e.to_string())?;
+    let mut hbase = args.hbase.sink_config(&mut job)?;
+    if let Some(h) = &mut hbase {
+        // The table's own versions bound how far the sink may write past the commits.
+        h.max_versions = h.prepare().map_err(|e| e.to_string())?;
     }
     let hbase_stats = Arc::new(sessionflow_operators::sink::hbase::SinkStats::default());
     let config = args.cluster.timely_config()?;

@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -144,6 +145,8 @@ pub type Commits = Arc<Mutex<BTreeMap<u32, Cut>>>;
 pub struct ResumableReader {
     inner: MemoryReader,
     commits: Commits,
+    /// Acknowledges commits only up to this frontier (a commit path that lags or fails).
+    pub ack_cap: Option<Arc<AtomicU64>>,
 }
 
 impl ResumableReader {
@@ -160,7 +163,11 @@ impl ResumableReader {
             Some(l) => inner.with_limit(l),
             None => inner,
         };
-        ResumableReader { inner, commits }
+        ResumableReader {
+            inner,
+            commits,
+            ack_cap: None,
+        }
     }
 }
 
@@ -184,6 +191,31 @@ impl PartitionReader for ResumableReader {
         }
         Ok(())
     }
+
+    fn acknowledged(&mut self, issued: Option<u64>) -> Option<u64> {
+        match &self.ack_cap {
+            Some(cap) => issued.map(|i| i.min(cap.load(Ordering::Relaxed))),
+            None => issued,
+        }
+    }
+}
+
+/// The `s:written` marker of `table`'s meta row: the latest window the sink wrote.
+pub fn written_marker(table: &str) -> Option<u64> {
+    let cols = sessionflow::sessiondb::schema::Columns::new("s");
+    let row = client()
+        .get_row(
+            table,
+            sessionflow::sessiondb::schema::META_ROW,
+            std::slice::from_ref(&cols.written),
+            None,
+        )
+        .unwrap()?;
+    let cells = row.columns.unwrap_or_default();
+    cells
+        .get(&cols.written)
+        .and_then(|c| c.value.as_deref())
+        .and_then(sessionflow::sessiondb::schema::decode_u64)
 }
 
 /// Runs the job on one worker into HBase (`mode`), optionally from a restored store; with
@@ -196,11 +228,25 @@ pub fn run_into(
     limit: Option<usize>,
     resume: Option<u64>,
 ) -> Option<(usize, usize)> {
+    run_into_acking(lines, cfg, commits, limit, resume, None)
+}
+
+/// [`run_into`] with the reader's acknowledgements capped by `ack_cap` (see
+/// [`ResumableReader::ack_cap`]).
+pub fn run_into_acking(
+    lines: Arc<Vec<Vec<Vec<u8>>>>,
+    cfg: HbaseSinkConfig,
+    commits: Commits,
+    limit: Option<usize>,
+    resume: Option<u64>,
+    ack_cap: Option<Arc<AtomicU64>>,
+) -> Option<(usize, usize)> {
     let job = job_gap(cfg.gap_ms);
     let counts = Arc::new(Mutex::new(None));
     let counts2 = Arc::clone(&counts);
     timely::execute_directly(move |worker| {
-        let reader = ResumableReader::new(lines, 0, 1, commits, limit);
+        let mut reader = ResumableReader::new(lines, 0, 1, commits, limit);
+        reader.ack_cap = ack_cap;
         let mut sink = HbaseSink::new(cfg.clone());
         let mut outputs = Outputs {
             commit_on_durable: true,
@@ -222,7 +268,13 @@ pub fn run_into(
             outputs.restored_sessions = Some(r.store);
         }
         match cfg.mode {
-            SinkMode::Sessions => outputs.snapshot_sinks.push(Box::new(HbaseSessions(sink))),
+            SinkMode::Sessions => {
+                // Gated on the acknowledged commits, as `run` wires it.
+                let gate = timely::dataflow::ProbeHandle::new();
+                sink.commit_gate = Some(gate.clone());
+                outputs.commit_gate = Some(gate);
+                outputs.snapshot_sinks.push(Box::new(HbaseSessions(sink)))
+            }
             SinkMode::Events => outputs.event_sinks.push(Box::new(HbaseEvents(sink))),
         }
         let built = pipeline::build(worker, &job, reader, outputs);

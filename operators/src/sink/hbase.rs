@@ -19,6 +19,11 @@
 //!   ([`HbaseSinkConfig::retain_windows`] windows after it closed) the sink deletes every older
 //!   version of it, state included: a finished session is one version of its query columns and
 //!   its snapshot JSON.
+//! - **Never ahead of the commits.** With [`HbaseSink::commit_gate`] (a probe on the source's
+//!   acknowledged commits, frontier `a`) window `m` is written only once
+//!   `m <= a + max_versions - 2` and a closed row's history is dropped only once it closed
+//!   before `a`: whenever the job crashes, the table still holds the versions a restart at its
+//!   committed frontier (`>= a`) reads.
 
 pub mod client;
 pub mod schema;
@@ -36,7 +41,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::StreamVec;
+use timely::dataflow::{ProbeHandle, StreamVec};
 
 use crate::record::Sourced;
 use crate::session::Snapshot;
@@ -197,8 +202,9 @@ impl HbaseSinkConfig {
 
     /// Connects (retrying for `startup_timeout_ms`, logging each retry) and makes sure the
     /// table exists with the family, creating it when missing. Call once before the job
-    /// starts: a table that exists without the family is an error naming both.
-    pub fn prepare(&self) -> Result<(), HbaseError> {
+    /// starts: a table that exists without the family is an error naming both. Returns the
+    /// versions the family keeps (of the existing table, or as created).
+    pub fn prepare(&self) -> Result<u32, HbaseError> {
         let deadline = Duration::from_millis(self.startup_timeout_ms);
         let who = format!("hbase ({})", self.thrift);
         let mut c = client::connect_with_retry(&self.thrift, self.timeouts(), self.backoff(), deadline, &who)?;
@@ -208,7 +214,7 @@ impl HbaseSinkConfig {
             }
             c.ensure_table(&self.table, &self.family, self.versions())
         })
-        .map(|_| ())
+        .map(|v| v.max(1) as u32)
     }
 }
 
@@ -222,6 +228,11 @@ pub struct HbaseSink {
     /// `(closed window, row key)` of restored closed rows whose history is still to be
     /// dropped (see `restore` in the `sessionflow` crate).
     pub pending_compactions: Vec<(u64, Vec<u8>)>,
+    /// A probe on the source's acknowledged commits (`SourceStreams::committed`). With it,
+    /// SessionDB never gets ahead of what a restart can restore exactly: window `m` is written
+    /// only once `m <= a + max_versions - 2`, and the history of rows closed in `c` is dropped
+    /// only once `c < a`, where `a` is the probe's frontier (no limit once it is empty).
+    pub commit_gate: Option<ProbeHandle<u64>>,
 }
 
 impl HbaseSink {
@@ -231,6 +242,7 @@ impl HbaseSink {
             cfg,
             stats: Arc::new(SinkStats::default()),
             pending_compactions: Vec::new(),
+            commit_gate: None,
         }
     }
 }
@@ -292,6 +304,9 @@ impl<'scope> SinkHbaseEvents<'scope> for StreamVec<'scope, u64, Sourced> {
     }
 }
 
+/// How soon a sink held back by the commit gate looks at it again.
+const GATE_RECHECK: Duration = Duration::from_millis(5);
+
 /// Work of one window: its capability, rows not yet sent, jobs in flight, and the rows closed
 /// `retain` windows earlier whose history is dropped once the frontier passes it.
 struct Window {
@@ -319,6 +334,7 @@ where
         cfg,
         stats,
         pending_compactions,
+        commit_gate,
     } = sink;
     stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |initial, info| {
         let cols = Columns::new(&cfg.family);
@@ -338,6 +354,10 @@ where
             who: who.clone(),
         };
         let activator = scope.worker().sync_activator_for(info.address.to_vec());
+        let wake = scope.activator_for(info.address.clone());
+        // Windows a SessionDB write may run ahead of the acknowledged commits.
+        let slack = (cfg.versions().max(2) - 2) as u64;
+        let gate = if sessions { commit_gate } else { None };
         let spawned = writer::spawn(
             settings,
             job_rx,
@@ -433,8 +453,16 @@ where
                     jobs.insert(id, window);
                     job_tx.send(WriteJob { id, ts, rows, what }).is_ok()
                 };
+            // Acknowledged commit frontier (`None`: nothing gates).
+            let acked = gate.as_ref().and_then(|p| p.with_frontier(|f| f.first().copied()));
+            let mut gated = false;
             for (&m, w) in windows.iter_mut() {
                 let passed = !frontier.less_equal(&m);
+                if acked.is_some_and(|a| m > a.saturating_add(slack)) {
+                    // A restart resumes at `a` or later and must find the versions as of then.
+                    gated |= !w.rows.is_empty() || !w.compact.is_empty();
+                    continue;
+                }
                 while !w.rows.is_empty() && (passed || w.rows.len() >= cfg.batch_rows || w.bytes >= cfg.batch_bytes) {
                     let mut take = 0usize;
                     let mut bytes = 0usize;
@@ -455,7 +483,10 @@ where
                         w.in_flight += 1;
                     }
                 }
-                if passed && !w.compact.is_empty() {
+                if passed && !w.compact.is_empty() && acked.is_some_and(|a| m - retain >= a) {
+                    // A restart at `a <= m - retain` reads these rows as they were before.
+                    gated = true;
+                } else if passed && !w.compact.is_empty() {
                     // Rows that closed in window `m - retain`: drop every version before their
                     // closed snapshot (one delete per row, at the closed snapshot's ts - 1).
                     let closed = m - retain;
@@ -471,6 +502,10 @@ where
                         }
                     }
                 }
+            }
+            if gated {
+                // The commit frontier moves without waking this operator: look again soon.
+                wake.activate_after(GATE_RECHECK);
             }
             // 4. Release the windows that are complete and acknowledged.
             if !failed {
