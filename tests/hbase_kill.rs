@@ -14,7 +14,9 @@ mod kafka_support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kafka_support::{brokers, committed, meta_frontier, produce_generated, run_flags, run_ok, sessionflow, unique};
+use kafka_support::{
+    brokers, committed, meta_frontier, produce_generated, run_flags, run_ok, sessionflow, unique, KillOnDrop,
+};
 use sessionflow::generate::GenerateArgs;
 
 const PARTITIONS: u32 = 4;
@@ -78,11 +80,15 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64) {
     let mut last = 0u64;
     for round in 0..3 {
         let log = dir.path().join(format!("live{round}.log"));
-        let mut child = sessionflow(&flags(&topic, &group, &b, workers))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        // Killed on a panic too, not left running.
+        let mut guard = KillOnDrop(Some(
+            sessionflow(&flags(&topic, &group, &b, workers))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap(),
+        ));
+        let child = guard.0.as_mut().unwrap();
         let started = Instant::now();
         // Kill once the committed frontier moved some windows past the previous kill's.
         loop {
@@ -110,6 +116,7 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64) {
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        guard.0 = None;
         kills.push(last);
         eprintln!(
             "{workers} workers, round {round}: killed at committed frontier {last}\n{}",

@@ -13,7 +13,7 @@ mod kafka_support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kafka_support::{committed, produce_generated, run_flags, run_ok, sessionflow, unique, wait_timeout};
+use kafka_support::{committed, produce_generated, run_flags, run_ok, sessionflow, unique, wait_timeout, KillOnDrop};
 use sessionflow::generate::GenerateArgs;
 
 const PARTITIONS: u32 = 4;
@@ -72,12 +72,15 @@ fn a_60_second_hbase_outage_loses_nothing_and_memory_stays_bounded() {
 
     let group = unique("hbout-b");
     let log = dir.path().join("b.log");
-    let child = sessionflow(&flags(&group, &b))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
+    // Killed on a panic too, not left running.
+    let mut guard = KillOnDrop(Some(
+        sessionflow(&flags(&group, &b))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    ));
+    let pid = guard.0.as_ref().unwrap().id();
     // Wait for some progress (rows in SessionDB: a --stop-at-end run commits offsets only at
     // the end), then take HBase away for 60 s.
     let started = Instant::now();
@@ -109,7 +112,7 @@ fn a_60_second_hbase_outage_loses_nothing_and_memory_stays_bounded() {
     );
     services("up");
     let peak = kib(pid, "VmHWM:");
-    let out = wait_timeout(child, Duration::from_secs(900));
+    let out = wait_timeout(guard.0.take().unwrap(), Duration::from_secs(900));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(out.status.success(), "the run failed after the outage: {text}");
     let retries = text.lines().filter(|l| l.contains("retrying in")).count();

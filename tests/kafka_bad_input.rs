@@ -255,11 +255,15 @@ fn an_idle_partition_stops_holding_the_frontier_after_the_timeout() {
         if let Some(t) = idle {
             live.extend(["--idle-timeout", t].map(String::from));
         }
-        let mut child = sessionflow(&live)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        // Killed on a panic too, not left running.
+        let mut guard = KillOnDrop(Some(
+            sessionflow(&live)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        let child = guard.0.as_mut().unwrap();
         let before = end_offsets(&snap_topic, 2).iter().sum::<i64>();
         let started = Instant::now();
         let mut got = 0;

@@ -93,7 +93,11 @@ fn killed_live_run_resumes(workers: usize, seed: u64) {
         .map(String::from),
     );
     let log = std::fs::File::create(dir.path().join("live.log")).unwrap();
-    let mut child = sessionflow(&live).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    // Killed on a panic too, not left running.
+    let mut guard = KillOnDrop(Some(
+        sessionflow(&live).stdout(Stdio::null()).stderr(log).spawn().unwrap(),
+    ));
+    let child = guard.0.as_mut().unwrap();
     let started = Instant::now();
     let first = loop {
         if let Some(status) = child.try_wait().unwrap() {
