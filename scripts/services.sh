@@ -287,6 +287,11 @@ hbase.zookeeper.property.dataDir $HBASE_DIR/data/zookeeper
 hbase.zookeeper.quorum $HOST
 hbase.zookeeper.property.clientPort $ZK_PORT
 hbase.zookeeper.property.clientPortAddress $HOST
+# Ride out host stalls (a loaded 2-core machine saw 8 s fsyncs and JVM pauses) instead of
+# losing the ZooKeeper session and aborting the master; the embedded ZooKeeper caps sessions
+# at its maxSessionTimeout.
+zookeeper.session.timeout 120000
+hbase.zookeeper.property.maxSessionTimeout 120000
 # The local filesystem has no hflush/hsync; without this the WAL refuses to start.
 hbase.unsafe.stream.capability.enforce false
 # No web UIs.
@@ -358,7 +363,7 @@ start_hbase() {
     log "hbase: starting master (with region server and ZooKeeper on $HOST:$ZK_PORT)"
     hbase_jvm hbase-master
     launch "$HBASE_DIR/master.pid" "$HBASE_DIR/logs/hbase-master.out" \
-      "${HBASE_JVM[@]}" -Xmx1g org.apache.hadoop.hbase.master.HMaster start
+      "${HBASE_JVM[@]}" -Xmx2g org.apache.hadoop.hbase.master.HMaster start
   fi
   if [[ -z $thrift ]]; then
     # Started together with the master: it only connects (through ZooKeeper) on a first call,
