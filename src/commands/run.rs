@@ -166,6 +166,10 @@ struct Figures {
     open_sessions: u64,
     window: Option<u64>,
     commits: u64,
+    /// The broker acknowledged commits up to this frontier (only while committing).
+    acknowledged: Option<u64>,
+    /// Commits issued again (not acknowledged within an interval).
+    commit_retries: u64,
 }
 
 /// A Kafka sink as an extra sink of the pipeline.
@@ -369,6 +373,8 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
                         open_sessions: ses.open_sessions,
                         window: src.window,
                         commits: src.commits,
+                        acknowledged: src.acknowledged.filter(|_| src.window.is_some()),
+                        commit_retries: src.commit_retries,
                     };
                 }
             }
@@ -550,6 +556,8 @@ fn progress_loop(
         let read: u64 = f.iter().map(|x| x.events_read).sum();
         let open: u64 = f.iter().map(|x| x.open_sessions).sum();
         let commits: u64 = f.iter().map(|x| x.commits).sum();
+        let retries: u64 = f.iter().map(|x| x.commit_retries).sum();
+        let acked = f.iter().filter_map(|x| x.acknowledged).min();
         let window = f.iter().filter_map(|x| x.window).min();
         drop(f);
         let lag: Option<i64> = lags.lock().ok().and_then(|l| {
@@ -563,10 +571,12 @@ fn progress_loop(
         let rate = (read - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
         last = (Instant::now(), read);
         eprintln!(
-            "run [{:7.1}s] {read} events, {rate:.0} events/s, lag {}, open sessions {open}, window {}, commits {commits}",
+            "run [{:7.1}s] {read} events, {rate:.0} events/s, lag {}, open sessions {open}, window {}, commits {commits}{}{}",
             started.elapsed().as_secs_f64(),
             lag.map_or("?".to_string(), |l| l.to_string()),
             window.map_or("-".to_string(), |w| w.to_string()),
+            acked.map_or(String::new(), |a| format!(" (acknowledged to window {a})")),
+            if retries > 0 { format!(", {retries} commit retries") } else { String::new() },
         );
         let _ = std::io::stderr().flush();
     }
