@@ -272,10 +272,9 @@ pub trait PartitionReader: 'static {
         Ok(())
     }
     /// The largest frontier of a commit the external system acknowledged so far (`None`: none
-    /// yet), after serving pending commit results without reading records (the source calls it
-    /// on every activation, throttled or not). `issued` is the frontier of the last
-    /// [`PartitionReader::commit`] call (or the resume frontier); the default, for a
-    /// synchronous `commit`, returns it.
+    /// yet). The source calls it on every activation, throttled or not, so it must not block.
+    /// `issued` is the frontier of the last [`PartitionReader::commit`] call (or the resume
+    /// frontier); the default, for a synchronous `commit`, returns it.
     fn acknowledged(&mut self, issued: Option<u64>) -> Option<u64> {
         issued
     }
