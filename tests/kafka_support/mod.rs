@@ -126,11 +126,25 @@ pub fn partition_count(topic: &str) -> usize {
         .map_or(0, |t| t.partitions().len())
 }
 
-/// The high watermarks of `topic`'s partitions.
+/// The high watermarks of `topic`'s partitions. Retries for up to 30 s: right after a topic
+/// was created (or the broker restarted) a partition may have no leader yet
+/// (`NotLeaderForPartition`).
 pub fn end_offsets(topic: &str, partitions: u32) -> Vec<i64> {
     let c = client(None);
     (0..partitions)
-        .map(|p| c.fetch_watermarks(topic, p as i32, Duration::from_secs(10)).unwrap().1)
+        .map(|p| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                match c.fetch_watermarks(topic, p as i32, Duration::from_secs(10)) {
+                    Ok((_, high)) => break high,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        eprintln!("end offset of {topic}/{p}: {e}; retrying");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => panic!("end offset of {topic}/{p}: {e}"),
+                }
+            }
+        })
         .collect()
 }
 
