@@ -72,17 +72,17 @@ pub fn value_filter(family: &str, qualifier: &str, op: &str, value: &[u8]) -> Ve
     f
 }
 
-/// Runs one scan with `client`, decoding each row of family `family`.
+/// Runs one scan with `client`, decoding each row of the families of `cols`.
 pub fn scan_rows(
     client: &mut HbaseClient,
     table: &str,
-    family: &str,
+    cols: &Columns,
     scan: TScan,
     mut each: impl FnMut(SessionRow) -> Result<(), HbaseError>,
 ) -> Result<(), HbaseError> {
     let mut failure = None;
     client.scan(table, scan, 1000, |r: TRowResult| {
-        match SessionRow::decode(family, r).and_then(&mut each) {
+        match SessionRow::decode(cols, r).and_then(&mut each) {
             Ok(()) => true,
             Err(e) => {
                 failure = Some(e);
@@ -134,7 +134,7 @@ fn owner(row: &SessionRow, id: &RowKey, peers: usize) -> Result<usize, HbaseErro
         let visitor = row
             .visitor_id
             .as_deref()
-            .ok_or_else(|| bad("gap session row without s:visitor_id"))?;
+            .ok_or_else(|| bad("gap session row without q:visitor_id"))?;
         let visitor = std::str::from_utf8(visitor).map_err(|_| bad("visitor id is not UTF-8"))?;
         key_hash(None, row.project_id.unwrap_or(id.project_id), visitor)
     } else {
@@ -151,7 +151,7 @@ fn owner(row: &SessionRow, id: &RowKey, peers: usize) -> Result<usize, HbaseErro
 /// - one scan per salt bucket the worker owns (bucket `b` with `b % peers == index` when
 ///   `peers` divides 16, else every bucket, keeping the worker's rows), reading each row's
 ///   latest version below `F * W` (`TScan.timestamp`, which HBase's Thrift1 gateway turns into
-///   the time range `[0, F * W)`), only rows whose `s:window` then is at least
+///   the time range `[0, F * W)`), only rows whose `q:window` then is at least
 ///   `F - max(ceil(gap / W), retain) - 1` (a server-side `SingleColumnValueFilter`: older rows
 ///   can be neither open nor in the closed set at `F`), and only the restore columns;
 /// - a row whose version is open: `Session::from_state(s:state)` restored open;
@@ -172,18 +172,24 @@ pub fn restore(
     let who = format!("hbase restore (worker {worker_index})");
     let deadline = Duration::from_millis(cfg.startup_timeout_ms);
     let mut c = client::connect_with_retry(&cfg.thrift, cfg.timeouts(), cfg.backoff(), deadline, &who)?;
-    let cols = Columns::new(&cfg.family);
+    let cols = cfg.columns();
     let versions = match c.families(&cfg.table)? {
         None => {
             return Err(HbaseError::NoTable {
                 table: cfg.table.clone(),
             })
         }
-        Some(f) => *f.get(&cfg.family).ok_or_else(|| HbaseError::MissingFamily {
-            table: cfg.table.clone(),
-            family: cfg.family.clone(),
-            found: f.keys().cloned().collect::<Vec<_>>().join(", "),
-        })?,
+        Some(f) => {
+            let mut versions = i32::MAX;
+            for family in cfg.families() {
+                versions = versions.min(*f.get(family).ok_or_else(|| HbaseError::MissingFamily {
+                    table: cfg.table.clone(),
+                    family: family.to_string(),
+                    found: f.keys().cloned().collect::<Vec<_>>().join(", "),
+                })?);
+            }
+            versions
+        }
     };
     let mut store = SessionStore::new(session.clone());
     let mut out = Restored {
@@ -237,13 +243,13 @@ pub fn restore(
     let before = schema::as_of_bound(resume - 1, session.window_ms);
     let owned =
         |salt: u8| !(SALTS as usize).is_multiple_of(peers.max(1)) || (salt as usize) % peers.max(1) == worker_index;
-    let filter = value_filter(&cfg.family, schema::col::WINDOW, ">=", &lowest.to_be_bytes());
+    let filter = value_filter(&cfg.query_family, schema::col::WINDOW, ">=", &lowest.to_be_bytes());
     // Latest version per session: (gap, id, opened window) -> row. Rows for the same session
     // under two project ids (its first event changed project) keep the newer.
     let mut rows: HashMap<(bool, Vec<u8>, u64), SessionRow> = HashMap::new();
     for salt in (0..SALTS).filter(|&s| owned(s)) {
         let scan = salt_scan(salt, cols.restore_columns(), Some(before), Some(filter.clone()));
-        scan_rows(&mut c, &cfg.table, &cfg.family, scan, |row| {
+        scan_rows(&mut c, &cfg.table, &cols, scan, |row| {
             out.rows_scanned += 1;
             let Some(id) = row.id.clone() else { return Ok(()) };
             if owner(&row, &id, peers)? != worker_index {
@@ -265,14 +271,14 @@ pub fn restore(
             row: row.display_key(),
             reason: why,
         };
-        let (window, window_ts) = row.window.ok_or_else(|| bad("no s:window".into()))?;
+        let (window, window_ts) = row.window.ok_or_else(|| bad("no q:window".into()))?;
         if window >= resume {
             return Err(bad(format!(
                 "version of window {window} read as of window {}",
                 resume - 1
             )));
         }
-        let closed = row.closed.ok_or_else(|| bad("no s:closed".into()))?;
+        let closed = row.closed.ok_or_else(|| bad("no q:closed".into()))?;
         if !closed {
             let (state, state_ts) = row
                 .state
@@ -280,7 +286,7 @@ pub fn restore(
                 .ok_or_else(|| bad("open session without s:state (was emit_state on?)".into()))?;
             if *state_ts != window_ts {
                 return Err(bad(format!(
-                    "s:state is of timestamp {state_ts}, s:window of {window_ts}"
+                    "s:state is of timestamp {state_ts}, q:window of {window_ts}"
                 )));
             }
             let s = Session::from_state(state).map_err(bad)?;
@@ -296,12 +302,12 @@ pub fn restore(
         }
         let sid = String::from_utf8(sid).map_err(|_| bad("session id is not UTF-8".into()))?;
         if gap_based {
-            let visitor = row.visitor_id.as_deref().ok_or_else(|| bad("no s:visitor_id".into()))?;
+            let visitor = row.visitor_id.as_deref().ok_or_else(|| bad("no q:visitor_id".into()))?;
             let visitor = std::str::from_utf8(visitor).map_err(|_| bad("visitor id is not UTF-8".into()))?;
-            let project = row.project_id.ok_or_else(|| bad("no s:project_id".into()))?;
+            let project = row.project_id.ok_or_else(|| bad("no q:project_id".into()))?;
             let (start, end) = (
-                row.start.ok_or_else(|| bad("no s:start".into()))?,
-                row.end.ok_or_else(|| bad("no s:end".into()))?,
+                row.start.ok_or_else(|| bad("no q:start".into()))?,
+                row.end.ok_or_else(|| bad("no q:end".into()))?,
             );
             store.restore_closed(Some((project, visitor, start, end)), &sid, window);
         } else {

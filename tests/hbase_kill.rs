@@ -133,8 +133,8 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64) {
         "the final run did not restore from SessionDB"
     );
 
-    let want = hbase_common::table_contents(&a, "s", hbase_common::ALL_COLUMNS);
-    let got = hbase_common::table_contents(&b, "s", hbase_common::ALL_COLUMNS);
+    let want = hbase_common::table_contents(&a, hbase_common::ALL_COLUMNS);
+    let got = hbase_common::table_contents(&b, hbase_common::ALL_COLUMNS);
     assert!(want.len() > 1000, "{} rows", want.len());
     let diff: Vec<_> = want
         .iter()

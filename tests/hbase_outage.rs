@@ -89,7 +89,7 @@ fn a_60_second_hbase_outage_loses_nothing_and_memory_stays_bounded() {
             .table_names()
             .is_ok_and(|n| n.iter().any(|x| x.as_slice() == t.as_bytes()))
     };
-    while !exists(&b) || hbase_common::table_contents(&b, "s", &["window"]).len() < 100 {
+    while !exists(&b) || hbase_common::table_contents(&b, &["window"]).len() < 100 {
         assert!(
             started.elapsed() < Duration::from_secs(300),
             "no progress: {}",
@@ -125,8 +125,8 @@ fn a_60_second_hbase_outage_loses_nothing_and_memory_stays_bounded() {
     assert!(peak < 2 * 1024 * 1024, "peak RSS {peak} KiB");
 
     let columns = hbase_common::columns_without_state();
-    let want = hbase_common::table_contents(&a, "s", &columns);
-    let got = hbase_common::table_contents(&b, "s", &columns);
+    let want = hbase_common::table_contents(&a, &columns);
+    let got = hbase_common::table_contents(&b, &columns);
     assert!(want.len() > 1000);
     assert!(want == got, "the tables differ after the outage");
     let mut c = hbase_common::client();

@@ -58,8 +58,8 @@ fn restores_after_crashes_give_the_table_of_an_uninterrupted_run() {
         "the last restore found no open session"
     );
 
-    let want = table_contents(&a, "s", ALL_COLUMNS);
-    let got = table_contents(&b, "s", ALL_COLUMNS);
+    let want = table_contents(&a, ALL_COLUMNS);
+    let got = table_contents(&b, ALL_COLUMNS);
     assert!(want.len() > 1000, "{} rows", want.len());
     let diff: Vec<_> = want
         .iter()
@@ -135,8 +135,8 @@ fn the_sink_waits_for_acknowledged_commits() {
     // 3. Released: the run completes, and the table is the uninterrupted run's.
     cap.store(u64::MAX, Ordering::Relaxed);
     run.join().unwrap();
-    let want = table_contents(&a, "s", ALL_COLUMNS);
-    let got = table_contents(&b, "s", ALL_COLUMNS);
+    let want = table_contents(&a, ALL_COLUMNS);
+    let got = table_contents(&b, ALL_COLUMNS);
     assert!(want.len() > 100, "{} rows", want.len());
     assert!(want == got, "tables differ ({} rows vs {})", want.len(), got.len());
     let mut c = client();

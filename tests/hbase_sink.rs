@@ -17,10 +17,22 @@ fn conns() -> query::Conns {
     query::Conns::connect(&thrift(), Default::default(), 3).unwrap()
 }
 
+/// `sessionflow query --project 1` on `table`, as the command line parses it.
+fn query_args(table: &str) -> query::QueryArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: query::QueryArgs,
+    }
+    let hbase = thrift();
+    Cli::parse_from(["query", "--hbase", &hbase, "--table", table, "--project", "1"]).args
+}
+
 fn put(col: &str, v: &[u8]) -> Mutation {
     Mutation {
         is_delete: Some(false),
-        column: Some(format!("s:{col}").into_bytes()),
+        column: Some(Columns::default().named(col)),
         value: Some(v.to_vec()),
         write_to_w_a_l: Some(true),
     }
@@ -31,7 +43,7 @@ fn scan(before: Option<i64>, filter: Option<Vec<u8>>) -> TScan {
         start_row: Some(vec![0]),
         stop_row: Some(vec![0xff]),
         timestamp: before,
-        columns: Some(vec![b"s:window".to_vec(), b"s:state".to_vec()]),
+        columns: Some(vec![b"q:window".to_vec(), b"s:state".to_vec()]),
         caching: Some(10),
         filter_string: filter,
         batch_size: None,
@@ -48,7 +60,7 @@ fn windows_seen(
     filter: Option<Vec<u8>>,
 ) -> Vec<(Vec<u8>, u64, bool)> {
     let mut out = Vec::new();
-    sessiondb::scan_rows(c, table, "s", scan(before, filter), |r| {
+    sessiondb::scan_rows(c, table, &Columns::default(), scan(before, filter), |r| {
         out.push((r.key.clone(), r.window.map_or(u64::MAX, |w| w.0), r.state.is_some()));
         Ok(())
     })
@@ -65,7 +77,7 @@ fn windows_seen(
 fn thrift1_semantics_on_the_real_server() {
     let table = fresh_table("sem");
     let mut c = client();
-    assert_eq!(c.ensure_table(&table, "s", 5).unwrap(), 5);
+    assert_eq!(c.ensure_table(&table, &["s", "q"], 5).unwrap(), 5);
     let w = 60_000;
     let id = "a'\u{0}b";
     let rk = schema::RowKey {
@@ -100,7 +112,7 @@ fn thrift1_semantics_on_the_real_server() {
     assert_eq!((r[0].1, r[0].2), (7, true));
     assert_eq!(windows_seen(&mut c, &table, None, None)[0].1, 7);
     // Value filter on the version in range, with bytes that need quoting ('\'' is 0x27).
-    let f = |lo: u64| Some(sessiondb::value_filter("s", "window", ">=", &lo.to_be_bytes()));
+    let f = |lo: u64| Some(sessiondb::value_filter("q", "window", ">=", &lo.to_be_bytes()));
     assert_eq!(
         windows_seen(&mut c, &table, Some(schema::as_of_bound(6, w)), f(6)).len(),
         1
@@ -114,7 +126,7 @@ fn thrift1_semantics_on_the_real_server() {
         0
     );
     // Lookup by id with a quote and a NUL in it.
-    let found = query::sessions_lookup(&mut conns(), &table, "s", None, "a'\u{0}b");
+    let found = query::sessions_lookup(&mut conns(), &table, &Columns::default(), None, "a'\u{0}b");
     // (The row has no s:snapshot: the lookup reads that column only.)
     assert_eq!(found.unwrap().len(), 0);
     c.mutate_rows_ts(
@@ -126,14 +138,14 @@ fn thrift1_semantics_on_the_real_server() {
         schema::cell_ts(7, w),
     )
     .unwrap();
-    let found = query::sessions_lookup(&mut conns(), &table, "s", Some(7), "a'\u{0}b").unwrap();
+    let found = query::sessions_lookup(&mut conns(), &table, &Columns::default(), Some(7), "a'\u{0}b").unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].0.opened_window, 5);
-    assert!(query::sessions_lookup(&mut conns(), &table, "s", Some(7), "a'")
+    assert!(query::sessions_lookup(&mut conns(), &table, &Columns::default(), Some(7), "a'")
         .unwrap()
         .is_empty());
     // Dropping the history before the window-7 version keeps only that version.
-    let cols = Columns::new("s");
+    let cols = Columns::default();
     c.mutate_rows_ts(
         &table,
         vec![cols.delete_history(key.clone())],
@@ -143,7 +155,7 @@ fn thrift1_semantics_on_the_real_server() {
     assert_eq!(at(&mut c, 6), vec![]);
     let r = at(&mut c, 7);
     assert_eq!((r[0].1, r[0].2), (7, false), "state dropped with the history");
-    let versions = c.cell_versions(&table, &key, b"s:window", i64::MAX, 10).unwrap();
+    let versions = c.cell_versions(&table, &key, b"q:window", i64::MAX, 10).unwrap();
     assert_eq!(versions.len(), 1);
     c.drop_table(&table).unwrap();
 }
@@ -153,8 +165,8 @@ fn thrift1_semantics_on_the_real_server() {
 fn a_table_without_the_family_is_a_clear_error() {
     let table = fresh_table("fam");
     let mut c = client();
-    c.ensure_table(&table, "other", 1).unwrap();
-    let e = c.ensure_table(&table, "s", 3).unwrap_err();
+    c.ensure_table(&table, &["other"], 1).unwrap();
+    let e = c.ensure_table(&table, &["s", "q"], 3).unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, HbaseError::MissingFamily { .. }), "{e:?}");
     assert!(
@@ -164,6 +176,17 @@ fn a_table_without_the_family_is_a_clear_error() {
     let cfg = sink_cfg(&table, &job().session, SinkMode::Sessions);
     assert!(cfg.prepare().unwrap_err().to_string().contains("no column family"));
     c.drop_table(&table).unwrap();
+    // A SessionDB table of the one-family layout (no query family): named, for the sink and
+    // for `sessionflow query`.
+    let old = fresh_table("fam1");
+    c.ensure_table(&old, &["s"], 3).unwrap();
+    let e = sink_cfg(&old, &job().session, SinkMode::Sessions).prepare().unwrap_err().to_string();
+    assert!(e.contains(&old) && e.contains("\"q\""), "{e}");
+    let e = sessionflow::commands::query::run(query_args(&old)).unwrap_err();
+    assert!(e.contains("no column family \"q\""), "{e}");
+    // An event-per-cell table needs the data family only.
+    assert!(sink_cfg(&old, &job().session, SinkMode::Events).prepare().is_ok());
+    c.drop_table(&old).unwrap();
 }
 
 #[test]
@@ -188,7 +211,7 @@ fn the_sink_writes_one_row_per_session_as_its_last_snapshot() {
     cfg.prepare().unwrap();
     run_into(Arc::clone(&lines), cfg.clone(), Default::default(), None, None);
     let want = reference_last_snapshots(Arc::clone(&lines));
-    let got = table_contents(&table, "s", &["snapshot", "state", "closed"]);
+    let got = table_contents(&table, &["snapshot", "state", "closed"]);
     let got_sessions: std::collections::BTreeMap<_, _> = got.iter().filter(|(k, _)| k[0] < 16).collect();
     assert_eq!(got_sessions.len(), want.len());
     for (k, json) in &want {
@@ -198,7 +221,7 @@ fn the_sink_writes_one_row_per_session_as_its_last_snapshot() {
                 .map(|v| String::from_utf8_lossy(v).into_owned()),
             Some(json.clone())
         );
-        assert_eq!(row.get(&b"s:closed"[..].to_vec()), Some(&vec![1u8]));
+        assert_eq!(row.get(&b"q:closed"[..].to_vec()), Some(&vec![1u8]));
         assert!(
             !row.contains_key(&b"s:state"[..].to_vec()),
             "closed rows keep no state after compaction"
@@ -221,7 +244,7 @@ fn the_sink_writes_one_row_per_session_as_its_last_snapshot() {
         project,
         ..Question::default()
     };
-    let a = query::sessions_aggregate(&mut conns(), &table, "s", 60_000, &q).unwrap();
+    let a = query::sessions_aggregate(&mut conns(), &table, &Columns::default(), 60_000, &q).unwrap();
     let expect = want
         .values()
         .filter(|j| {
@@ -257,12 +280,12 @@ fn session_ids_with_any_bytes_are_safe() {
     run_into(lines, cfg, Default::default(), None, None);
     let mut c = client();
     for id in ids {
-        let found = query::sessions_lookup(&mut conns(), &table, "s", Some(9), id).unwrap();
+        let found = query::sessions_lookup(&mut conns(), &table, &Columns::default(), Some(9), id).unwrap();
         assert_eq!(found.len(), 1, "{id:?}");
         let v: serde_json::Value = serde_json::from_slice(&found[0].1).unwrap();
         assert_eq!(v["session_id"].as_str(), Some(id));
         assert_eq!(
-            query::sessions_lookup(&mut conns(), &table, "s", None, id)
+            query::sessions_lookup(&mut conns(), &table, &Columns::default(), None, id)
                 .unwrap()
                 .len(),
             1,

@@ -34,9 +34,12 @@ pub struct HbaseArgs {
     /// What the HBase sink writes.
     #[arg(long = "hbase-mode", value_enum, default_value = "sessions")]
     pub mode: HbaseMode,
-    /// Column family of every cell.
+    /// Data column family: snapshots, states (and events, in events mode).
     #[arg(long = "hbase-family", default_value = "s")]
     pub family: String,
+    /// Query column family of SessionDB: the small columns queries read.
+    #[arg(long = "hbase-query-family", default_value = "q")]
+    pub query_family: String,
     /// Most rows per mutateRowsTs call (rows).
     #[arg(long = "hbase-batch", default_value_t = 500)]
     pub batch_rows: usize,
@@ -67,6 +70,7 @@ impl HbaseArgs {
         cfg.thrift = addr.clone();
         cfg.table = self.table.clone();
         cfg.family = self.family.clone();
+        cfg.query_family = self.query_family.clone();
         cfg.batch_rows = self.batch_rows;
         if self.max_versions > 0 {
             cfg.max_versions = self.max_versions;

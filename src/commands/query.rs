@@ -39,9 +39,12 @@ pub struct QueryArgs {
     /// Table to query.
     #[arg(long)]
     pub table: String,
-    /// Column family.
+    /// Data column family (snapshots; events of an event-per-cell table).
     #[arg(long = "hbase-family", default_value = "s")]
     pub family: String,
+    /// Query column family of SessionDB (the columns aggregates read).
+    #[arg(long = "hbase-query-family", default_value = "q")]
+    pub query_family: String,
     /// Table layout: `sessions` (SessionDB) or `events` (event-per-cell).
     #[arg(long, value_enum, default_value = "sessions")]
     pub layout: Layout,
@@ -251,11 +254,10 @@ fn prefix_scan(salt: u8, project: u64, from_window: u64, columns: Vec<Vec<u8>>) 
 pub fn sessions_aggregate(
     c: &mut Conns,
     table: &str,
-    family: &str,
+    cols: &Columns,
     window_ms: u64,
     q: &Question,
 ) -> Result<Answer, HbaseError> {
-    let cols = Columns::new(family);
     let mut columns = vec![cols.visitor_id.clone(), cols.revenue.clone(), cols.merged_into.clone()];
     if q.experiment.is_some() {
         columns.push(cols.experiments.clone());
@@ -276,7 +278,7 @@ pub fn sessions_aggregate(
         .collect();
     for rows in c.scan_all(table, scans, 1000)? {
         for r in rows {
-            let row = SessionRow::decode(family, r)?;
+            let row = SessionRow::decode(cols, r)?;
             a.rows += 1;
             a.bytes += row.key.len() as u64 + 64;
             if row.merged_into.is_some() || RowKey::decode(&row.key).is_none() {
@@ -294,11 +296,11 @@ pub fn sessions_aggregate(
                 visitors.insert(v.clone());
             }
             if let Some(name) = &q.conversion {
-                // A table written before `s:names` existed cannot answer this: say so rather
+                // A table written before `q:names` existed cannot answer this: say so rather
                 // than count no conversions.
                 let names = row.names.as_ref().ok_or_else(|| HbaseError::BadRow {
                     row: row.display_key(),
-                    reason: "no s:names column (written by an older sessionflow): conversions unavailable".into(),
+                    reason: "no q:names column (written by an older sessionflow): conversions unavailable".into(),
                 })?;
                 if names.iter().any(|n| n == name) {
                     a.conversions += 1;
@@ -427,11 +429,10 @@ fn id_row_filter(sid: &str) -> Vec<u8> {
 pub fn sessions_lookup(
     c: &mut Conns,
     table: &str,
-    family: &str,
+    cols: &Columns,
     project: Option<u64>,
     sid: &str,
 ) -> Result<Vec<(RowKey, Vec<u8>)>, HbaseError> {
-    let cols = Columns::new(family);
     let mut salts = vec![(key_hash(Some(sid), 0, "") % SALTS as u64) as u8];
     if let (Some(p), Some((visitor, _))) = (project, sid.rsplit_once('@')) {
         salts.push((key_hash(None, p, visitor) % SALTS as u64) as u8);
@@ -466,7 +467,7 @@ pub fn sessions_lookup(
     let mut found = Vec::new();
     for rows in c.scan_all(table, scans, 100)? {
         for r in rows {
-            let row = SessionRow::decode(family, r)?;
+            let row = SessionRow::decode(cols, r)?;
             if let (Some(id), Some(snap)) = (row.id, row.snapshot) {
                 if id.session_id == sid.as_bytes() {
                     found.push((id, snap));
@@ -551,24 +552,31 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
         io: Duration::from_millis(args.timeout_ms),
     };
     let mut c = Conns::connect(&args.hbase, timeouts, args.parallel.into()).map_err(|e| e.to_string())?;
+    let families = match args.layout {
+        Layout::Sessions => vec![&args.family, &args.query_family],
+        Layout::Events => vec![&args.family],
+    };
     match c
         .first()
         .and_then(|f| f.families(&args.table))
         .map_err(|e| e.to_string())?
     {
         None => return Err(format!("HBase table {:?} does not exist", args.table)),
-        Some(f) if !f.contains_key(&args.family) => {
-            return Err(format!(
-                "HBase table {:?} has no column family {:?}",
-                args.table, args.family
-            ))
+        Some(f) => {
+            if let Some(missing) = families.iter().find(|x| !f.contains_key(x.as_str())) {
+                return Err(format!(
+                    "HBase table {:?} has no column family {missing:?} (families: {}); a SessionDB table written before the query family existed needs rewriting",
+                    args.table,
+                    f.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
         }
-        Some(_) => {}
     }
+    let cols = Columns::new(&args.family, &args.query_family);
     let started = Instant::now();
     if let Some(sid) = &args.session {
         let docs: Vec<Vec<u8>> = match args.layout {
-            Layout::Sessions => sessions_lookup(&mut c, &args.table, &args.family, args.project, sid)
+            Layout::Sessions => sessions_lookup(&mut c, &args.table, &cols, args.project, sid)
                 .map_err(|e| e.to_string())?
                 .into_iter()
                 .map(|(_, s)| s)
@@ -614,7 +622,7 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
         conversion: args.conversion_name.clone(),
     };
     let a = match args.layout {
-        Layout::Sessions => sessions_aggregate(&mut c, &args.table, &args.family, args.window, &q),
+        Layout::Sessions => sessions_aggregate(&mut c, &args.table, &cols, args.window, &q),
         Layout::Events => events_aggregate(&mut c, &args.table, &args.family, args.gap, &q),
     }
     .map_err(|e| e.to_string())?;

@@ -202,7 +202,7 @@ impl PartitionReader for ResumableReader {
 
 /// The `s:written` marker of `table`'s meta row: the latest window the sink wrote.
 pub fn written_marker(table: &str) -> Option<u64> {
-    let cols = sessionflow::sessiondb::schema::Columns::new("s");
+    let cols = sessionflow::sessiondb::schema::Columns::default();
     let row = client()
         .get_row(
             table,
@@ -306,14 +306,13 @@ pub fn run_into_acking(
     c
 }
 
-/// Latest `s:snapshot` (or every column with `all`) of every session row of `table`.
-pub fn table_contents(table: &str, family: &str, columns: &[&str]) -> BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>> {
+/// The latest version of the `columns` (qualifiers, each in the family that holds it) of every
+/// session row of `table`.
+pub fn table_contents(table: &str, columns: &[&str]) -> BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<u8>>> {
     let mut c = client();
     let mut out = BTreeMap::new();
-    let cols = columns
-        .iter()
-        .map(|q| format!("{family}:{q}").into_bytes())
-        .collect::<Vec<_>>();
+    let names = sessionflow::sessiondb::schema::Columns::default();
+    let cols = columns.iter().map(|q| names.named(q)).collect::<Vec<_>>();
     let scan = TScan {
         start_row: Some(vec![0]),
         stop_row: Some(vec![0xff]),

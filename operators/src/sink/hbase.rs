@@ -70,8 +70,11 @@ pub struct HbaseSinkConfig {
     pub thrift: String,
     /// Table name (text); created when missing.
     pub table: String,
-    /// Column family (text) of every cell.
+    /// Data column family (text): snapshots, states, the meta row, event-per-cell events.
     pub family: String,
+    /// Query column family (text) of SessionDB tables: the small columns queries read
+    /// (`start`, `visitor_id`, `revenue` ...), kept apart so a query never reads snapshots.
+    pub query_family: String,
     /// What to write: `sessions` (SessionDB) or `events` (event-per-cell).
     pub mode: SinkMode,
     /// Most rows per `mutateRowsTs` call, in rows.
@@ -109,7 +112,8 @@ impl Default for HbaseSinkConfig {
         HbaseSinkConfig {
             thrift: "127.0.0.1:9090".into(),
             table: "sessions".into(),
-            family: "s".into(),
+            family: schema::DATA_FAMILY.into(),
+            query_family: schema::QUERY_FAMILY.into(),
             mode: SinkMode::Sessions,
             batch_rows: 500,
             batch_bytes: 4 << 20,
@@ -147,13 +151,14 @@ impl HbaseSinkConfig {
                 self.table
             ));
         }
-        if self.family.is_empty()
-            || self
-                .family
-                .contains(|c: char| !(c.is_ascii_alphanumeric() || "_-.".contains(c)))
-        {
+        for family in [&self.family, &self.query_family] {
+            if family.is_empty() || family.contains(|c: char| !(c.is_ascii_alphanumeric() || "_-.".contains(c))) {
+                return Err(format!("bad HBase column family {family:?} (letters, digits, _ - .)"));
+            }
+        }
+        if self.family == self.query_family {
             return Err(format!(
-                "bad HBase column family {:?} (letters, digits, _ - .)",
+                "the HBase data and query column families must differ (both {:?})",
                 self.family
             ));
         }
@@ -200,10 +205,23 @@ impl HbaseSinkConfig {
         }
     }
 
+    /// The column families of the table: data and query (sessions), data only (events).
+    pub fn families(&self) -> Vec<&str> {
+        match self.mode {
+            SinkMode::Sessions => vec![&self.family, &self.query_family],
+            SinkMode::Events => vec![&self.family],
+        }
+    }
+
+    /// The column names of the table's families.
+    pub fn columns(&self) -> Columns {
+        Columns::new(&self.family, &self.query_family)
+    }
+
     /// Connects (retrying for `startup_timeout_ms`, logging each retry) and makes sure the
-    /// table exists with the family, creating it when missing. Call once before the job
-    /// starts: a table that exists without the family is an error naming both. Returns the
-    /// versions the family keeps (of the existing table, or as created).
+    /// table exists with its families, creating it when missing. Call once before the job
+    /// starts: a table that exists without one of them is an error naming both. Returns the
+    /// versions the families keep (the fewest, of the existing table, or as created).
     pub fn prepare(&self) -> Result<u32, HbaseError> {
         let deadline = Duration::from_millis(self.startup_timeout_ms);
         let who = format!("hbase ({})", self.thrift);
@@ -212,7 +230,7 @@ impl HbaseSinkConfig {
             if c.idle() > Duration::from_millis(self.idle_reconnect_ms) {
                 c = client::HbaseClient::connect(&self.thrift, self.timeouts())?;
             }
-            c.ensure_table(&self.table, &self.family, self.versions())
+            c.ensure_table(&self.table, &self.families(), self.versions())
         })
         .map(|v| v.max(1) as u32)
     }
@@ -337,7 +355,7 @@ where
         commit_gate,
     } = sink;
     stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, name, move |initial, info| {
-        let cols = Columns::new(&cfg.family);
+        let cols = cfg.columns();
         let retain = cfg.retain();
         let sessions = cfg.mode == SinkMode::Sessions;
         let who = format!("hbase sink {} (worker {worker})", cfg.table);

@@ -277,21 +277,27 @@ impl HbaseClient {
         Ok(Some(out))
     }
 
-    /// Makes sure `table` exists with column family `family`: creates it (keeping
-    /// `max_versions` versions per cell) when missing; errors when it exists without the family.
-    /// Returns the family's max versions.
-    pub fn ensure_table(&mut self, table: &str, family: &str, max_versions: i32) -> Result<i32, HbaseError> {
+    /// Makes sure `table` exists with every column family of `families`: creates it (keeping
+    /// `max_versions` versions per cell) when missing; errors when it exists without one of
+    /// them, naming it. Returns the fewest max versions among them.
+    pub fn ensure_table(&mut self, table: &str, families: &[&str], max_versions: i32) -> Result<i32, HbaseError> {
         if let Some(fams) = self.families(table)? {
-            return match fams.get(family) {
-                Some(v) => Ok(*v),
-                None => Err(HbaseError::MissingFamily {
-                    table: table.to_string(),
-                    family: family.to_string(),
-                    found: fams.keys().cloned().collect::<Vec<_>>().join(", "),
-                }),
-            };
+            let mut versions = i32::MAX;
+            for family in families {
+                match fams.get(*family) {
+                    Some(v) => versions = versions.min(*v),
+                    None => {
+                        return Err(HbaseError::MissingFamily {
+                            table: table.to_string(),
+                            family: family.to_string(),
+                            found: fams.keys().cloned().collect::<Vec<_>>().join(", "),
+                        })
+                    }
+                }
+            }
+            return Ok(versions);
         }
-        let desc = ColumnDescriptor {
+        let desc = |family: &str| ColumnDescriptor {
             name: Some(format!("{family}:").into_bytes()),
             max_versions: Some(max_versions.max(1)),
             compression: Some("NONE".into()),
@@ -302,11 +308,12 @@ impl HbaseClient {
             block_cache_enabled: Some(true),
             time_to_live: Some(-1),
         };
-        match self.call("createTable", |c| c.create_table(table.as_bytes().to_vec(), vec![desc])) {
+        let descs = families.iter().map(|f| desc(f)).collect::<Vec<_>>();
+        match self.call("createTable", |c| c.create_table(table.as_bytes().to_vec(), descs)) {
             Ok(()) => Ok(max_versions.max(1)),
             // Another worker or process created it meanwhile: check it.
             Err(HbaseError::Server { .. }) if self.families(table)?.is_some() => {
-                self.ensure_table(table, family, max_versions)
+                self.ensure_table(table, families, max_versions)
             }
             Err(e) => Err(e),
         }
