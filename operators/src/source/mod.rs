@@ -391,6 +391,13 @@ impl CommitTrack {
     }
 }
 
+/// Stops a partitioned source: drops its capability (so the frontier can pass) and closes its
+/// commit tracker (so the sinks no longer wait for its acknowledgements).
+fn stop_source(cap: &mut Option<timely::dataflow::operators::Capability<u64>>, track: &RefCell<CommitTrack>) {
+    *cap = None;
+    track.borrow_mut().update(None, false);
+}
+
 /// The operator behind [`SourceStreams::committed`]: holds a capability at the worker's
 /// acknowledged commit frontier while its source commits.
 fn commit_tracker<'scope>(
@@ -637,8 +644,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                     if !cuts.is_empty() {
                         if let Err(e) = reader.commit(&cuts) {
                             shared.borrow_mut().error = Some(e);
-                            cap = None;
-                            track.borrow_mut().update(None, false);
+                            stop_source(&mut cap, &track);
                             return;
                         }
                         for cut in &cuts {
@@ -676,8 +682,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                     Err(e) => {
                         // A broken input stops this source; the job reports the error.
                         shared.borrow_mut().error = Some(e);
-                        cap = None;
-                        track.borrow_mut().update(None, false);
+                        stop_source(&mut cap, &track);
                         return;
                     }
                 };
@@ -743,8 +748,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                         .iter()
                         .filter_map(|t| t.end_cut(marks.max_ts(t.partition), low))
                         .collect();
-                    cap = None;
-                    track.borrow_mut().update(None, false);
+                    stop_source(&mut cap, &track);
                 } else {
                     if let Some(low) = marks.hold() {
                         if low > floor {

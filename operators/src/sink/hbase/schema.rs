@@ -719,8 +719,18 @@ mod tests {
         assert_eq!(
             names,
             [
-                "d:snapshot", "d:state", "x:closed", "x:end", "x:event_count", "x:experiments", "x:names",
-                "x:project_id", "x:revenue", "x:start", "x:visitor_id", "x:window"
+                "d:snapshot",
+                "d:state",
+                "x:closed",
+                "x:end",
+                "x:event_count",
+                "x:experiments",
+                "x:names",
+                "x:project_id",
+                "x:revenue",
+                "x:start",
+                "x:visitor_id",
+                "x:window"
             ]
         );
         for n in &names {
@@ -730,7 +740,10 @@ mod tests {
         // The history delete covers both families.
         let d = cols.delete_history(b"k".to_vec()).mutations.unwrap_or_default();
         let fams: Vec<_> = d.iter().map(|m| (m.column.clone(), m.is_delete)).collect();
-        assert_eq!(fams, [(Some(b"d".to_vec()), Some(true)), (Some(b"x".to_vec()), Some(true))]);
+        assert_eq!(
+            fams,
+            [(Some(b"d".to_vec()), Some(true)), (Some(b"x".to_vec()), Some(true))]
+        );
     }
 
     #[test]
