@@ -141,9 +141,11 @@ fn thrift1_semantics_on_the_real_server() {
     let found = query::sessions_lookup(&mut conns(), &table, &Columns::default(), Some(7), "a'\u{0}b").unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].0.opened_window, 5);
-    assert!(query::sessions_lookup(&mut conns(), &table, &Columns::default(), Some(7), "a'")
-        .unwrap()
-        .is_empty());
+    assert!(
+        query::sessions_lookup(&mut conns(), &table, &Columns::default(), Some(7), "a'")
+            .unwrap()
+            .is_empty()
+    );
     // Dropping the history before the window-7 version keeps only that version.
     let cols = Columns::default();
     c.mutate_rows_ts(
@@ -180,7 +182,10 @@ fn a_table_without_the_family_is_a_clear_error() {
     // for `sessionflow query`.
     let old = fresh_table("fam1");
     c.ensure_table(&old, &["s"], 3).unwrap();
-    let e = sink_cfg(&old, &job().session, SinkMode::Sessions).prepare().unwrap_err().to_string();
+    let e = sink_cfg(&old, &job().session, SinkMode::Sessions)
+        .prepare()
+        .unwrap_err()
+        .to_string();
     assert!(e.contains(&old) && e.contains("\"q\""), "{e}");
     let e = sessionflow::commands::query::run(query_args(&old)).unwrap_err();
     assert!(e.contains("no column family \"q\""), "{e}");
