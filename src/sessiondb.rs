@@ -64,10 +64,20 @@ pub fn filter_quote(bytes: &[u8]) -> Vec<u8> {
 /// `SingleColumnValueFilter` keeping rows whose (latest in range) `family:qualifier` value
 /// compares `op` (`>=`, `<` ...) to `value` bytewise; rows without the column are dropped.
 pub fn value_filter(family: &str, qualifier: &str, op: &str, value: &[u8]) -> Vec<u8> {
-    let mut f = format!("SingleColumnValueFilter('{family}', '{qualifier}', {op}, ").into_bytes();
     let mut v = b"binary:".to_vec();
     v.extend_from_slice(value);
-    f.extend_from_slice(&filter_quote(&v));
+    column_filter(family, qualifier, op, &v)
+}
+
+/// `SingleColumnValueFilter` keeping rows whose (latest in range) `family:qualifier` value
+/// matches the Java regular expression `regex` somewhere; rows without the column are dropped.
+pub fn regex_filter(family: &str, qualifier: &str, regex: &str) -> Vec<u8> {
+    column_filter(family, qualifier, "=", format!("regexstring:{regex}").as_bytes())
+}
+
+fn column_filter(family: &str, qualifier: &str, op: &str, comparator: &[u8]) -> Vec<u8> {
+    let mut f = format!("SingleColumnValueFilter('{family}', '{qualifier}', {op}, ").into_bytes();
+    f.extend_from_slice(&filter_quote(comparator));
     f.extend_from_slice(b", true, true)");
     f
 }
