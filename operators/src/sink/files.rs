@@ -1,6 +1,7 @@
 //! File sinks: snapshots as JSON lines sorted by `(window, session_id, line)`, dead letters
 //! sorted by `(partition, offset)`. Both write to a temporary file that is renamed into place
-//! only when the run completes, so a failed run never leaves a half-written file looking whole.
+//! only when the run completes, so a failed run never leaves a half-written file looking whole;
+//! a device or pipe (`--output /dev/null`, `/dev/stdout`) is written directly.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -18,9 +19,13 @@ use crate::record::DeadLetter;
 use crate::session::Snapshot;
 
 /// A JSON-lines output file written under a temporary name and renamed by [`LineFile::finish`].
+/// A path that exists and is not a regular file (`/dev/null`, `/dev/stdout`, a FIFO) is written
+/// directly: renaming a temporary file onto it would replace the device (as root, `/dev/null`
+/// itself) with a regular file.
 pub struct LineFile {
     path: PathBuf,
-    tmp: PathBuf,
+    /// The temporary file renamed into place, or `None` when writing `path` directly.
+    tmp: Option<PathBuf>,
     out: Option<BufWriter<File>>,
     error: Option<String>,
     /// Lines written so far.
@@ -28,12 +33,20 @@ pub struct LineFile {
 }
 
 impl LineFile {
-    /// Creates `path.tmp`; the error names the path.
+    /// Creates `path.tmp` (or opens `path` itself when it is a device or a pipe); the error
+    /// names the path.
     pub fn create(path: &Path) -> Result<LineFile, String> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let file = File::create(&tmp).map_err(|e| format!("cannot create output {}: {e}", path.display()))?;
+        let fail = |e: std::io::Error| format!("cannot create output {}: {e}", path.display());
+        let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir());
+        let (tmp, file) = if special {
+            (None, std::fs::OpenOptions::new().write(true).open(path).map_err(fail)?)
+        } else {
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".tmp");
+            let tmp = PathBuf::from(tmp);
+            let file = File::create(&tmp).map_err(fail)?;
+            (Some(tmp), file)
+        };
         Ok(LineFile {
             path: path.to_path_buf(),
             tmp,
@@ -55,7 +68,7 @@ impl LineFile {
         }
     }
 
-    /// Flushes, syncs and renames the file into place.
+    /// Flushes, syncs and renames the file into place (a device or pipe is only flushed).
     pub fn finish(&mut self) -> Result<(), String> {
         if let Some(e) = self.error.take() {
             self.abandon();
@@ -66,14 +79,21 @@ impl LineFile {
         };
         let fail = |e: std::io::Error| format!("cannot write output {}: {e}", self.path.display());
         let file = out.into_inner().map_err(|e| fail(e.into_error()))?;
-        file.sync_all().map_err(fail)?;
-        std::fs::rename(&self.tmp, &self.path).map_err(fail)
+        match &self.tmp {
+            Some(tmp) => {
+                file.sync_all().map_err(fail)?;
+                std::fs::rename(tmp, &self.path).map_err(fail)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Removes the temporary file (after a failed run).
     pub fn abandon(&mut self) {
         self.out = None;
-        let _ = std::fs::remove_file(&self.tmp);
+        if let Some(tmp) = &self.tmp {
+            let _ = std::fs::remove_file(tmp);
+        }
     }
 }
 
@@ -205,5 +225,47 @@ impl<'scope> SinkDeadLetterFile<'scope> for StreamVec<'scope, u64, DeadLetter> {
                 }
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn a_regular_file_appears_whole_only_when_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut f = LineFile::create(&path).unwrap();
+        f.write_line(b"{}");
+        assert!(!path.exists(), "renamed into place only by finish");
+        f.finish().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}\n");
+        assert!(!dir.path().join("out.jsonl.tmp").exists());
+    }
+
+    /// `--output /dev/null` (or a pipe) must not replace the device with a regular file.
+    #[test]
+    fn a_pipe_is_written_directly_and_stays_a_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&path).status().unwrap();
+        assert!(made.success());
+        let reader = {
+            let path = path.clone();
+            std::thread::spawn(move || std::fs::read(path).unwrap())
+        };
+        let mut f = LineFile::create(&path).unwrap();
+        f.write_line(b"a");
+        f.write_line(b"b");
+        f.finish().unwrap();
+        drop(f);
+        // Checked before joining the reader: had the pipe been replaced, its reader would
+        // still wait for a writer.
+        assert!(std::fs::metadata(&path).unwrap().file_type().is_fifo());
+        assert!(!dir.path().join("fifo.tmp").exists());
+        assert_eq!(reader.join().unwrap(), b"a\nb\n");
     }
 }
