@@ -189,17 +189,7 @@ pub fn restore(
                 table: cfg.table.clone(),
             })
         }
-        Some(f) => {
-            let mut versions = i32::MAX;
-            for family in cfg.families() {
-                versions = versions.min(*f.get(family).ok_or_else(|| HbaseError::MissingFamily {
-                    table: cfg.table.clone(),
-                    family: family.to_string(),
-                    found: f.keys().cloned().collect::<Vec<_>>().join(", "),
-                })?);
-            }
-            versions
-        }
+        Some(found) => client::family_versions(&cfg.table, &found, &cfg.families())?,
     };
     let mut store = SessionStore::new(session.clone());
     let mut out = Restored {

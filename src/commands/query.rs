@@ -17,7 +17,7 @@ use sessionflow_operators::event::parse_event;
 use sessionflow_operators::session::operator::key_hash;
 use sessionflow_operators::sink::hbase::schema::{self, col, Columns, RowKey, SessionRow, SALTS};
 
-use sessionflow_operators::sink::hbase::client::Timeouts;
+use sessionflow_operators::sink::hbase::client::{self, Timeouts};
 
 use crate::sessiondb::{self, HbaseClient, HbaseError};
 
@@ -310,7 +310,7 @@ pub fn sessions_aggregate(
             let row = SessionRow::decode(cols, r)?;
             a.rows += 1;
             a.bytes += row.key.len() as u64 + 64;
-            if row.merged_into.is_some() || RowKey::decode(&row.key).is_none() {
+            if row.merged_into.is_some() || row.id.is_none() {
                 continue;
             }
             if q.experiment.is_some() && !experiment_matches(row.experiments.as_deref().unwrap_or(&[]), q.experiment) {
@@ -321,9 +321,6 @@ pub fn sessions_aggregate(
             }
             a.sessions += 1;
             a.revenue += row.revenue.unwrap_or(0);
-            if let Some(v) = &row.visitor_id {
-                visitors.insert(v.clone());
-            }
             if let Some(name) = &q.conversion {
                 // A table written before `q:names` existed cannot answer this: say so rather
                 // than count no conversions.
@@ -334,6 +331,9 @@ pub fn sessions_aggregate(
                 if names.iter().any(|n| n == name) {
                     a.conversions += 1;
                 }
+            }
+            if let Some(v) = row.visitor_id {
+                visitors.insert(v);
             }
         }
     }
@@ -581,7 +581,7 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
         io: Duration::from_millis(args.timeout_ms),
     };
     let mut c = Conns::connect(&args.hbase, timeouts, args.parallel.into()).map_err(|e| e.to_string())?;
-    let families = match args.layout {
+    let families: Vec<&str> = match args.layout {
         Layout::Sessions => vec![&args.family, &args.query_family],
         Layout::Events => vec![&args.family],
     };
@@ -591,14 +591,8 @@ pub fn run(args: QueryArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?
     {
         None => return Err(format!("HBase table {:?} does not exist", args.table)),
-        Some(f) => {
-            if let Some(missing) = families.iter().find(|x| !f.contains_key(x.as_str())) {
-                return Err(format!(
-                    "HBase table {:?} has no column family {missing:?} (families: {}); a SessionDB table written before the query family existed needs rewriting",
-                    args.table,
-                    f.keys().cloned().collect::<Vec<_>>().join(", ")
-                ));
-            }
+        Some(found) => {
+            client::family_versions(&args.table, &found, &families).map_err(|e| e.to_string())?;
         }
     }
     let cols = Columns::new(&args.family, &args.query_family);

@@ -66,7 +66,7 @@ pub enum HbaseError {
         message: String,
     },
     /// The table exists but lacks the column family the SessionDB needs.
-    #[error("HBase table {table:?} exists but has no column family {family:?} (it has: {found}); use another --table or --hbase-family")]
+    #[error("HBase table {table:?} exists but has no column family {family:?} (it has: {found}); use another --table, or --hbase-family / --hbase-query-family")]
     MissingFamily {
         /// Table name.
         table: String,
@@ -151,6 +151,21 @@ pub struct HbaseClient {
 
 /// Which column families a table has, and its max versions per family.
 pub type Families = BTreeMap<String, i32>;
+
+/// The fewest max versions among `families` of `table`, whose families are `found`; an error
+/// naming the first one missing.
+pub fn family_versions(table: &str, found: &Families, families: &[&str]) -> Result<i32, HbaseError> {
+    families
+        .iter()
+        .try_fold(i32::MAX, |versions, family| match found.get(*family) {
+            Some(v) => Ok(versions.min(*v)),
+            None => Err(HbaseError::MissingFamily {
+                table: table.to_string(),
+                family: family.to_string(),
+                found: found.keys().cloned().collect::<Vec<_>>().join(", "),
+            }),
+        })
+}
 
 impl HbaseClient {
     /// Opens a connection to `addr` (`host:port`).
@@ -281,21 +296,8 @@ impl HbaseClient {
     /// `max_versions` versions per cell) when missing; errors when it exists without one of
     /// them, naming it. Returns the fewest max versions among them.
     pub fn ensure_table(&mut self, table: &str, families: &[&str], max_versions: i32) -> Result<i32, HbaseError> {
-        if let Some(fams) = self.families(table)? {
-            let mut versions = i32::MAX;
-            for family in families {
-                match fams.get(*family) {
-                    Some(v) => versions = versions.min(*v),
-                    None => {
-                        return Err(HbaseError::MissingFamily {
-                            table: table.to_string(),
-                            family: family.to_string(),
-                            found: fams.keys().cloned().collect::<Vec<_>>().join(", "),
-                        })
-                    }
-                }
-            }
-            return Ok(versions);
+        if let Some(found) = self.families(table)? {
+            return family_versions(table, &found, families);
         }
         let desc = |family: &str| ColumnDescriptor {
             name: Some(format!("{family}:").into_bytes()),
