@@ -10,7 +10,7 @@ use timely::dataflow::ProbeHandle;
 
 use crate::config::JobConfig;
 use crate::pipeline::Outputs;
-use crate::sessiondb::{self, HbaseEvents, HbaseSessions, HbaseSink, HbaseSinkConfig, SinkMode, SinkStats};
+use crate::sessiondb::{self, schema, HbaseEvents, HbaseSessions, HbaseSink, HbaseSinkConfig, SinkMode, SinkStats};
 
 /// What the HBase sink writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -35,10 +35,10 @@ pub struct HbaseArgs {
     #[arg(long = "hbase-mode", value_enum, default_value = "sessions")]
     pub mode: HbaseMode,
     /// Data column family: snapshots, states (and events, in events mode).
-    #[arg(long = "hbase-family", default_value = "s")]
+    #[arg(long = "hbase-family", default_value = schema::DATA_FAMILY)]
     pub family: String,
     /// Query column family of SessionDB: the small columns queries read.
-    #[arg(long = "hbase-query-family", default_value = "q")]
+    #[arg(long = "hbase-query-family", default_value = schema::QUERY_FAMILY)]
     pub query_family: String,
     /// Most rows per mutateRowsTs call (rows).
     #[arg(long = "hbase-batch", default_value_t = 500)]

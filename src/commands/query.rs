@@ -40,10 +40,10 @@ pub struct QueryArgs {
     #[arg(long)]
     pub table: String,
     /// Data column family (snapshots; events of an event-per-cell table).
-    #[arg(long = "hbase-family", default_value = "s")]
+    #[arg(long = "hbase-family", default_value = schema::DATA_FAMILY)]
     pub family: String,
     /// Query column family of SessionDB (the columns aggregates read).
-    #[arg(long = "hbase-query-family", default_value = "q")]
+    #[arg(long = "hbase-query-family", default_value = schema::QUERY_FAMILY)]
     pub query_family: String,
     /// Table layout: `sessions` (SessionDB) or `events` (event-per-cell).
     #[arg(long, value_enum, default_value = "sessions")]

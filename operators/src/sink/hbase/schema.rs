@@ -52,6 +52,9 @@ pub const DATA_FAMILY: &str = "s";
 /// Default query family: the small columns queries read.
 pub const QUERY_FAMILY: &str = "q";
 
+/// The qualifiers of [`col`] held by the data family; every other one is in the query family.
+const DATA_COLUMNS: [&str; 5] = [col::SNAPSHOT, col::STATE, col::EVENT, col::WRITTEN, col::COMPACTED];
+
 /// Number of salt buckets (the first row-key byte).
 pub const SALTS: u8 = 16;
 
@@ -306,36 +309,37 @@ impl Default for Columns {
 impl Columns {
     /// The names in data family `data` and query family `query`.
     pub fn new(data: &str, query: &str) -> Columns {
+        let name = |q: &str| column(if DATA_COLUMNS.contains(&q) { data } else { query }, q);
         Columns {
             data_family: data.to_string(),
             query_family: query.to_string(),
-            snapshot: column(data, col::SNAPSHOT),
-            start: column(query, col::START),
-            end: column(query, col::END),
-            event_count: column(query, col::EVENT_COUNT),
-            revenue: column(query, col::REVENUE),
-            visitor_id: column(query, col::VISITOR_ID),
-            project_id: column(query, col::PROJECT_ID),
-            experiments: column(query, col::EXPERIMENTS),
-            names: column(query, col::NAMES),
-            window: column(query, col::WINDOW),
-            closed: column(query, col::CLOSED),
-            merged_into: column(query, col::MERGED_INTO),
-            state: column(data, col::STATE),
-            event: column(data, col::EVENT),
-            written: column(data, col::WRITTEN),
-            compacted: column(data, col::COMPACTED),
+            snapshot: name(col::SNAPSHOT),
+            start: name(col::START),
+            end: name(col::END),
+            event_count: name(col::EVENT_COUNT),
+            revenue: name(col::REVENUE),
+            visitor_id: name(col::VISITOR_ID),
+            project_id: name(col::PROJECT_ID),
+            experiments: name(col::EXPERIMENTS),
+            names: name(col::NAMES),
+            window: name(col::WINDOW),
+            closed: name(col::CLOSED),
+            merged_into: name(col::MERGED_INTO),
+            state: name(col::STATE),
+            event: name(col::EVENT),
+            written: name(col::WRITTEN),
+            compacted: name(col::COMPACTED),
         }
     }
 
     /// `family:qualifier` of a qualifier of [`col`], in the family that holds it.
     pub fn named(&self, qualifier: &str) -> Vec<u8> {
-        let data = [col::SNAPSHOT, col::STATE, col::EVENT, col::WRITTEN, col::COMPACTED];
-        if data.contains(&qualifier) {
-            column(&self.data_family, qualifier)
+        let family = if DATA_COLUMNS.contains(&qualifier) {
+            &self.data_family
         } else {
-            column(&self.query_family, qualifier)
-        }
+            &self.query_family
+        };
+        column(family, qualifier)
     }
 
     /// The row of a snapshot: every column but `s:state` (open sessions only) and
