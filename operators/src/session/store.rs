@@ -164,16 +164,25 @@ impl SessionStore {
     pub fn process(&mut self, m: u64, out: &mut impl FnMut(SessionOutput)) {
         self.expire(m);
         let mut touched: Vec<SessionRef> = Vec::new();
-        if let Some(mut events) = self.pending.remove(&m) {
-            events.sort_unstable_by(|a, b| {
-                (a.event.timestamp, a.event.event_id.as_bytes(), a.partition, a.offset).cmp(&(
-                    b.event.timestamp,
-                    b.event.event_id.as_bytes(),
-                    b.partition,
-                    b.offset,
-                ))
+        if let Some(events) = self.pending.remove(&m) {
+            // Sort a permutation, not the records (each is a few hundred bytes to move).
+            let mut order: Vec<(i64, u32)> = events
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.event.timestamp, i as u32))
+                .collect();
+            order.sort_unstable_by(|a, b| {
+                a.0.cmp(&b.0).then_with(|| {
+                    let (x, y) = (&events[a.1 as usize], &events[b.1 as usize]);
+                    (x.event.event_id.as_bytes(), x.partition, x.offset).cmp(&(
+                        y.event.event_id.as_bytes(),
+                        y.partition,
+                        y.offset,
+                    ))
+                })
             });
-            for rec in events {
+            let mut slots: Vec<Option<Sourced>> = events.into_iter().map(Some).collect();
+            for rec in order.into_iter().filter_map(|(_, i)| slots[i as usize].take()) {
                 if rec.event.session_id.is_some() {
                     self.apply_keyed(m, rec, &mut touched, out);
                 } else {
@@ -313,7 +322,7 @@ impl SessionStore {
             self.counters.duplicates += 1;
             return;
         }
-        s.accept(e, &self.cfg);
+        s.accept(rec.event, &self.cfg);
         self.counters.accepted += 1;
         Self::reindex(&self.cfg, &mut self.close_index, s, m, || {
             SessionRef::Id(Rc::clone(&key))
@@ -387,7 +396,7 @@ impl SessionStore {
             at
         };
         let s = &mut group.open[survivor_at];
-        s.accept(e, cfg);
+        s.accept(rec.event, cfg);
         self.counters.accepted += 1;
         let id: Box<str> = s.id().into();
         Self::reindex(cfg, &mut self.close_index, s, m, || {
