@@ -269,6 +269,13 @@ pub fn parse_event(line: &[u8]) -> Result<Event, Invalid> {
     // Validating the whole line at once is faster than letting serde_json check every
     // string on its own, and `from_str` then skips those checks.
     let text = std::str::from_utf8(line).map_err(|e| Invalid::NotUtf8 { at: e.valid_up_to() })?;
+    parse_event_str(text)
+}
+
+/// [`parse_event`] of a line already known to be UTF-8 (e.g. a `String` the caller keeps):
+/// the same validation and errors, without checking the encoding again. The caller checks
+/// the length ([`MAX_LINE_BYTES`]) first, as [`parse_event`] does.
+pub fn parse_event_str(text: &str) -> Result<Event, Invalid> {
     let mut de = serde_json::Deserializer::from_str(text);
     let event = parse_event_from(&mut de)?;
     de.end().map_err(|e| Invalid::Json(e.to_string()))?;

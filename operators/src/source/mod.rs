@@ -44,7 +44,7 @@ use timely::dataflow::operators::OkErr;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use timely::scheduling::SyncActivator;
 
-use crate::event::{parse_event, MAX_LINE_BYTES};
+use crate::event::{parse_event_str, Invalid, MAX_LINE_BYTES};
 use crate::record::{DeadLetter, Sourced};
 
 /// Watermark state of one partition.
@@ -433,14 +433,20 @@ pub fn parse_record(rec: RawRecord) -> Result<Sourced, DeadLetter> {
             raw: String::new(),
         });
     }
-    let parsed = if rec.bytes.len() > MAX_LINE_BYTES {
-        None
-    } else {
-        Some(parse_event(&rec.bytes))
-    };
-    let raw = match String::from_utf8(rec.bytes) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    // One UTF-8 check serves both the kept line and the parser.
+    let (raw, parsed) = match String::from_utf8(rec.bytes) {
+        Ok(s) => {
+            let parsed = (s.len() <= MAX_LINE_BYTES).then(|| parse_event_str(&s));
+            (s, parsed)
+        }
+        Err(e) => {
+            let parsed = (e.as_bytes().len() <= MAX_LINE_BYTES).then(|| {
+                Err(Invalid::NotUtf8 {
+                    at: e.utf8_error().valid_up_to(),
+                })
+            });
+            (String::from_utf8_lossy(e.as_bytes()).into_owned(), parsed)
+        }
     };
     match parsed {
         Some(Ok(event)) => Ok(Sourced {
@@ -834,16 +840,40 @@ mod tests {
             bytes: vec![b' '; MAX_LINE_BYTES + 1],
         };
         let d = parse_record(big).unwrap_err();
-        assert!(d.reason.starts_with("invalid"));
+        assert_eq!(d.reason, format!("invalid: line over {MAX_LINE_BYTES} bytes"));
         assert_eq!((d.partition, d.offset), (3, 9));
+        // Over the limit and not UTF-8: the length is the reason, as in `parse_event`.
+        let mut big_bad = vec![b' '; MAX_LINE_BYTES + 1];
+        big_bad[0] = 0xff;
+        let d = parse_record(RawRecord {
+            partition: 0,
+            offset: 0,
+            bytes: big_bad,
+        })
+        .unwrap_err();
+        assert_eq!(d.reason, format!("invalid: line over {MAX_LINE_BYTES} bytes"));
         let bad = RawRecord {
             partition: 0,
             offset: 1,
-            bytes: vec![0xff, b'{'],
+            bytes: vec![b'{', 0xff, b'}'],
         };
         let d = parse_record(bad).unwrap_err();
-        assert!(d.reason.starts_with("invalid"));
-        assert_eq!(d.raw, "\u{fffd}{");
+        assert_eq!(d.reason, "invalid: not UTF-8 (byte 1)");
+        assert_eq!(
+            d.reason,
+            crate::event::parse_event(&[b'{', 0xff, b'}']).unwrap_err().to_string()
+        );
+        assert_eq!(d.raw, "{\u{fffd}}");
+        // A valid line parses to the same event as `parse_event` gives.
+        let line = br#"{"event_id":"e","visitor_id":"v","project_id":1,"timestamp":1700000000000,"type":"click"}"#;
+        let ok = parse_record(RawRecord {
+            partition: 0,
+            offset: 2,
+            bytes: line.to_vec(),
+        })
+        .unwrap();
+        assert_eq!(ok.event, crate::event::parse_event(line).unwrap());
+        assert_eq!(ok.raw.as_bytes(), line);
     }
 
     /// One partition of lines, with resume points, recording the commits it gets.
