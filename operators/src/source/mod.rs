@@ -433,18 +433,17 @@ pub fn parse_record(rec: RawRecord) -> Result<Sourced, DeadLetter> {
             raw: String::new(),
         });
     }
-    // One UTF-8 check serves both the kept line and the parser.
+    // One UTF-8 check serves both the kept line and the parser; a line over the limit is
+    // dead-lettered for its length whatever its bytes.
+    let fits = rec.bytes.len() <= MAX_LINE_BYTES;
     let (raw, parsed) = match String::from_utf8(rec.bytes) {
         Ok(s) => {
-            let parsed = (s.len() <= MAX_LINE_BYTES).then(|| parse_event_str(&s));
+            let parsed = fits.then(|| parse_event_str(&s));
             (s, parsed)
         }
         Err(e) => {
-            let parsed = (e.as_bytes().len() <= MAX_LINE_BYTES).then(|| {
-                Err(Invalid::NotUtf8 {
-                    at: e.utf8_error().valid_up_to(),
-                })
-            });
+            let at = e.utf8_error().valid_up_to();
+            let parsed = fits.then_some(Err(Invalid::NotUtf8 { at }));
             (String::from_utf8_lossy(e.as_bytes()).into_owned(), parsed)
         }
     };
