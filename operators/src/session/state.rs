@@ -7,7 +7,6 @@
 //! case that an earlier-timestamped event changes a session attribute's value. Events past the
 //! cap keep only what exact counting and merging need (id, timestamp, revenue).
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
 
 use hashbrown::HashMap;
@@ -208,14 +207,8 @@ struct Incoming<'a> {
     id: &'a str,
     revenue: i64,
     body: &'a [u8],
-    /// Owned when it came with the event (moved into the session, never copied).
-    attrs: Option<Cow<'a, [(String, AttrValue)]>>,
-    exps: Option<Cow<'a, [(u64, u64)]>>,
-}
-
-/// Interned set `i` of `sets` (borrowed), or `None` for [`NO_ATTRS`].
-fn set_of<T: Clone>(sets: &[Vec<T>], i: u16) -> Option<Cow<'_, [T]>> {
-    (i != NO_ATTRS).then(|| Cow::Borrowed(&sets[i as usize][..]))
+    attrs: Option<&'a [(String, AttrValue)]>,
+    exps: Option<&'a [(u64, u64)]>,
 }
 
 fn id_hash(id: &str) -> u64 {
@@ -344,14 +337,13 @@ impl Session {
         listed || self.unlisted.as_ref().is_some_and(|u| u.contains_key(id))
     }
 
-    /// Accepts an event (the caller checked it is not a duplicate). The event's attributes
-    /// move into the session, so an event that brings a new attribute set costs no copy.
-    pub fn accept(&mut self, e: Event, cfg: &SessionConfig) {
+    /// Accepts an event (the caller checked it is not a duplicate).
+    pub fn accept(&mut self, e: &Event, cfg: &SessionConfig) {
         let mut body = Vec::with_capacity(96);
-        event_body(&e, &mut body);
-        let attrs = e.attributes.filter(|a| !a.is_empty());
+        event_body(e, &mut body);
+        let attrs = e.attributes.as_deref().filter(|a| !a.is_empty());
         self.offer_first(e.timestamp, &e.event_id, &e.visitor_id, e.project_id);
-        let changed = self.count_in(e.timestamp, &e.event_id, e.revenue.unwrap_or(0), attrs.as_deref());
+        let changed = self.count_in(e.timestamp, &e.event_id, e.revenue.unwrap_or(0), attrs);
         let mut exps: Vec<(u64, u64)> = e
             .experiments
             .iter()
@@ -363,13 +355,14 @@ impl Session {
         for x in &exps {
             self.add_experiment(*x);
         }
+        let exps = (!exps.is_empty()).then_some(exps.as_slice());
         let inc = Incoming {
             ts: e.timestamp,
             id: &e.event_id,
             revenue: e.revenue.unwrap_or(0),
             body: &body,
-            attrs: attrs.map(Cow::Owned),
-            exps: (!exps.is_empty()).then_some(Cow::Owned(exps)),
+            attrs,
+            exps,
         };
         self.list(inc, cfg);
         if changed {
@@ -457,28 +450,28 @@ impl Session {
         }
     }
 
-    fn intern_attrs(&mut self, attrs: Option<Cow<'_, [(String, AttrValue)]>>) -> u16 {
+    fn intern_attrs(&mut self, attrs: Option<&[(String, AttrValue)]>) -> u16 {
         let Some(attrs) = attrs else { return NO_ATTRS };
-        if let Some(i) = self.attr_sets.iter().position(|s| s.as_slice() == attrs.as_ref()) {
+        if let Some(i) = self.attr_sets.iter().position(|s| s.as_slice() == attrs) {
             return i as u16;
         }
         if self.attr_sets.len() >= NO_ATTRS as usize - 1 {
             // Pathological: tens of thousands of distinct maps. Drop the unused ones first.
             self.compact_sets();
         }
-        self.attr_sets.push(attrs.into_owned());
+        self.attr_sets.push(attrs.to_vec());
         (self.attr_sets.len() - 1) as u16
     }
 
-    fn intern_exps(&mut self, exps: Option<Cow<'_, [(u64, u64)]>>) -> u16 {
+    fn intern_exps(&mut self, exps: Option<&[(u64, u64)]>) -> u16 {
         let Some(exps) = exps else { return NO_ATTRS };
-        if let Some(i) = self.exp_sets.iter().position(|s| s.as_slice() == exps.as_ref()) {
+        if let Some(i) = self.exp_sets.iter().position(|s| s.as_slice() == exps) {
             return i as u16;
         }
         if self.exp_sets.len() >= NO_ATTRS as usize - 1 {
             self.compact_sets();
         }
-        self.exp_sets.push(exps.into_owned());
+        self.exp_sets.push(exps.to_vec());
         (self.exp_sets.len() - 1) as u16
     }
 
@@ -656,6 +649,8 @@ impl Session {
         let mut dropped = 0u64;
         // Gap sessions of one pair share visitor and project, so only the order key can move.
         self.offer_first(other.first_ts, &other.first_id, &other.visitor_id, other.project_id);
+        let set = |sets: &[Vec<(String, AttrValue)>], i: u16| (i != NO_ATTRS).then(|| sets[i as usize].clone());
+        let xset = |sets: &[Vec<(u64, u64)>], i: u16| (i != NO_ATTRS).then(|| sets[i as usize].clone());
         for l in &other.listed {
             let id = std::str::from_utf8(other.listed_id(l)).unwrap_or_default();
             if self.has_event(id) {
@@ -664,13 +659,15 @@ impl Session {
             }
             let s = l.off as usize + l.id_len as usize;
             let body = &other.arena[s..s + l.body_len as usize];
+            let attrs = set(&other.attr_sets, l.attrs);
+            let exps = xset(&other.exp_sets, l.exps);
             let inc = Incoming {
                 ts: l.ts,
                 id,
                 revenue: l.revenue,
                 body,
-                attrs: set_of(&other.attr_sets, l.attrs),
-                exps: set_of(&other.exp_sets, l.exps),
+                attrs: attrs.as_deref(),
+                exps: exps.as_deref(),
             };
             self.list(inc, cfg);
         }
@@ -679,8 +676,8 @@ impl Session {
                 dropped += 1;
                 continue;
             }
-            let attrs = self.intern_attrs(set_of(&other.attr_sets, u.attrs));
-            let exps = self.intern_exps(set_of(&other.exp_sets, u.exps));
+            let attrs = self.intern_attrs(set(&other.attr_sets, u.attrs).as_deref());
+            let exps = self.intern_exps(xset(&other.exp_sets, u.exps).as_deref());
             self.unlist(
                 id,
                 Unlisted {
@@ -969,8 +966,8 @@ mod tests {
             variation_id: 1,
         }]);
         let mut s = Session::open("s1", &e1, 0);
-        s.accept(e1.clone(), &cfg);
-        s.accept(e2.clone(), &cfg);
+        s.accept(&e1, &cfg);
+        s.accept(&e2, &cfg);
         let got = snap_value(&s, 28_333_334, false);
         let want = json!({"session_id":"s1","project_id":7,"visitor_id":"v1","start":1700000000000i64,
             "end":1700000060000i64,"event_count":2,"revenue":1299,
@@ -993,9 +990,9 @@ mod tests {
         let mut e = ev("b", 200);
         e.attributes = attrs(&[("country", "US")]);
         let mut s = Session::open("s1", &e, 0);
-        s.accept(e.clone(), &cfg);
+        s.accept(&e, &cfg);
         assert_eq!(snap_value(&s, 1, false)["events"][0].get("attributes"), None);
-        s.accept(late.clone(), &cfg);
+        s.accept(&late, &cfg);
         let v = snap_value(&s, 2, false);
         assert_eq!(v["attributes"], json!({"country":"FR"}));
         assert_eq!(v["visitor_id"], "v0");
@@ -1022,7 +1019,7 @@ mod tests {
             let mut e = ev(id, ts);
             e.revenue = Some(rev);
             assert!(!s.has_event(id));
-            s.accept(e.clone(), &cfg);
+            s.accept(&e, &cfg);
             assert!(s.has_event(id));
         }
         let v = snap_value(&s, 1, true);
@@ -1049,12 +1046,12 @@ mod tests {
         for (id, ts, rev) in [("x", 1, 1), ("dup", 3, 10)] {
             let mut e = ev(id, ts);
             e.revenue = Some(rev);
-            a.accept(e.clone(), &cfg);
+            a.accept(&e, &cfg);
         }
         for (id, ts, rev) in [("y", 5, 100), ("dup", 3, 10), ("z", 9, 1000)] {
             let mut e = ev(id, ts);
             e.revenue = Some(rev);
-            b.accept(e.clone(), &cfg);
+            b.accept(&e, &cfg);
         }
         let dropped = a.absorb(b, &cfg);
         assert_eq!(dropped, 1);
@@ -1075,7 +1072,7 @@ mod tests {
         for i in 0..6 {
             let mut e = ev(&format!("e{i}"), 10 + i);
             e.attributes = attrs(&[("k", if i % 2 == 0 { "x" } else { "y" })]);
-            s.accept(e.clone(), &cfg);
+            s.accept(&e, &cfg);
         }
         let back = Session::from_state(&s.to_state()).unwrap();
         assert_eq!(snap_value(&back, 9, false), snap_value(&s, 9, false));
@@ -1165,16 +1162,16 @@ mod tests {
             let mut s = Session::open("s1", &events[0], 0);
             for e in &events {
                 prop_assert!(!s.has_event(&e.event_id));
-                s.accept(e.clone(), &cfg);
+                s.accept(e, &cfg);
             }
             prop_assert_eq!(snap_value(&s, 1, false), model(&events, max));
             // Splitting the events over two sessions and merging gives the same snapshot.
             let (left, right) = events.split_at(events.len() / 2);
             if !left.is_empty() && !right.is_empty() {
                 let mut a = Session::open("s1", &left[0], 0);
-                left.iter().for_each(|e| a.accept(e.clone(), &cfg));
+                left.iter().for_each(|e| a.accept(e, &cfg));
                 let mut b = Session::open("s2", &right[0], 0);
-                right.iter().for_each(|e| b.accept(e.clone(), &cfg));
+                right.iter().for_each(|e| b.accept(e, &cfg));
                 prop_assert_eq!(a.absorb(b, &cfg), 0);
                 prop_assert_eq!(snap_value(&a, 1, false), model(&events, max));
             }

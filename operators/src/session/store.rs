@@ -322,7 +322,7 @@ impl SessionStore {
             self.counters.duplicates += 1;
             return;
         }
-        s.accept(rec.event, &self.cfg);
+        s.accept(e, &self.cfg);
         self.counters.accepted += 1;
         Self::reindex(&self.cfg, &mut self.close_index, s, m, || {
             SessionRef::Id(Rc::clone(&key))
@@ -396,7 +396,7 @@ impl SessionStore {
             at
         };
         let s = &mut group.open[survivor_at];
-        s.accept(rec.event, cfg);
+        s.accept(e, cfg);
         self.counters.accepted += 1;
         let id: Box<str> = s.id().into();
         Self::reindex(cfg, &mut self.close_index, s, m, || {
