@@ -437,33 +437,33 @@ pub fn parse_record(rec: RawRecord) -> Result<Sourced, DeadLetter> {
     // dead-lettered for its length whatever its bytes.
     let fits = rec.bytes.len() <= MAX_LINE_BYTES;
     let (raw, parsed) = match String::from_utf8(rec.bytes) {
-        Ok(s) => {
-            let parsed = fits.then(|| parse_event_str(&s));
+        Ok(s) if fits => {
+            let parsed = parse_event_str(&s);
             (s, parsed)
         }
+        Ok(s) => (s, Err(Invalid::TooLong)),
         Err(e) => {
-            let at = e.utf8_error().valid_up_to();
-            let parsed = fits.then_some(Err(Invalid::NotUtf8 { at }));
-            (String::from_utf8_lossy(e.as_bytes()).into_owned(), parsed)
+            let reason = if fits {
+                Invalid::NotUtf8 {
+                    at: e.utf8_error().valid_up_to(),
+                }
+            } else {
+                Invalid::TooLong
+            };
+            (String::from_utf8_lossy(e.as_bytes()).into_owned(), Err(reason))
         }
     };
     match parsed {
-        Some(Ok(event)) => Ok(Sourced {
+        Ok(event) => Ok(Sourced {
             partition: rec.partition,
             offset: rec.offset,
             raw,
             event,
         }),
-        Some(Err(e)) => Err(DeadLetter {
+        Err(e) => Err(DeadLetter {
             partition: rec.partition,
             offset: rec.offset,
             reason: e.to_string(),
-            raw,
-        }),
-        None => Err(DeadLetter {
-            partition: rec.partition,
-            offset: rec.offset,
-            reason: format!("invalid: line over {MAX_LINE_BYTES} bytes"),
             raw,
         }),
     }
