@@ -11,6 +11,7 @@
 //! HFile stores per cell, before block overhead), and HBase's store-file size after a flush and
 //! a real major compaction (`scripts/services.sh compact`, Java Admin API). Queries run their
 //! scans `BENCH_PARALLEL` (default 8) at a time, for both layouts alike.
+//! `BENCH_COMPRESSION=GZ` (or another HBase algorithm) creates both tables compressed.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -247,6 +248,7 @@ fn main() -> Res<()> {
     let session = job().session;
     let tag = std::process::id();
     let (ts, te) = (format!("bench_sessions_{tag}"), format!("bench_events_{tag}"));
+    let compression = std::env::var("BENCH_COMPRESSION").unwrap_or_else(|_| "NONE".into());
     let mut tables = Vec::new();
     for (t, mode) in [(&ts, SinkMode::Sessions), (&te, SinkMode::Events)] {
         c.drop_table(t).map_err(|e| e.to_string())?;
@@ -256,13 +258,14 @@ fn main() -> Res<()> {
             mode,
             window_ms: session.window_ms,
             gap_ms: session.gap_ms,
+            compression: compression.clone(),
             ..HbaseSinkConfig::default()
         };
         cfg.prepare().map_err(|e| e.to_string())?;
         tables.push(cfg);
     }
     println!(
-        "sessiondb bench: {events} generated lines, 4 partitions, seed 42, HBase at {}",
+        "sessiondb bench: {events} generated lines, 4 partitions, seed 42, HBase at {}, compression {compression}",
         thrift()
     );
     let (load_s, finals) = load(Arc::clone(&lines), tables[0].clone());

@@ -306,6 +306,13 @@ hbase.master.port $HBASE_MASTER_PORT
 hbase.regionserver.port $HBASE_RS_PORT
 # Fewer RPC handler threads than the default 30: a small shared machine.
 hbase.regionserver.handler.count 10
+# Column family compression (--hbase-compression): GZ is pure Java in HBase itself; LZ4,
+# SNAPPY, ZSTD and LZO would need Hadoop's native library, so they use HBase's pure-Java
+# aircompressor codecs (hbase-compression-aircompressor in the pom) instead.
+hbase.io.compress.lz4.codec org.apache.hadoop.hbase.io.compress.aircompressor.Lz4Codec
+hbase.io.compress.snappy.codec org.apache.hadoop.hbase.io.compress.aircompressor.SnappyCodec
+hbase.io.compress.zstd.codec org.apache.hadoop.hbase.io.compress.aircompressor.ZstdCodec
+hbase.io.compress.lzo.codec org.apache.hadoop.hbase.io.compress.aircompressor.LzoCodec
 EOF
     printf '</configuration>\n'
   } >"$HBASE_DIR/conf/hbase-site.xml"

@@ -46,6 +46,10 @@ pub struct HbaseArgs {
     /// Versions kept per cell when creating the table (0 = retain windows + 2).
     #[arg(long = "hbase-max-versions", default_value_t = 0)]
     pub max_versions: u32,
+    /// Compression of the column families when creating the table: an HBase algorithm name
+    /// (NONE, GZ, SNAPPY, LZ4, ZSTD ..., as the region servers support; default NONE).
+    #[arg(long = "hbase-compression", value_name = "ALGORITHM")]
+    pub compression: Option<String>,
     /// Windows a closed row keeps its history before the sink drops it (0 = ceil(gap / W)).
     #[arg(long = "hbase-retain-windows", default_value_t = 0)]
     pub retain_windows: u64,
@@ -74,6 +78,9 @@ impl HbaseArgs {
         cfg.batch_rows = self.batch_rows;
         if self.max_versions > 0 {
             cfg.max_versions = self.max_versions;
+        }
+        if let Some(c) = &self.compression {
+            cfg.compression = c.clone();
         }
         if self.retain_windows > 0 {
             cfg.retain_windows = self.retain_windows;

@@ -98,6 +98,11 @@ pub struct HbaseSinkConfig {
     /// `retain_windows + 2` (sessions) or 1 (events). An exact restore needs the version as of
     /// the committed window, so this bounds how far the job may write past its last commit.
     pub max_versions: u32,
+    /// Compression of every column family when the sink creates the table: an HBase
+    /// algorithm name (`NONE`, `GZ`, `SNAPPY`, `LZ4`, `ZSTD` ..., whichever codecs the region
+    /// servers have; the server refuses others when the table is created). A table that
+    /// already exists keeps its own. Unit: none (a name).
+    pub compression: String,
     /// How long a closed session row keeps its history (older versions, state) after it
     /// closed, in windows; 0 derives `ceil(gap / W)`, when its closed-set entry expires.
     pub retain_windows: u64,
@@ -124,6 +129,7 @@ impl Default for HbaseSinkConfig {
             idle_reconnect_ms: 45_000,
             startup_timeout_ms: 300_000,
             max_versions: 0,
+            compression: "NONE".into(),
             retain_windows: 0,
             window_ms: 60_000,
             gap_ms: 30 * 60_000,
@@ -164,6 +170,12 @@ impl HbaseSinkConfig {
         }
         if self.batch_rows == 0 || self.window_ms == 0 {
             return Err("HBase batch rows and window must be at least 1".into());
+        }
+        if self.compression.is_empty() || !self.compression.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(format!(
+                "bad HBase compression {:?} (an algorithm name such as NONE or GZ)",
+                self.compression
+            ));
         }
         if self.max_versions > i32::MAX as u32 {
             return Err("HBase max versions is too large".into());
@@ -230,7 +242,7 @@ impl HbaseSinkConfig {
             if c.idle() > Duration::from_millis(self.idle_reconnect_ms) {
                 c = client::HbaseClient::connect(&self.thrift, self.timeouts())?;
             }
-            c.ensure_table(&self.table, &self.families(), self.versions())
+            c.ensure_table(&self.table, &self.families(), self.versions(), &self.compression)
         })
         .map(|v| v.max(1) as u32)
     }
@@ -533,4 +545,30 @@ where
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_names_are_checked_before_reaching_the_server() {
+        let mut cfg = HbaseSinkConfig::default();
+        assert_eq!(cfg.compression, "NONE");
+        for ok in ["NONE", "GZ", "snappy", "LZ4", "ZSTD"] {
+            cfg.compression = ok.into();
+            assert_eq!(cfg.validate(), Ok(()), "{ok}");
+        }
+        for bad in ["", "gz; drop", "lz4 ", "zstd:3"] {
+            cfg.compression = bad.into();
+            assert!(cfg.validate().unwrap_err().contains("bad HBase compression"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_config_file_may_set_the_compression() {
+        let cfg: HbaseSinkConfig = serde_json::from_str(r#"{"table": "t", "compression": "GZ"}"#).unwrap();
+        assert_eq!((cfg.table.as_str(), cfg.compression.as_str()), ("t", "GZ"));
+        assert!(serde_json::from_str::<HbaseSinkConfig>(r#"{"compresion": "GZ"}"#).is_err());
+    }
 }

@@ -240,9 +240,13 @@ impl HbaseClient {
             },
             thrift::Error::User(u) => {
                 if let Some(io) = u.downcast_ref::<IOError>() {
-                    HbaseError::Server {
-                        op,
-                        message: first_line(io.message.as_deref().unwrap_or("IOError")),
+                    let message = first_line(io.message.as_deref().unwrap_or("IOError"));
+                    // The master's sanity check refusing a table (a codec the region servers
+                    // lack, a bad setting) is final; other I/O errors are worth a retry.
+                    if op == "createTable" && message.contains("DoNotRetryIOException") {
+                        HbaseError::IllegalArgument { op, message }
+                    } else {
+                        HbaseError::Server { op, message }
                     }
                 } else if let Some(ia) = u.downcast_ref::<IllegalArgument>() {
                     HbaseError::IllegalArgument {
@@ -292,17 +296,43 @@ impl HbaseClient {
         Ok(Some(out))
     }
 
+    /// The compression algorithm of each column family of `table` (as HBase names it: `NONE`,
+    /// `GZ` ...), or `None` when it does not exist.
+    pub fn family_compression(&mut self, table: &str) -> Result<Option<BTreeMap<String, String>>, HbaseError> {
+        if !self.table_names()?.iter().any(|t| t.as_slice() == table.as_bytes()) {
+            return Ok(None);
+        }
+        let cols = self.call("getColumnDescriptors", |c| {
+            c.get_column_descriptors(table.as_bytes().to_vec())
+        })?;
+        Ok(Some(
+            cols.into_iter()
+                .map(|(name, d)| {
+                    let name = String::from_utf8_lossy(&name).trim_end_matches(':').to_string();
+                    (name, d.compression.unwrap_or_default())
+                })
+                .collect(),
+        ))
+    }
+
     /// Makes sure `table` exists with every column family of `families`: creates it (keeping
-    /// `max_versions` versions per cell) when missing; errors when it exists without one of
+    /// `max_versions` versions per cell, compressed with the HBase algorithm `compression`:
+    /// `NONE`, `GZ` ...) when missing; errors when it exists without one of
     /// them, naming it. Returns the fewest max versions among them.
-    pub fn ensure_table(&mut self, table: &str, families: &[&str], max_versions: i32) -> Result<i32, HbaseError> {
+    pub fn ensure_table(
+        &mut self,
+        table: &str,
+        families: &[&str],
+        max_versions: i32,
+        compression: &str,
+    ) -> Result<i32, HbaseError> {
         if let Some(found) = self.families(table)? {
             return family_versions(table, &found, families);
         }
         let desc = |family: &str| ColumnDescriptor {
             name: Some(format!("{family}:").into_bytes()),
             max_versions: Some(max_versions.max(1)),
-            compression: Some("NONE".into()),
+            compression: Some(compression.into()),
             in_memory: Some(false),
             bloom_filter_type: Some("NONE".into()),
             bloom_filter_vector_size: Some(0),
@@ -315,7 +345,7 @@ impl HbaseClient {
             Ok(()) => Ok(max_versions.max(1)),
             // Another worker or process created it meanwhile: check it.
             Err(HbaseError::Server { .. }) if self.families(table)?.is_some() => {
-                self.ensure_table(table, families, max_versions)
+                self.ensure_table(table, families, max_versions, compression)
             }
             Err(e) => Err(e),
         }
