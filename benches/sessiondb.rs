@@ -11,7 +11,8 @@
 //! HFile stores per cell, before block overhead), and HBase's store-file size after a flush and
 //! a real major compaction (`scripts/services.sh compact`, Java Admin API). Queries run their
 //! scans `BENCH_PARALLEL` (default 8) at a time, for both layouts alike.
-//! `BENCH_COMPRESSION=GZ` (or another HBase algorithm) creates both tables compressed.
+//! Both tables get the sink's default compression (GZ); `BENCH_COMPRESSION=NONE` (or another
+//! HBase algorithm) overrides it for both.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -248,7 +249,7 @@ fn main() -> Res<()> {
     let session = job().session;
     let tag = std::process::id();
     let (ts, te) = (format!("bench_sessions_{tag}"), format!("bench_events_{tag}"));
-    let compression = std::env::var("BENCH_COMPRESSION").unwrap_or_else(|_| "NONE".into());
+    let compression = std::env::var("BENCH_COMPRESSION").unwrap_or_else(|_| HbaseSinkConfig::default().compression);
     let mut tables = Vec::new();
     for (t, mode) in [(&ts, SinkMode::Sessions), (&te, SinkMode::Events)] {
         c.drop_table(t).map_err(|e| e.to_string())?;

@@ -47,7 +47,8 @@ pub struct HbaseArgs {
     #[arg(long = "hbase-max-versions", default_value_t = 0)]
     pub max_versions: u32,
     /// Compression of the column families when creating the table: an HBase algorithm name
-    /// (NONE, GZ, SNAPPY, LZ4, ZSTD ..., as the region servers support; default NONE).
+    /// (GZ, the default, works on any HBase; NONE, SNAPPY, LZ4, ZSTD ... as the region
+    /// servers support).
     #[arg(long = "hbase-compression", value_name = "ALGORITHM")]
     pub compression: Option<String>,
     /// Windows a closed row keeps its history before the sink drops it (0 = ceil(gap / W)).

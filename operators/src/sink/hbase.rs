@@ -99,9 +99,9 @@ pub struct HbaseSinkConfig {
     /// the committed window, so this bounds how far the job may write past its last commit.
     pub max_versions: u32,
     /// Compression of every column family when the sink creates the table: an HBase
-    /// algorithm name (`NONE`, `GZ`, `SNAPPY`, `LZ4`, `ZSTD` ..., whichever codecs the region
-    /// servers have; the server refuses others when the table is created). A table that
-    /// already exists keeps its own. Unit: none (a name).
+    /// algorithm name (`GZ`, the default: pure Java, on every HBase; `NONE`, `SNAPPY`, `LZ4`,
+    /// `ZSTD` ..., whichever codecs the region servers have; the server refuses others when
+    /// the table is created). A table that already exists keeps its own. Unit: none (a name).
     pub compression: String,
     /// How long a closed session row keeps its history (older versions, state) after it
     /// closed, in windows; 0 derives `ceil(gap / W)`, when its closed-set entry expires.
@@ -129,7 +129,7 @@ impl Default for HbaseSinkConfig {
             idle_reconnect_ms: 45_000,
             startup_timeout_ms: 300_000,
             max_versions: 0,
-            compression: "NONE".into(),
+            compression: "GZ".into(),
             retain_windows: 0,
             window_ms: 60_000,
             gap_ms: 30 * 60_000,
@@ -554,7 +554,7 @@ mod tests {
     #[test]
     fn compression_names_are_checked_before_reaching_the_server() {
         let mut cfg = HbaseSinkConfig::default();
-        assert_eq!(cfg.compression, "NONE");
+        assert_eq!(cfg.compression, "GZ");
         for ok in ["NONE", "GZ", "snappy", "LZ4", "ZSTD"] {
             cfg.compression = ok.into();
             assert_eq!(cfg.validate(), Ok(()), "{ok}");
@@ -567,8 +567,8 @@ mod tests {
 
     #[test]
     fn a_config_file_may_set_the_compression() {
-        let cfg: HbaseSinkConfig = serde_json::from_str(r#"{"table": "t", "compression": "GZ"}"#).unwrap();
-        assert_eq!((cfg.table.as_str(), cfg.compression.as_str()), ("t", "GZ"));
+        let cfg: HbaseSinkConfig = serde_json::from_str(r#"{"table": "t", "compression": "LZ4"}"#).unwrap();
+        assert_eq!((cfg.table.as_str(), cfg.compression.as_str()), ("t", "LZ4"));
         assert!(serde_json::from_str::<HbaseSinkConfig>(r#"{"compresion": "GZ"}"#).is_err());
     }
 }
