@@ -279,40 +279,39 @@ impl HbaseClient {
         self.call("getTableNames", |c| c.get_table_names())
     }
 
-    /// The column families of `table` (with their max versions), or `None` when it does not exist.
-    pub fn families(&mut self, table: &str) -> Result<Option<Families>, HbaseError> {
+    /// The column descriptors of `table` by family name, or `None` when it does not exist.
+    fn descriptors(&mut self, table: &str) -> Result<Option<BTreeMap<String, ColumnDescriptor>>, HbaseError> {
         if !self.table_names()?.iter().any(|t| t.as_slice() == table.as_bytes()) {
             return Ok(None);
         }
         let cols = self.call("getColumnDescriptors", |c| {
             c.get_column_descriptors(table.as_bytes().to_vec())
         })?;
-        let mut out = Families::new();
-        for (name, d) in cols {
-            // Thrift1 names families `name:`.
-            let name = String::from_utf8_lossy(&name).trim_end_matches(':').to_string();
-            out.insert(name, d.max_versions.unwrap_or(0));
-        }
-        Ok(Some(out))
+        // Thrift1 names families `name:`.
+        Ok(Some(
+            cols.into_iter()
+                .map(|(name, d)| (String::from_utf8_lossy(&name).trim_end_matches(':').to_string(), d))
+                .collect(),
+        ))
+    }
+
+    /// The column families of `table` (with their max versions), or `None` when it does not exist.
+    pub fn families(&mut self, table: &str) -> Result<Option<Families>, HbaseError> {
+        Ok(self.descriptors(table)?.map(|d| {
+            d.into_iter()
+                .map(|(name, d)| (name, d.max_versions.unwrap_or(0)))
+                .collect()
+        }))
     }
 
     /// The compression algorithm of each column family of `table` (as HBase names it: `NONE`,
     /// `GZ` ...), or `None` when it does not exist.
     pub fn family_compression(&mut self, table: &str) -> Result<Option<BTreeMap<String, String>>, HbaseError> {
-        if !self.table_names()?.iter().any(|t| t.as_slice() == table.as_bytes()) {
-            return Ok(None);
-        }
-        let cols = self.call("getColumnDescriptors", |c| {
-            c.get_column_descriptors(table.as_bytes().to_vec())
-        })?;
-        Ok(Some(
-            cols.into_iter()
-                .map(|(name, d)| {
-                    let name = String::from_utf8_lossy(&name).trim_end_matches(':').to_string();
-                    (name, d.compression.unwrap_or_default())
-                })
-                .collect(),
-        ))
+        Ok(self.descriptors(table)?.map(|d| {
+            d.into_iter()
+                .map(|(name, d)| (name, d.compression.unwrap_or_default()))
+                .collect()
+        }))
     }
 
     /// Makes sure `table` exists with every column family of `families`: creates it (keeping
@@ -344,7 +343,7 @@ impl HbaseClient {
         match self.call("createTable", |c| c.create_table(table.as_bytes().to_vec(), descs)) {
             Ok(()) => Ok(max_versions.max(1)),
             // Another worker or process created it meanwhile: check it.
-            Err(HbaseError::Server { .. }) if self.families(table)?.is_some() => {
+            Err(HbaseError::Server { .. } | HbaseError::IllegalArgument { .. }) if self.families(table)?.is_some() => {
                 self.ensure_table(table, families, max_versions, compression)
             }
             Err(e) => Err(e),
