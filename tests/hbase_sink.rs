@@ -348,6 +348,11 @@ fn compressed_tables_hold_the_same_rows() {
                 "{alg}"
             );
         }
+        // Another setting later leaves the existing table as it is (with a notice on stderr).
+        let mut again = sink_cfg(&table, &job().session, SinkMode::Sessions);
+        again.compression = if alg == "GZ" { "NONE" } else { "GZ" }.into();
+        again.prepare().unwrap();
+        assert_eq!(c.family_compression(&table).unwrap().unwrap(), expect);
         c.drop_table(&table).unwrap();
     }
     // Not an algorithm at all, and one HBase knows but this server has no codec for.

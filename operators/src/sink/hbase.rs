@@ -238,14 +238,45 @@ impl HbaseSinkConfig {
         let deadline = Duration::from_millis(self.startup_timeout_ms);
         let who = format!("hbase ({})", self.thrift);
         let mut c = client::connect_with_retry(&self.thrift, self.timeouts(), self.backoff(), deadline, &who)?;
-        client::retry(self.backoff(), deadline, &who, "create table", || {
+        let versions = client::retry(self.backoff(), deadline, &who, "create table", || {
             if c.idle() > Duration::from_millis(self.idle_reconnect_ms) {
                 c = client::HbaseClient::connect(&self.thrift, self.timeouts())?;
             }
             c.ensure_table(&self.table, &self.families(), self.versions(), &self.compression)
-        })
-        .map(|v| v.max(1) as u32)
+        })?;
+        // A table that existed keeps its compression: say so when it is not the one asked for.
+        if let Ok(Some(found)) = c.family_compression(&self.table) {
+            if let Some(note) = compression_note(&self.table, &self.compression, &found, &self.families()) {
+                eprintln!("{who}: {note}");
+            }
+        }
+        Ok(versions.max(1) as u32)
     }
+}
+
+/// The notice for a table whose `families` are compressed otherwise than `wanted` (`found`:
+/// each family's algorithm, as HBase reports it), or `None` when they all match.
+fn compression_note(
+    table: &str,
+    wanted: &str,
+    found: &std::collections::BTreeMap<String, String>,
+    families: &[&str],
+) -> Option<String> {
+    let differ: Vec<String> = families
+        .iter()
+        .filter_map(|f| {
+            found
+                .get(*f)
+                .filter(|c| !c.eq_ignore_ascii_case(wanted))
+                .map(|c| format!("{f} {c}"))
+        })
+        .collect();
+    (!differ.is_empty()).then(|| {
+        format!(
+            "table {table:?} already exists with compression {} (not {wanted}): the compression setting applies only to tables the sink creates",
+            differ.join(", ")
+        )
+    })
 }
 
 /// A configured sink plus its live figures and, after a restore, the closed rows whose
@@ -563,6 +594,25 @@ mod tests {
             cfg.compression = bad.into();
             assert!(cfg.validate().unwrap_err().contains("bad HBase compression"), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_existing_table_compressed_otherwise_gets_a_notice() {
+        let found: std::collections::BTreeMap<String, String> = [
+            ("s".to_string(), "GZ".to_string()),
+            ("q".to_string(), "NONE".to_string()),
+        ]
+        .into();
+        assert_eq!(compression_note("t", "gz", &found, &["s"]), None);
+        let note = compression_note("t", "GZ", &found, &["s", "q"]).unwrap();
+        assert!(
+            note.contains("\"t\"") && note.contains("q NONE") && !note.contains("s GZ"),
+            "{note}"
+        );
+        let note = compression_note("t", "LZ4", &found, &["s", "q"]).unwrap();
+        assert!(note.contains("s GZ, q NONE") && note.contains("not LZ4"), "{note}");
+        // Families the table lacks are the missing-family error's business, not this one's.
+        assert_eq!(compression_note("t", "GZ", &found, &["s", "x"]), None);
     }
 
     #[test]
