@@ -263,19 +263,43 @@ pub enum Invalid {
 ///
 /// Never panics; every failure is an [`Invalid`] whose text starts with `invalid`.
 pub fn parse_event(line: &[u8]) -> Result<Event, Invalid> {
-    if line.len() > MAX_LINE_BYTES {
-        return Err(Invalid::TooLong);
-    }
+    fits(line)?;
     // Validating the whole line at once is faster than letting serde_json check every
     // string on its own, and `from_str` then skips those checks.
     let text = std::str::from_utf8(line).map_err(|e| Invalid::NotUtf8 { at: e.valid_up_to() })?;
-    parse_event_str(text)
+    parse_text(text)
 }
 
-/// [`parse_event`] of a line already known to be UTF-8 (e.g. a `String` the caller keeps):
-/// the same validation and errors, without checking the encoding again. The caller checks
-/// the length ([`MAX_LINE_BYTES`]) first, as [`parse_event`] does.
-pub fn parse_event_str(text: &str) -> Result<Event, Invalid> {
+/// [`parse_event`] of a line the caller keeps: the line as text (bytes that are not UTF-8
+/// replaced by U+FFFD, as a dead letter shows them) and the same result as
+/// `parse_event(&line)`, checking the encoding once for both.
+pub fn parse_event_owned(line: Vec<u8>) -> (String, Result<Event, Invalid>) {
+    let fits = fits(&line);
+    match String::from_utf8(line) {
+        Ok(text) => {
+            let event = fits.and_then(|()| parse_text(&text));
+            (text, event)
+        }
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            (text, fits.and(Err(Invalid::NotUtf8 { at })))
+        }
+    }
+}
+
+/// The length check, which comes before every other (an over-long line is rejected for its
+/// length whatever its bytes).
+fn fits(line: &[u8]) -> Result<(), Invalid> {
+    if line.len() > MAX_LINE_BYTES {
+        Err(Invalid::TooLong)
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses and validates a line whose length and encoding were checked.
+fn parse_text(text: &str) -> Result<Event, Invalid> {
     let mut de = serde_json::Deserializer::from_str(text);
     let event = parse_event_from(&mut de)?;
     de.end().map_err(|e| Invalid::Json(e.to_string()))?;
@@ -2102,10 +2126,15 @@ mod tests {
     }
 
     fn check_no_panic(line: &[u8]) -> Result<(), TestCaseError> {
-        if let Err(e) = parse_event(line) {
+        let parsed = parse_event(line);
+        if let Err(e) = &parsed {
             let r = e.to_string();
             prop_assert!(r.starts_with("invalid"), "{}", r);
         }
+        // The owned variant gives the same result and the line as a dead letter shows it.
+        let (text, owned) = parse_event_owned(line.to_vec());
+        prop_assert_eq!(owned, parsed);
+        prop_assert_eq!(text, String::from_utf8_lossy(line).into_owned());
         Ok(())
     }
 

@@ -44,7 +44,7 @@ use timely::dataflow::operators::OkErr;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use timely::scheduling::SyncActivator;
 
-use crate::event::{parse_event_str, Invalid, MAX_LINE_BYTES};
+use crate::event::parse_event_owned;
 use crate::record::{DeadLetter, Sourced};
 
 /// Watermark state of one partition.
@@ -433,26 +433,7 @@ pub fn parse_record(rec: RawRecord) -> Result<Sourced, DeadLetter> {
             raw: String::new(),
         });
     }
-    // One UTF-8 check serves both the kept line and the parser; a line over the limit is
-    // dead-lettered for its length whatever its bytes.
-    let fits = rec.bytes.len() <= MAX_LINE_BYTES;
-    let (raw, parsed) = match String::from_utf8(rec.bytes) {
-        Ok(s) if fits => {
-            let parsed = parse_event_str(&s);
-            (s, parsed)
-        }
-        Ok(s) => (s, Err(Invalid::TooLong)),
-        Err(e) => {
-            let reason = if fits {
-                Invalid::NotUtf8 {
-                    at: e.utf8_error().valid_up_to(),
-                }
-            } else {
-                Invalid::TooLong
-            };
-            (String::from_utf8_lossy(e.as_bytes()).into_owned(), Err(reason))
-        }
-    };
+    let (raw, parsed) = parse_event_owned(rec.bytes);
     match parsed {
         Ok(event) => Ok(Sourced {
             partition: rec.partition,
@@ -784,6 +765,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::event::MAX_LINE_BYTES;
 
     #[test]
     fn assignment_follows_the_partition_watermark() {
