@@ -238,37 +238,31 @@ impl HbaseSinkConfig {
         let deadline = Duration::from_millis(self.startup_timeout_ms);
         let who = format!("hbase ({})", self.thrift);
         let mut c = client::connect_with_retry(&self.thrift, self.timeouts(), self.backoff(), deadline, &who)?;
-        let versions = client::retry(self.backoff(), deadline, &who, "create table", || {
+        let found = client::retry(self.backoff(), deadline, &who, "create table", || {
             if c.idle() > Duration::from_millis(self.idle_reconnect_ms) {
                 c = client::HbaseClient::connect(&self.thrift, self.timeouts())?;
             }
             c.ensure_table(&self.table, &self.families(), self.versions(), &self.compression)
         })?;
         // A table that existed keeps its compression: say so when it is not the one asked for.
-        if let Ok(Some(found)) = c.family_compression(&self.table) {
-            if let Some(note) = compression_note(&self.table, &self.compression, &found, &self.families()) {
-                eprintln!("{who}: {note}");
-            }
+        if let Some(note) = compression_note(&self.table, &self.compression, &found, &self.families()) {
+            eprintln!("{who}: {note}");
         }
+        let versions = client::family_versions(&self.table, &found, &self.families())?;
         Ok(versions.max(1) as u32)
     }
 }
 
 /// The notice for a table whose `families` are compressed otherwise than `wanted` (`found`:
-/// each family's algorithm, as HBase reports it), or `None` when they all match.
-fn compression_note(
-    table: &str,
-    wanted: &str,
-    found: &std::collections::BTreeMap<String, String>,
-    families: &[&str],
-) -> Option<String> {
+/// the table's families, as HBase reports them), or `None` when they all match.
+fn compression_note(table: &str, wanted: &str, found: &client::Families, families: &[&str]) -> Option<String> {
     let differ: Vec<String> = families
         .iter()
         .filter_map(|f| {
             found
                 .get(*f)
-                .filter(|c| !c.eq_ignore_ascii_case(wanted))
-                .map(|c| format!("{f} {c}"))
+                .filter(|x| !x.compression.eq_ignore_ascii_case(wanted))
+                .map(|x| format!("{f} {}", x.compression))
         })
         .collect();
     (!differ.is_empty()).then(|| {
@@ -598,11 +592,11 @@ mod tests {
 
     #[test]
     fn an_existing_table_compressed_otherwise_gets_a_notice() {
-        let found: std::collections::BTreeMap<String, String> = [
-            ("s".to_string(), "GZ".to_string()),
-            ("q".to_string(), "NONE".to_string()),
-        ]
-        .into();
+        let family = |c: &str| client::Family {
+            max_versions: 3,
+            compression: c.to_string(),
+        };
+        let found: client::Families = [("s".to_string(), family("GZ")), ("q".to_string(), family("NONE"))].into();
         assert_eq!(compression_note("t", "gz", &found, &["s"]), None);
         let note = compression_note("t", "GZ", &found, &["s", "q"]).unwrap();
         assert!(

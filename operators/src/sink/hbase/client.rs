@@ -149,8 +149,17 @@ pub struct HbaseClient {
     last_used: Instant,
 }
 
-/// Which column families a table has, and its max versions per family.
-pub type Families = BTreeMap<String, i32>;
+/// What a table keeps in one column family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Family {
+    /// Versions kept per cell.
+    pub max_versions: i32,
+    /// Compression algorithm, as HBase names it (`NONE`, `GZ` ...).
+    pub compression: String,
+}
+
+/// Which column families a table has, by name.
+pub type Families = BTreeMap<String, Family>;
 
 /// The fewest max versions among `families` of `table`, whose families are `found`; an error
 /// naming the first one missing.
@@ -158,7 +167,7 @@ pub fn family_versions(table: &str, found: &Families, families: &[&str]) -> Resu
     families
         .iter()
         .try_fold(i32::MAX, |versions, family| match found.get(*family) {
-            Some(v) => Ok(versions.min(*v)),
+            Some(f) => Ok(versions.min(f.max_versions)),
             None => Err(HbaseError::MissingFamily {
                 table: table.to_string(),
                 family: family.to_string(),
@@ -279,54 +288,42 @@ impl HbaseClient {
         self.call("getTableNames", |c| c.get_table_names())
     }
 
-    /// The column descriptors of `table` by family name, or `None` when it does not exist.
-    fn descriptors(&mut self, table: &str) -> Result<Option<BTreeMap<String, ColumnDescriptor>>, HbaseError> {
+    /// The column families of `table` (with their max versions and compression), or `None`
+    /// when it does not exist.
+    pub fn families(&mut self, table: &str) -> Result<Option<Families>, HbaseError> {
         if !self.table_names()?.iter().any(|t| t.as_slice() == table.as_bytes()) {
             return Ok(None);
         }
         let cols = self.call("getColumnDescriptors", |c| {
             c.get_column_descriptors(table.as_bytes().to_vec())
         })?;
-        // Thrift1 names families `name:`.
-        Ok(Some(
-            cols.into_iter()
-                .map(|(name, d)| (String::from_utf8_lossy(&name).trim_end_matches(':').to_string(), d))
-                .collect(),
-        ))
-    }
-
-    /// The column families of `table` (with their max versions), or `None` when it does not exist.
-    pub fn families(&mut self, table: &str) -> Result<Option<Families>, HbaseError> {
-        Ok(self.descriptors(table)?.map(|d| {
-            d.into_iter()
-                .map(|(name, d)| (name, d.max_versions.unwrap_or(0)))
-                .collect()
-        }))
-    }
-
-    /// The compression algorithm of each column family of `table` (as HBase names it: `NONE`,
-    /// `GZ` ...), or `None` when it does not exist.
-    pub fn family_compression(&mut self, table: &str) -> Result<Option<BTreeMap<String, String>>, HbaseError> {
-        Ok(self.descriptors(table)?.map(|d| {
-            d.into_iter()
-                .map(|(name, d)| (name, d.compression.unwrap_or_default()))
-                .collect()
-        }))
+        let mut out = Families::new();
+        for (name, d) in cols {
+            // Thrift1 names families `name:`.
+            let name = String::from_utf8_lossy(&name).trim_end_matches(':').to_string();
+            let family = Family {
+                max_versions: d.max_versions.unwrap_or(0),
+                compression: d.compression.unwrap_or_default(),
+            };
+            out.insert(name, family);
+        }
+        Ok(Some(out))
     }
 
     /// Makes sure `table` exists with every column family of `families`: creates it (keeping
     /// `max_versions` versions per cell, compressed with the HBase algorithm `compression`:
     /// `NONE`, `GZ` ...) when missing; errors when it exists without one of
-    /// them, naming it. Returns the fewest max versions among them.
+    /// them, naming it. Returns the table's families: as found, or as created.
     pub fn ensure_table(
         &mut self,
         table: &str,
         families: &[&str],
         max_versions: i32,
         compression: &str,
-    ) -> Result<i32, HbaseError> {
+    ) -> Result<Families, HbaseError> {
         if let Some(found) = self.families(table)? {
-            return family_versions(table, &found, families);
+            family_versions(table, &found, families)?;
+            return Ok(found);
         }
         let desc = |family: &str| ColumnDescriptor {
             name: Some(format!("{family}:").into_bytes()),
@@ -341,7 +338,16 @@ impl HbaseClient {
         };
         let descs = families.iter().map(|f| desc(f)).collect::<Vec<_>>();
         match self.call("createTable", |c| c.create_table(table.as_bytes().to_vec(), descs)) {
-            Ok(()) => Ok(max_versions.max(1)),
+            Ok(()) => Ok(families
+                .iter()
+                .map(|f| {
+                    let family = Family {
+                        max_versions: max_versions.max(1),
+                        compression: compression.to_string(),
+                    };
+                    (f.to_string(), family)
+                })
+                .collect()),
             // Another worker or process created it meanwhile: check it.
             Err(HbaseError::Server { .. } | HbaseError::IllegalArgument { .. }) if self.families(table)?.is_some() => {
                 self.ensure_table(table, families, max_versions, compression)
