@@ -141,9 +141,7 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Sourced> {
                             if cap.as_ref().is_none_or(|c| t < *c.time()) {
                                 cap = Some(time.delayed(&t, output.output_index()));
                             }
-                            for rec in data.drain(..) {
-                                store.insert(t, rec);
-                            }
+                            store.insert_batch(t, data);
                         });
                         let mut worked = false;
                         while let Some(m) = store.next_window() {

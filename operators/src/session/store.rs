@@ -82,7 +82,8 @@ enum ClosedRef {
 #[derive(Debug)]
 pub struct SessionStore {
     cfg: SessionConfig,
-    pending: BTreeMap<u64, Vec<Sourced>>,
+    /// Events per window, as the batches they arrived in (never moved one by one).
+    pending: BTreeMap<u64, Vec<Vec<Sourced>>>,
     sessions: HashMap<Rc<str>, Session>,
     gaps: HashMap<Pair, GapGroup>,
     closed: HashMap<Rc<str>, u64>,
@@ -115,7 +116,21 @@ impl SessionStore {
 
     /// Buffers an event assigned to `window` until the window is processed.
     pub fn insert(&mut self, window: u64, rec: Sourced) {
-        self.pending.entry(window).or_default().push(rec);
+        self.insert_batch(window, &mut vec![rec]);
+    }
+
+    /// Buffers a batch of events assigned to `window`, taking the vector as it is (the events
+    /// are not moved one by one; `batch` is left empty).
+    pub fn insert_batch(&mut self, window: u64, batch: &mut Vec<Sourced>) {
+        if batch.is_empty() {
+            return;
+        }
+        let batches = self.pending.entry(window).or_default();
+        match batches.last_mut() {
+            // Tiny batches (one event at a time) join the last one rather than pile up.
+            Some(last) if batch.len() < 16 && last.len() < 4096 => last.append(batch),
+            _ => batches.push(std::mem::take(batch)),
+        }
     }
 
     /// The smallest window with work (events to apply or sessions due to close).
@@ -155,7 +170,7 @@ impl SessionStore {
 
     /// Events buffered for windows not processed yet.
     pub fn pending_events(&self) -> usize {
-        self.pending.values().map(Vec::len).sum()
+        self.pending.values().flatten().map(Vec::len).sum()
     }
 
     /// Processes window `m`: applies its events in order, emits the snapshots of the sessions
@@ -164,16 +179,22 @@ impl SessionStore {
     pub fn process(&mut self, m: u64, out: &mut impl FnMut(SessionOutput)) {
         self.expire(m);
         let mut touched: Vec<SessionRef> = Vec::new();
-        if let Some(events) = self.pending.remove(&m) {
+        if let Some(mut batches) = self.pending.remove(&m) {
             // Sort a permutation, not the records (each is a few hundred bytes to move).
-            let mut order: Vec<(i64, u32)> = events
+            let mut order: Vec<(i64, u32, u32)> = batches
                 .iter()
                 .enumerate()
-                .map(|(i, r)| (r.event.timestamp, i as u32))
+                .flat_map(|(b, batch)| {
+                    batch
+                        .iter()
+                        .enumerate()
+                        .map(move |(i, r)| (r.event.timestamp, b as u32, i as u32))
+                })
                 .collect();
             order.sort_unstable_by(|a, b| {
                 a.0.cmp(&b.0).then_with(|| {
-                    let (x, y) = (&events[a.1 as usize], &events[b.1 as usize]);
+                    let x = &batches[a.1 as usize][a.2 as usize];
+                    let y = &batches[b.1 as usize][b.2 as usize];
                     (x.event.event_id.as_bytes(), x.partition, x.offset).cmp(&(
                         y.event.event_id.as_bytes(),
                         y.partition,
@@ -181,8 +202,8 @@ impl SessionStore {
                     ))
                 })
             });
-            let mut slots: Vec<Option<Sourced>> = events.into_iter().map(Some).collect();
-            for rec in order.into_iter().filter_map(|(_, i)| slots[i as usize].take()) {
+            for (_, b, i) in order {
+                let rec = &mut batches[b as usize][i as usize];
                 if rec.event.session_id.is_some() {
                     self.apply_keyed(m, rec, &mut touched, out);
                 } else {
@@ -267,13 +288,13 @@ impl SessionStore {
         }
     }
 
-    fn late(&mut self, rec: Sourced, out: &mut impl FnMut(SessionOutput)) {
+    fn late(&mut self, rec: &mut Sourced, out: &mut impl FnMut(SessionOutput)) {
         self.counters.late += 1;
         out(SessionOutput::DeadLetter(DeadLetter {
             partition: rec.partition,
             offset: rec.offset,
             reason: SESSION_CLOSED.to_string(),
-            raw: rec.raw,
+            raw: std::mem::take(&mut rec.raw),
         }));
     }
 
@@ -297,7 +318,7 @@ impl SessionStore {
     fn apply_keyed(
         &mut self,
         m: u64,
-        rec: Sourced,
+        rec: &mut Sourced,
         touched: &mut Vec<SessionRef>,
         out: &mut impl FnMut(SessionOutput),
     ) {
@@ -333,7 +354,13 @@ impl SessionStore {
         }
     }
 
-    fn apply_gap(&mut self, m: u64, rec: Sourced, touched: &mut Vec<SessionRef>, out: &mut impl FnMut(SessionOutput)) {
+    fn apply_gap(
+        &mut self,
+        m: u64,
+        rec: &mut Sourced,
+        touched: &mut Vec<SessionRef>,
+        out: &mut impl FnMut(SessionOutput),
+    ) {
         let cfg = &self.cfg;
         let e = &rec.event;
         let t = e.timestamp;
@@ -620,6 +647,51 @@ mod tests {
         // The survivor ends with every event: end 20_000 + gap < (m + 1) * W  =>  m = 23.
         let out = run(&mut st, 1_000);
         assert_eq!(snaps(&out), [("v@15000", 23, true, None, 3)]);
+    }
+
+    #[test]
+    fn a_window_split_into_batches_is_processed_like_one() {
+        // 200 events of 20 sessions (some duplicated, some without an id) for one window,
+        // delivered in one batch, event by event, and in uneven batches in reverse order.
+        let events: Vec<Sourced> = (0..200u64)
+            .map(|i| {
+                let ts = 10_000 + ((i * 37) % 1_000) as i64;
+                let id = format!("e{}", i % 190);
+                let session = (i % 7 != 0).then(|| format!("s{}", i % 20));
+                let mut r = rec(&id, session.as_deref(), &format!("v{}", i % 5), ts);
+                r.offset = i;
+                r
+            })
+            .collect();
+        let outputs = |store: &mut SessionStore| -> Vec<String> {
+            run(store, 1_000)
+                .into_iter()
+                .map(|o| match o {
+                    SessionOutput::Snapshot(s) => s.json,
+                    SessionOutput::DeadLetter(d) => format!("{d:?}"),
+                })
+                .collect()
+        };
+        let mut one = SessionStore::new(cfg());
+        one.insert_batch(10, &mut events.clone());
+        let mut single = SessionStore::new(cfg());
+        for r in events.iter().cloned() {
+            single.insert(10, r);
+        }
+        let mut split = SessionStore::new(cfg());
+        let mut rest = events.clone();
+        rest.reverse();
+        for size in [1, 40, 3, 17, 100, 39] {
+            let mut batch: Vec<Sourced> = rest.drain(..size.min(rest.len())).collect();
+            split.insert_batch(10, &mut batch);
+            assert!(batch.is_empty());
+        }
+        assert_eq!(split.pending_events(), 200);
+        let want = outputs(&mut one);
+        assert!(want.len() > 20);
+        assert_eq!(outputs(&mut single), want);
+        assert_eq!(outputs(&mut split), want);
+        assert_eq!(one.counters(), split.counters());
     }
 
     #[test]
