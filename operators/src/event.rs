@@ -298,8 +298,18 @@ fn fits(line: &[u8]) -> Result<(), Invalid> {
     }
 }
 
-/// Parses and validates a line whose length and encoding were checked.
+/// Parses and validates a line whose length and encoding were checked: the fast path when
+/// the line is in the common shape, else the reference parser.
 fn parse_text(text: &str) -> Result<Event, Invalid> {
+    match crate::fast_event::parse_fast(text) {
+        Some(event) => Ok(event),
+        None => parse_reference(text),
+    }
+}
+
+/// The reference parser (`serde_json` and the rules above) of a line whose length and
+/// encoding were checked; the fast path agrees with it wherever it answers.
+fn parse_reference(text: &str) -> Result<Event, Invalid> {
     let mut de = serde_json::Deserializer::from_str(text);
     let event = parse_event_from(&mut de)?;
     de.end().map_err(|e| Invalid::Json(e.to_string()))?;
@@ -2026,6 +2036,65 @@ mod tests {
         }
     }
 
+    #[test]
+    fn fast_path_takes_common_lines_and_leaves_the_rest_to_the_reference() {
+        let common = [
+            with(""),
+            with(
+                r#","session_id":"s","name":"n","revenue":-3,"value":0.26,"attributes":{"browser":"safari","screen_width":430,"logged_in":false,"referrer":null,"b":-2,"f":1.5},"tags":{"path":"/c/new"},"experiments":[{"experiment_id":1,"variation_id":2},{"variation_id":4,"experiment_id":3}]"#,
+            ),
+            with(r#","attributes":{"z":"1","a":"2"},"session_id":null,"value":null,"tags":null,"experiments":[]"#),
+            format!(" \t{}\r\n", with(r#" , "value" : 7 , "revenue":9223372036854775807"#)),
+            with(",\"revenue\":-9223372036854775808,\"value\":-0.0,\"name\":\"\u{e9}t\u{e9} \u{1f600}\u{7f}\""),
+        ];
+        for line in &common {
+            let fast = crate::fast_event::parse_fast(line);
+            assert!(fast.is_some(), "not taken: {line}");
+            assert_eq!(fast.map(Ok), Some(parse_reference(line)), "{line}");
+        }
+        let left = [
+            with(r#","name":"a\"b""#),
+            with(r#","name":"a\u0041""#),
+            with(",\"name\":\"a\u{1}b\""),
+            with(r#","x":1"#),
+            with(r#","value":1e3"#),
+            with(r#","value":1.5E3"#),
+            with(r#","value":-0"#),
+            with(r#","value":1."#),
+            with(r#","value":.5"#),
+            with(r#","value":01"#),
+            with(r#","value":"1""#),
+            with(r#","revenue":9223372036854775808"#),
+            with(r#","revenue":1.0"#),
+            with(r#","attributes":{"a":1,"a":2}"#),
+            with(r#","attributes":{"b":1,"a":2,"b":3}"#),
+            with(r#","attributes":{"a":[1]}"#),
+            with(r#","attributes":[]"#),
+            with(r#","event_id":"e2""#),
+            with(r#","session_id":"""#),
+            with(&format!(r#","session_id":"{}""#, "s".repeat(129))),
+            with(r#","tags":{"a":1}"#),
+            with(r#","experiments":[{"experiment_id":1}]"#),
+            with(r#","experiments":[{"experiment_id":1,"variation_id":2,"x":3}]"#),
+            with(r#","experiments":[{"experiment_id":-1,"variation_id":2}]"#),
+            replaced("7,", "07,"),
+            replaced("7,", "-7,"),
+            replaced("1700000000000", "1"),
+            replaced("1700000000000", "null"),
+            replaced(r#""e1""#, "null"),
+            replaced(r#""click""#, &format!(r#""{}""#, "t".repeat(65))),
+            format!("{} x", with("")),
+            format!("{},", with("")),
+            format!("[{}]", with("")),
+            r#"{"event_id":"e1"}"#.into(),
+            "{}".into(),
+            String::new(),
+        ];
+        for line in &left {
+            assert_eq!(crate::fast_event::parse_fast(line), None, "taken: {line}");
+        }
+    }
+
     // ----- property tests ---------------------------------------------------------------
 
     /// A finite float that serde_json's default (fast) float parser reads back exactly:
@@ -2096,6 +2165,71 @@ mod tests {
         )
     }
 
+    /// Events in the shape producers write: strings without escapes or control bytes,
+    /// integers and short decimals, no unknown fields.
+    fn common_event() -> impl Strategy<Value = Event> {
+        const ID: &str = "[a-zA-Z0-9_./:@ \u{e9}\u{1f600}-]{1,32}";
+        const KIND: &str = "[a-zA-Z0-9_./:@ \u{e9}\u{1f600}-]{1,16}";
+        const TEXT: &str = "[a-zA-Z0-9_./:@ \u{e9}\u{1f600}-]{0,20}";
+        const KEY: &str = "[a-zA-Z0-9_./:@ \u{e9}\u{1f600}-]{0,8}";
+        let decimal = (-99_999i64..=99_999, 1u32..=4).prop_map(|(m, k)| {
+            let p = 10i64.pow(k);
+            let sign = if m < 0 { "-" } else { "" };
+            let text = format!("{sign}{}.{:0>width$}", m.abs() / p, m.abs() % p, width = k as usize);
+            Number::from_f64(text.parse().unwrap_or(0.0)).unwrap_or_else(|| 0.into())
+        });
+        let number = prop_oneof![
+            any::<u64>().prop_map(Number::from),
+            any::<i64>().prop_map(Number::from),
+            decimal
+        ];
+        let attr = prop_oneof![
+            TEXT.prop_map(AttrValue::Str),
+            number.clone().prop_map(AttrValue::Num),
+            any::<bool>().prop_map(AttrValue::Bool),
+            Just(AttrValue::Null),
+        ];
+        let ids = (ID, proptest::option::of(ID), ID, any::<u64>());
+        let time = (
+            MIN_TIMESTAMP_MS..END_TIMESTAMP_MS,
+            KIND,
+            proptest::option::of(TEXT),
+            proptest::option::of(any::<i64>()),
+            proptest::option::of(number),
+        );
+        let maps = (
+            proptest::option::of(proptest::collection::btree_map(KEY, attr, 0..6)),
+            proptest::option::of(proptest::collection::btree_map(KEY, KEY, 0..4)),
+            proptest::option::of(proptest::collection::vec(
+                (any::<u64>(), any::<u64>()).prop_map(|(e, v)| Experiment {
+                    experiment_id: e,
+                    variation_id: v,
+                }),
+                0..4,
+            )),
+        );
+        (ids, time, maps).prop_map(
+            |(
+                (event_id, session_id, visitor_id, project_id),
+                (timestamp, kind, name, revenue, value),
+                (attributes, tags, experiments),
+            )| Event {
+                event_id,
+                session_id,
+                visitor_id,
+                project_id,
+                timestamp,
+                kind,
+                name,
+                revenue,
+                value,
+                attributes: attributes.map(|m: BTreeMap<_, _>| m.into_iter().collect()),
+                tags: tags.map(|m: BTreeMap<_, _>| m.into_iter().collect()),
+                experiments,
+            },
+        )
+    }
+
     /// Lines that are almost JSON events: valid ones with a few bytes changed.
     fn mutated_line() -> impl Strategy<Value = Vec<u8>> {
         let edits = proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4);
@@ -2125,7 +2259,21 @@ mod tests {
         )
     }
 
+    /// The fast path answers only when the reference parser accepts the line, and then with
+    /// the same event.
+    fn check_fast_path(line: &[u8]) -> Result<Option<Event>, TestCaseError> {
+        let Ok(text) = std::str::from_utf8(line) else {
+            return Ok(None);
+        };
+        let fast = crate::fast_event::parse_fast(text);
+        if let Some(event) = &fast {
+            prop_assert_eq!(Ok(event.clone()), parse_reference(text), "{:.300}", text);
+        }
+        Ok(fast)
+    }
+
     fn check_no_panic(line: &[u8]) -> Result<(), TestCaseError> {
+        check_fast_path(line)?;
         let parsed = parse_event(line);
         if let Err(e) = &parsed {
             let r = e.to_string();
@@ -2170,9 +2318,17 @@ mod tests {
         }
 
         #[test]
+        fn common_shape_events_take_the_fast_path(event in common_event()) {
+            let line = serde_json::to_string(&event.input_json()).unwrap_or_default();
+            prop_assert_eq!(crate::fast_event::parse_fast(&line), Some(event.clone()), "{}", line);
+            prop_assert_eq!(parse_reference(&line), Ok(event));
+        }
+
+        #[test]
         fn valid_events_round_trip(event in event()) {
             let line = serde_json::to_vec(&event.input_json()).unwrap_or_default();
             prop_assert!(line.len() <= MAX_LINE_BYTES);
+            check_fast_path(&line)?;
             prop_assert_eq!(parse_event(&line), Ok(event.clone()));
             prop_assert_eq!(sonic(&line), Ok(event.clone()));
             prop_assert_eq!(simd(&line), Ok(event));

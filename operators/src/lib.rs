@@ -1,6 +1,7 @@
 //! Reusable timely dataflow operators for sessionization.
 //!
-//! - [`event`]: the input event model and its validation (pure).
+//! - [`event`]: the input event model and its validation (pure); `fast_event` is its
+//!   single-pass fast path for lines in the common shape.
 //! - [`source`]: partitioned input with per-partition watermarks and window assignment.
 //! - [`session`]: session state, the keyed store and the `sessionize` operator.
 //! - [`sink`]: output operators.
@@ -8,6 +9,7 @@
 //! Every operator is an extension trait named after its method, e.g. `stream.sessionize(cfg)`.
 
 pub mod event;
+mod fast_event;
 pub mod json;
 pub mod record;
 pub mod session;

@@ -1,0 +1,385 @@
+//! The fast path of event parsing: a single pass over the bytes of a line in the shape
+//! producers write (known fields only, no escapes in strings, plain numbers), with no serde.
+//!
+//! It answers only when it is sure: [`parse_fast`] returns `Some(event)` exactly when the
+//! reference parser (`serde_json` with the rules of [`crate::event`]) would return
+//! `Ok(event)`, and `None` for anything else: an escape or control byte in a string, an
+//! unknown or repeated field, an exponent, a number out of range, a missing field, any
+//! malformed input. The caller then runs the reference parser, which gives the result and,
+//! for invalid input, the reason. The property tests in [`crate::event`] check that both
+//! agree on valid, mutated and random lines.
+
+use crate::event::{AttrValue, Event, Experiment, END_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
+
+/// A JSON integer as `serde_json` reports it: non-negative as `u64`, negative as `i64`.
+#[derive(Clone, Copy)]
+enum Int {
+    U(u64),
+    I(i64),
+}
+
+/// A scalar value.
+enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    Int(Int),
+    Float(f64),
+    Str(&'a str),
+}
+
+struct Cursor<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline]
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// The next byte after whitespace (not consumed).
+    #[inline]
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_ws();
+        self.bytes.get(self.at).copied()
+    }
+
+    /// Consumes `c` after whitespace.
+    #[inline]
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.at += 1)
+    }
+
+    /// A string without escapes or control bytes (those make the caller fall back).
+    #[inline]
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let rest = &self.bytes[start..];
+        let len = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[len] != b'"' {
+            return None;
+        }
+        self.at = start + len + 1;
+        // Both ends are at ASCII quotes, so they are character boundaries.
+        self.text.get(start..start + len)
+    }
+
+    #[inline]
+    fn literal(&mut self, lit: &[u8]) -> Option<()> {
+        let end = self.at + lit.len();
+        (self.bytes.get(self.at..end)? == lit).then(|| self.at = end)
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?` (no exponent). Integers out of range, `-0` and floats
+    /// longer than 24 bytes are left to the reference parser.
+    fn number(&mut self) -> Option<Scalar<'a>> {
+        let start = self.at;
+        let negative = self.bytes.get(self.at) == Some(&b'-');
+        if negative {
+            self.at += 1;
+        }
+        let digits = self.at;
+        let mut value: u64 = 0;
+        while let Some(&b) = self.bytes.get(self.at) {
+            if !b.is_ascii_digit() {
+                break;
+            }
+            value = value.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+            self.at += 1;
+        }
+        let n = self.at - digits;
+        if n == 0 || (n > 1 && self.bytes[digits] == b'0') {
+            return None;
+        }
+        match self.bytes.get(self.at) {
+            Some(b'e' | b'E') => None,
+            Some(b'.') => {
+                self.at += 1;
+                let frac = self.at;
+                while self.bytes.get(self.at).is_some_and(u8::is_ascii_digit) {
+                    self.at += 1;
+                }
+                if self.at == frac || matches!(self.bytes.get(self.at), Some(b'e' | b'E')) || self.at - start > 24 {
+                    return None;
+                }
+                // Correctly rounded, like serde_json with `float_roundtrip`.
+                let v: f64 = self.text.get(start..self.at)?.parse().ok()?;
+                v.is_finite().then_some(Scalar::Float(v))
+            }
+            _ if negative => {
+                if value == 0 {
+                    return None;
+                }
+                let v = 0i64.checked_sub_unsigned(value)?;
+                Some(Scalar::Int(Int::I(v)))
+            }
+            _ => Some(Scalar::Int(Int::U(value))),
+        }
+    }
+
+    /// A scalar; arrays and objects make the caller fall back.
+    #[inline]
+    fn scalar(&mut self) -> Option<Scalar<'a>> {
+        match self.peek()? {
+            b'"' => self.string().map(Scalar::Str),
+            b'n' => self.literal(b"null").map(|()| Scalar::Null),
+            b't' => self.literal(b"true").map(|()| Scalar::Bool(true)),
+            b'f' => self.literal(b"false").map(|()| Scalar::Bool(false)),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => None,
+        }
+    }
+
+    /// After a value: `true` when the enclosing container goes on (`,`), `false` when it
+    /// ends (`close`).
+    #[inline]
+    fn more(&mut self, close: u8) -> Option<bool> {
+        match self.peek()? {
+            b',' => {
+                self.at += 1;
+                Some(true)
+            }
+            b if b == close => {
+                self.at += 1;
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
+    /// An object of scalars, as pairs sorted by key (duplicate keys fall back). `{}` is an
+    /// empty list.
+    fn object<V>(&mut self, value: impl Fn(Scalar<'a>) -> Option<V>) -> Option<Vec<(String, V)>> {
+        self.eat(b'{')?;
+        let mut pairs: Vec<(String, V)> = Vec::with_capacity(8);
+        if self.peek()? == b'}' {
+            self.at += 1;
+            return Some(pairs);
+        }
+        let mut sorted = true;
+        loop {
+            let key = self.string()?;
+            self.eat(b':')?;
+            let v = value(self.scalar()?)?;
+            if let Some((last, _)) = pairs.last() {
+                sorted &= last.as_str() < key;
+            }
+            pairs.push((key.to_owned(), v));
+            if !self.more(b'}')? {
+                break;
+            }
+        }
+        if !sorted {
+            pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            if pairs.windows(2).any(|w| w[0].0 == w[1].0) {
+                return None;
+            }
+        }
+        Some(pairs)
+    }
+
+    /// `[{"experiment_id":u64,"variation_id":u64}, ...]`, each entry with exactly those two
+    /// keys.
+    fn experiments(&mut self) -> Option<Vec<Experiment>> {
+        self.eat(b'[')?;
+        let mut out = Vec::with_capacity(4);
+        if self.peek()? == b']' {
+            self.at += 1;
+            return Some(out);
+        }
+        loop {
+            self.eat(b'{')?;
+            let (mut experiment_id, mut variation_id) = (None, None);
+            loop {
+                let key = self.string()?;
+                self.eat(b':')?;
+                let slot = match key {
+                    "experiment_id" => &mut experiment_id,
+                    "variation_id" => &mut variation_id,
+                    _ => return None,
+                };
+                let Scalar::Int(Int::U(v)) = self.scalar()? else {
+                    return None;
+                };
+                if slot.replace(v).is_some() {
+                    return None;
+                }
+                if !self.more(b'}')? {
+                    break;
+                }
+            }
+            out.push(Experiment {
+                experiment_id: experiment_id?,
+                variation_id: variation_id?,
+            });
+            if !self.more(b']')? {
+                break;
+            }
+        }
+        Some(out)
+    }
+}
+
+/// A string field of `1..=max` bytes (`null` and other lengths fall back).
+#[inline]
+fn bounded(s: Scalar<'_>, max: usize) -> Option<String> {
+    match s {
+        Scalar::Str(s) if !s.is_empty() && s.len() <= max => Some(s.to_owned()),
+        _ => None,
+    }
+}
+
+fn number_of(s: &Scalar<'_>) -> Option<serde_json::Number> {
+    match *s {
+        Scalar::Int(Int::U(v)) => Some(v.into()),
+        Scalar::Int(Int::I(v)) => Some(v.into()),
+        Scalar::Float(v) => serde_json::Number::from_f64(v),
+        _ => None,
+    }
+}
+
+/// Parses a line whose length and encoding were checked, when it is in the common shape;
+/// `None` leaves it to the reference parser (see the module docs).
+pub(crate) fn parse_fast(text: &str) -> Option<Event> {
+    let mut c = Cursor {
+        text,
+        bytes: text.as_bytes(),
+        at: 0,
+    };
+    c.eat(b'{')?;
+    let mut seen: u16 = 0;
+    let (mut event_id, mut session_id, mut visitor_id, mut project_id) = (None, None, None, None);
+    let (mut timestamp, mut kind, mut name, mut revenue, mut value) = (None, None, None, None, None);
+    let (mut attributes, mut tags, mut experiments) = (None, None, None);
+    loop {
+        let key = c.string()?;
+        c.eat(b':')?;
+        let bit = match key {
+            "event_id" => {
+                event_id = Some(bounded(c.scalar()?, 128)?);
+                0
+            }
+            "session_id" => {
+                session_id = match c.scalar()? {
+                    Scalar::Null => None,
+                    s => Some(bounded(s, 128)?),
+                };
+                1
+            }
+            "visitor_id" => {
+                visitor_id = Some(bounded(c.scalar()?, 128)?);
+                2
+            }
+            "project_id" => {
+                let Scalar::Int(Int::U(v)) = c.scalar()? else {
+                    return None;
+                };
+                project_id = Some(v);
+                3
+            }
+            "timestamp" => {
+                let Scalar::Int(Int::U(v)) = c.scalar()? else {
+                    return None;
+                };
+                let v = i64::try_from(v).ok()?;
+                timestamp = Some(v).filter(|v| (MIN_TIMESTAMP_MS..END_TIMESTAMP_MS).contains(v));
+                timestamp?;
+                4
+            }
+            "type" => {
+                kind = Some(bounded(c.scalar()?, 64)?);
+                5
+            }
+            "name" => {
+                name = match c.scalar()? {
+                    Scalar::Null => None,
+                    Scalar::Str(s) => Some(s.to_owned()),
+                    _ => return None,
+                };
+                6
+            }
+            "revenue" => {
+                revenue = match c.scalar()? {
+                    Scalar::Null => None,
+                    Scalar::Int(Int::I(v)) => Some(v),
+                    Scalar::Int(Int::U(v)) => Some(i64::try_from(v).ok()?),
+                    _ => return None,
+                };
+                7
+            }
+            "value" => {
+                value = match c.scalar()? {
+                    Scalar::Null => None,
+                    s => Some(number_of(&s)?),
+                };
+                8
+            }
+            "attributes" => {
+                attributes = if c.peek()? == b'n' {
+                    c.literal(b"null")?;
+                    None
+                } else {
+                    Some(c.object(|s| match s {
+                        Scalar::Null => Some(AttrValue::Null),
+                        Scalar::Bool(b) => Some(AttrValue::Bool(b)),
+                        Scalar::Str(s) => Some(AttrValue::Str(s.to_owned())),
+                        ref n => number_of(n).map(AttrValue::Num),
+                    })?)
+                };
+                9
+            }
+            "tags" => {
+                tags = if c.peek()? == b'n' {
+                    c.literal(b"null")?;
+                    None
+                } else {
+                    Some(c.object(|s| match s {
+                        Scalar::Str(s) => Some(s.to_owned()),
+                        _ => None,
+                    })?)
+                };
+                10
+            }
+            "experiments" => {
+                experiments = if c.peek()? == b'n' {
+                    c.literal(b"null")?;
+                    None
+                } else {
+                    Some(c.experiments()?)
+                };
+                11
+            }
+            _ => return None,
+        };
+        if seen & (1 << bit) != 0 {
+            return None;
+        }
+        seen |= 1 << bit;
+        if !c.more(b'}')? {
+            break;
+        }
+    }
+    c.skip_ws();
+    if c.at != c.bytes.len() {
+        return None;
+    }
+    Some(Event {
+        event_id: event_id?,
+        session_id,
+        visitor_id: visitor_id?,
+        project_id: project_id?,
+        timestamp: timestamp?,
+        kind: kind?,
+        name,
+        revenue,
+        value,
+        attributes,
+        tags,
+        experiments,
+    })
+}
