@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use sessionflow::commands::replay::{self, ReplayArgs};
 use sessionflow::generate::{self, GenerateArgs};
-use sessionflow_operators::event::{AttrValue, Event, Experiment};
+use sessionflow_operators::event::{AttrValue, CompactString, Event, Experiment};
 use sessionflow_operators::record::Sourced;
 use sessionflow_operators::session::{SessionConfig, SessionStore, Sessionize};
 use timely::dataflow::operators::vec::Input;
@@ -32,16 +32,16 @@ fn quick() -> bool {
 
 /// A realistic event of session `s` (visitor `s/3`), its `i`-th, at `ts`.
 fn event(s: u64, i: u64, ts: i64) -> Sourced {
-    let attrs = vec![
-        ("browser".to_string(), AttrValue::Str("chrome".into())),
-        ("country".to_string(), AttrValue::Str("US".into())),
-        ("device".to_string(), AttrValue::Str("desktop".into())),
+    let attrs: Vec<(CompactString, AttrValue)> = vec![
+        ("browser".into(), AttrValue::Str("chrome".into())),
+        ("country".into(), AttrValue::Str("US".into())),
+        ("device".into(), AttrValue::Str("desktop".into())),
         (
-            "ip".to_string(),
-            AttrValue::Str(format!("10.{}.{}.{}", s % 256, (s / 256) % 256, s % 7)),
+            "ip".into(),
+            AttrValue::Str(format!("10.{}.{}.{}", s % 256, (s / 256) % 256, s % 7).into()),
         ),
-        ("language".to_string(), AttrValue::Str("en-US".into())),
-        ("os".to_string(), AttrValue::Str("windows".into())),
+        ("language".into(), AttrValue::Str("en-US".into())),
+        ("os".into(), AttrValue::Str("windows".into())),
     ];
     let kind = if i == 0 {
         "pageview"
@@ -55,17 +55,17 @@ fn event(s: u64, i: u64, ts: i64) -> Sourced {
         offset: s * 16 + i,
         raw: String::new(),
         event: Event {
-            event_id: format!("{:016x}", s.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i),
-            session_id: Some(format!("{:016x}", s.wrapping_mul(0xff51_afd7_ed55_8ccd))),
-            visitor_id: format!("{:016x}", (s / 3).wrapping_mul(0xc4ce_b9fe_1a85_ec53)),
+            event_id: format!("{:016x}", s.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i).into(),
+            session_id: Some(format!("{:016x}", s.wrapping_mul(0xff51_afd7_ed55_8ccd)).into()),
+            visitor_id: format!("{:016x}", (s / 3).wrapping_mul(0xc4ce_b9fe_1a85_ec53)).into(),
             project_id: 1000 + s % 50,
             timestamp: ts,
             kind: kind.into(),
-            name: (i % 7 == 6).then(|| "add_to_cart".to_string()),
+            name: (i % 7 == 6).then(|| "add_to_cart".into()),
             revenue: (i % 7 == 6).then_some(1299),
             value: None,
             attributes: Some(attrs),
-            tags: Some(vec![("path".to_string(), format!("/p/SKU-{:05}", (s + i) % 20_000))]),
+            tags: Some(vec![("path".into(), format!("/p/SKU-{:05}", (s + i) % 20_000).into())]),
             experiments: (i == 1).then(|| {
                 vec![Experiment {
                     experiment_id: 11,

@@ -30,7 +30,7 @@ fn add_region(mut rec: Sourced) -> Sourced {
         None => "unknown",
     };
     if let Err(pos) = attrs.binary_search_by(|(k, _)| k.as_str().cmp("region")) {
-        attrs.insert(pos, ("region".to_string(), AttrValue::Str(region.to_string())));
+        attrs.insert(pos, ("region".into(), AttrValue::Str(region.into())));
     }
     rec
 }

@@ -12,7 +12,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::Number;
 use sessionflow_operators::event::{
-    parse_event, parse_event_from, AttrValue, Event, Experiment, Invalid, MAX_LINE_BYTES,
+    parse_event, parse_event_from, AttrValue, CompactString, Event, Experiment, Invalid, MAX_LINE_BYTES,
 };
 
 /// Number of lines in the corpus.
@@ -107,39 +107,42 @@ fn corpus() -> Vec<Vec<u8>> {
     let mut lines = Vec::with_capacity(LINES);
     for _ in 0..LINES {
         ts += rng.below(500) as i64;
-        let kind = rng.pick(&types).to_owned();
-        let mut attributes = vec![
-            ("browser".to_owned(), AttrValue::Str(rng.pick(&browsers).into())),
-            ("os".to_owned(), AttrValue::Str(rng.pick(&oses).into())),
+        let kind: CompactString = rng.pick(&types).into();
+        let mut attributes: Vec<(CompactString, AttrValue)> = vec![
+            ("browser".into(), AttrValue::Str(rng.pick(&browsers).into())),
+            ("os".into(), AttrValue::Str(rng.pick(&oses).into())),
             (
-                "ip".to_owned(),
-                AttrValue::Str(format!(
-                    "{}.{}.{}.{}",
-                    rng.below(223) + 1,
-                    rng.below(256),
-                    rng.below(256),
-                    rng.below(256)
-                )),
+                "ip".into(),
+                AttrValue::Str(
+                    format!(
+                        "{}.{}.{}.{}",
+                        rng.below(223) + 1,
+                        rng.below(256),
+                        rng.below(256),
+                        rng.below(256)
+                    )
+                    .into(),
+                ),
             ),
-            ("country".to_owned(), AttrValue::Str(rng.pick(&countries).into())),
-            ("device".to_owned(), AttrValue::Str(rng.pick(&devices).into())),
+            ("country".into(), AttrValue::Str(rng.pick(&countries).into())),
+            ("device".into(), AttrValue::Str(rng.pick(&devices).into())),
         ];
         if rng.chance(60) {
-            attributes.push(("lang".to_owned(), AttrValue::Str(rng.pick(&langs).into())));
+            attributes.push(("lang".into(), AttrValue::Str(rng.pick(&langs).into())));
         }
         if rng.chance(40) {
             let w = [1280u64, 1366, 1440, 1920, 390, 412][rng.below(6) as usize];
-            attributes.push(("screen_w".to_owned(), AttrValue::Num(w.into())));
+            attributes.push(("screen_w".into(), AttrValue::Num(w.into())));
         }
         if rng.chance(30) {
-            attributes.push(("returning".to_owned(), AttrValue::Bool(rng.chance(50))));
+            attributes.push(("returning".into(), AttrValue::Bool(rng.chance(50))));
         }
         attributes.sort_by(|a, b| a.0.cmp(&b.0));
         let converts = kind == "conversion";
         let tags = rng.chance(50).then(|| {
-            let mut t = vec![("page".to_owned(), rng.pick(&pages).to_owned())];
+            let mut t: Vec<(CompactString, CompactString)> = vec![("page".into(), rng.pick(&pages).into())];
             if converts || rng.chance(30) {
-                t.push(("sku".to_owned(), format!("SKU-{}", rng.below(100_000))));
+                t.push(("sku".into(), format!("SKU-{}", rng.below(100_000)).into()));
             }
             t.sort();
             t
@@ -153,12 +156,12 @@ fn corpus() -> Vec<Vec<u8>> {
                 .collect()
         });
         let event = Event {
-            event_id: rng.uuid(),
-            session_id: rng.chance(90).then(|| format!("s_{}", rng.hex(20))),
-            visitor_id: visitors[rng.below(visitors.len() as u64) as usize].clone(),
+            event_id: rng.uuid().into(),
+            session_id: rng.chance(90).then(|| format!("s_{}", rng.hex(20)).into()),
+            visitor_id: visitors[rng.below(visitors.len() as u64) as usize].as_str().into(),
             project_id: 1 + rng.below(50),
             timestamp: ts,
-            name: (converts || rng.chance(20)).then(|| rng.pick(&names).to_owned()),
+            name: (converts || rng.chance(20)).then(|| rng.pick(&names).into()),
             revenue: converts.then(|| rng.below(50_000) as i64),
             value: rng
                 .chance(15)

@@ -58,6 +58,10 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Serialize, Serializer};
 
+/// The string type of event fields: up to 24 bytes are stored inline, so the short ids,
+/// attribute keys and values of a typical event cost no allocation. It derefs to `str`.
+pub use compact_str::CompactString;
+
 /// Largest accepted line or message, in bytes (64 KiB).
 pub const MAX_LINE_BYTES: usize = 65_536;
 /// Smallest valid timestamp, ms since the Unix epoch (2000-01-01T00:00:00Z).
@@ -77,7 +81,7 @@ pub const MAX_DEPTH: usize = 64;
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
     /// A JSON string.
-    Str(String),
+    Str(CompactString),
     /// A finite JSON number, kept as written (integer or float).
     Num(serde_json::Number),
     /// A JSON boolean.
@@ -129,14 +133,14 @@ impl<'de> Deserialize<'de> for AttrValue {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         if deserializer.is_human_readable() {
             return Ok(match AttrJson::deserialize(deserializer)? {
-                AttrJson::Str(s) => AttrValue::Str(s),
+                AttrJson::Str(s) => AttrValue::Str(s.into()),
                 AttrJson::Num(n) => AttrValue::Num(n),
                 AttrJson::Bool(b) => AttrValue::Bool(b),
                 AttrJson::Null => AttrValue::Null,
             });
         }
         Ok(match AttrRepr::deserialize(deserializer)? {
-            AttrRepr::Str(s) => AttrValue::Str(s.into_owned()),
+            AttrRepr::Str(s) => AttrValue::Str(s.into()),
             AttrRepr::Num(n) => AttrValue::Num(n.parse().map_err(serde::de::Error::custom)?),
             AttrRepr::Bool(b) => AttrValue::Bool(b),
             AttrRepr::Null => AttrValue::Null,
@@ -188,28 +192,28 @@ pub struct Experiment {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Identity of the event (1..=128 bytes).
-    pub event_id: String,
+    pub event_id: CompactString,
     /// Client-assigned session id (1..=128 bytes); `None` makes a gap-based session.
-    pub session_id: Option<String>,
+    pub session_id: Option<CompactString>,
     /// Visitor id (1..=128 bytes).
-    pub visitor_id: String,
+    pub visitor_id: CompactString,
     /// Project id.
     pub project_id: u64,
     /// Event time, ms since the Unix epoch, in `[MIN_TIMESTAMP_MS, END_TIMESTAMP_MS)`.
     pub timestamp: i64,
     /// The `type` field (1..=64 bytes): `pageview`, `click`, ...
-    pub kind: String,
+    pub kind: CompactString,
     /// Optional name, e.g. `add_to_cart`.
-    pub name: Option<String>,
+    pub name: Option<CompactString>,
     /// Optional revenue in minor units.
     pub revenue: Option<i64>,
     /// Optional finite number, kept as written.
     #[serde(with = "number_text")]
     pub value: Option<serde_json::Number>,
     /// Optional common metadata, sorted by key.
-    pub attributes: Option<Vec<(String, AttrValue)>>,
+    pub attributes: Option<Vec<(CompactString, AttrValue)>>,
     /// Optional event-specific tags, sorted by key.
-    pub tags: Option<Vec<(String, String)>>,
+    pub tags: Option<Vec<(CompactString, CompactString)>>,
     /// Optional experiment layer states, in input order.
     pub experiments: Option<Vec<Experiment>>,
 }
@@ -381,8 +385,8 @@ impl Serialize for InputJson<'_> {
     }
 }
 
-/// A sorted `Vec<(String, V)>` serialized as a JSON object.
-struct PairsAsMap<'a, V>(&'a [(String, V)]);
+/// A sorted `Vec<(CompactString, V)>` serialized as a JSON object.
+struct PairsAsMap<'a, V>(&'a [(CompactString, V)]);
 
 impl<V: Serialize> Serialize for PairsAsMap<'_, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -535,7 +539,7 @@ fn check_unique_keys<E: de::Error>(slot: &mut Slot, keys: &mut [Cow<'_, str>]) -
 /// Input that is already sorted (the common case: most producers write keys in a fixed
 /// order) costs one comparison per key; otherwise the pairs are sorted once at the end.
 struct SortedPairs<V> {
-    pairs: Vec<(String, V)>,
+    pairs: Vec<(CompactString, V)>,
     sorted: bool,
 }
 
@@ -560,15 +564,15 @@ impl<V> SortedPairs<V> {
                 }
             }
         }
-        self.pairs.push((key.into_owned(), v));
+        self.pairs.push((key.into(), v));
         Ok(())
     }
 
-    fn finish<E: de::Error>(mut self, slot: &mut Slot) -> Result<Vec<(String, V)>, E> {
+    fn finish<E: de::Error>(mut self, slot: &mut Slot) -> Result<Vec<(CompactString, V)>, E> {
         if !self.sorted {
             self.pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             if let Some(w) = self.pairs.windows(2).find(|w| w[0].0 == w[1].0) {
-                return Err(fail(slot, Invalid::DuplicateKey(w[0].0.clone())));
+                return Err(fail(slot, Invalid::DuplicateKey(w[0].0.to_string())));
             }
         }
         Ok(self.pairs)
@@ -795,10 +799,10 @@ fn string_value<E: de::Error>(
     name: &'static str,
     max: usize,
     len_reason: &'static str,
-) -> Result<Option<String>, E> {
+) -> Result<Option<CompactString>, E> {
     match s {
         Scalar::Null => Ok(None),
-        Scalar::Str(s) if !s.is_empty() && s.len() <= max => Ok(Some(s.into_owned())),
+        Scalar::Str(s) if !s.is_empty() && s.len() <= max => Ok(Some(s.into())),
         Scalar::Str(_) => Err(fail(slot, field(name, len_reason))),
         _ => Err(fail(slot, field(name, "a string"))),
     }
@@ -905,7 +909,7 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
                 Field::Name => {
                     name = match next_scalar(&mut map, slot, field("name", "a string"))? {
                         Scalar::Null => None,
-                        Scalar::Str(s) => Some(s.into_owned()),
+                        Scalar::Str(s) => Some(s.into()),
                         _ => return Err(fail(slot, field("name", "a string"))),
                     };
                 }
@@ -1074,7 +1078,7 @@ impl ScalarObject for Attributes {
                 Some(n) => AttrValue::Num(n),
                 None => return Err(fail(slot, Invalid::NotFinite)),
             },
-            Scalar::Str(s) => AttrValue::Str(s.into_owned()),
+            Scalar::Str(s) => AttrValue::Str(s.into()),
         })
     }
 }
@@ -1083,16 +1087,16 @@ impl ScalarObject for Attributes {
 struct Tags;
 
 impl ScalarObject for Tags {
-    type Value = String;
+    type Value = CompactString;
     const OBJECT: Invalid = field("tags", "an object");
     const VALUES: Invalid = field("tags values", "strings");
     const EXPECTING: &'static str = "a tags object";
     const CAPACITY: usize = 4;
 
     #[inline]
-    fn value<E: de::Error>(s: Scalar<'_>, slot: &mut Slot) -> Result<String, E> {
+    fn value<E: de::Error>(s: Scalar<'_>, slot: &mut Slot) -> Result<CompactString, E> {
         match s {
-            Scalar::Str(s) => Ok(s.into_owned()),
+            Scalar::Str(s) => Ok(s.into()),
             _ => Err(fail(slot, Self::VALUES)),
         }
     }
@@ -1114,7 +1118,7 @@ impl<'s, K> ObjectSeed<'s, K> {
 }
 
 impl<'de, K: ScalarObject> DeserializeSeed<'de> for ObjectSeed<'_, K> {
-    type Value = Option<Vec<(String, K::Value)>>;
+    type Value = Option<Vec<(CompactString, K::Value)>>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
@@ -1122,7 +1126,7 @@ impl<'de, K: ScalarObject> DeserializeSeed<'de> for ObjectSeed<'_, K> {
 }
 
 impl<'de, K: ScalarObject> Visitor<'de> for ObjectSeed<'_, K> {
-    type Value = Option<Vec<(String, K::Value)>>;
+    type Value = Option<Vec<(CompactString, K::Value)>>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(K::EXPECTING)
@@ -1758,7 +1762,7 @@ mod tests {
         assert_eq!(
             attrs(r#"{"é":1,"a":"x","B":false,"":null}"#).unwrap(),
             [
-                (String::new(), AttrValue::Null),
+                (CompactString::default(), AttrValue::Null),
                 ("B".into(), AttrValue::Bool(false)),
                 ("a".into(), AttrValue::Str("x".into())),
                 ("é".into(), AttrValue::Num(Number::from(1u64))),
@@ -1786,7 +1790,7 @@ mod tests {
         assert_eq!(
             e.tags.unwrap(),
             [
-                ("a".into(), String::new()),
+                ("a".into(), CompactString::default()),
                 ("m".into(), "é".into()),
                 ("z".into(), "1".into())
             ]
@@ -2113,7 +2117,7 @@ mod tests {
 
     fn attr_value() -> impl Strategy<Value = AttrValue> {
         prop_oneof![
-            ".{0,12}".prop_map(AttrValue::Str),
+            ".{0,12}".prop_map(|s: String| AttrValue::Str(s.into())),
             number().prop_map(AttrValue::Num),
             any::<bool>().prop_map(AttrValue::Bool),
             Just(AttrValue::Null),
@@ -2149,17 +2153,19 @@ mod tests {
                 (timestamp, kind, name, revenue, value),
                 (attributes, tags, experiments),
             )| Event {
-                event_id,
-                session_id,
-                visitor_id,
+                event_id: event_id.into(),
+                session_id: session_id.map(Into::into),
+                visitor_id: visitor_id.into(),
                 project_id,
                 timestamp,
-                kind,
-                name,
+                kind: kind.into(),
+                name: name.map(Into::into),
                 revenue,
                 value,
-                attributes: attributes.map(|m: BTreeMap<_, _>| m.into_iter().collect()),
-                tags: tags.map(|m: BTreeMap<_, _>| m.into_iter().collect()),
+                attributes: attributes
+                    .map(|m: BTreeMap<String, _>| m.into_iter().map(|(k, v)| (k.into(), v)).collect()),
+                tags: tags
+                    .map(|m: BTreeMap<String, String>| m.into_iter().map(|(k, v)| (k.into(), v.into())).collect()),
                 experiments,
             },
         )
@@ -2184,7 +2190,7 @@ mod tests {
             decimal
         ];
         let attr = prop_oneof![
-            TEXT.prop_map(AttrValue::Str),
+            TEXT.prop_map(|s: String| AttrValue::Str(s.into())),
             number.clone().prop_map(AttrValue::Num),
             any::<bool>().prop_map(AttrValue::Bool),
             Just(AttrValue::Null),
@@ -2214,17 +2220,19 @@ mod tests {
                 (timestamp, kind, name, revenue, value),
                 (attributes, tags, experiments),
             )| Event {
-                event_id,
-                session_id,
-                visitor_id,
+                event_id: event_id.into(),
+                session_id: session_id.map(Into::into),
+                visitor_id: visitor_id.into(),
                 project_id,
                 timestamp,
-                kind,
-                name,
+                kind: kind.into(),
+                name: name.map(Into::into),
                 revenue,
                 value,
-                attributes: attributes.map(|m: BTreeMap<_, _>| m.into_iter().collect()),
-                tags: tags.map(|m: BTreeMap<_, _>| m.into_iter().collect()),
+                attributes: attributes
+                    .map(|m: BTreeMap<String, _>| m.into_iter().map(|(k, v)| (k.into(), v)).collect()),
+                tags: tags
+                    .map(|m: BTreeMap<String, String>| m.into_iter().map(|(k, v)| (k.into(), v.into())).collect()),
                 experiments,
             },
         )

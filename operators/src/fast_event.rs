@@ -9,7 +9,7 @@
 //! for invalid input, the reason. The property tests in [`crate::event`] check that both
 //! agree on valid, mutated and random lines.
 
-use crate::event::{AttrValue, Event, Experiment, END_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
+use crate::event::{AttrValue, CompactString, Event, Experiment, END_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
 
 /// A JSON integer as `serde_json` reports it: non-negative as `u64`, negative as `i64`.
 #[derive(Clone, Copy)]
@@ -154,9 +154,9 @@ impl<'a> Cursor<'a> {
 
     /// An object of scalars, as pairs sorted by key (duplicate keys fall back). `{}` is an
     /// empty list.
-    fn object<V>(&mut self, value: impl Fn(Scalar<'a>) -> Option<V>) -> Option<Vec<(String, V)>> {
+    fn object<V>(&mut self, value: impl Fn(Scalar<'a>) -> Option<V>) -> Option<Vec<(CompactString, V)>> {
         self.eat(b'{')?;
-        let mut pairs: Vec<(String, V)> = Vec::with_capacity(8);
+        let mut pairs: Vec<(CompactString, V)> = Vec::with_capacity(8);
         if self.peek()? == b'}' {
             self.at += 1;
             return Some(pairs);
@@ -169,7 +169,7 @@ impl<'a> Cursor<'a> {
             if let Some((last, _)) = pairs.last() {
                 sorted &= last.as_str() < key;
             }
-            pairs.push((key.to_owned(), v));
+            pairs.push((key.into(), v));
             if !self.more(b'}')? {
                 break;
             }
@@ -227,9 +227,9 @@ impl<'a> Cursor<'a> {
 
 /// A string field of `1..=max` bytes (`null` and other lengths fall back).
 #[inline]
-fn bounded(s: Scalar<'_>, max: usize) -> Option<String> {
+fn bounded(s: Scalar<'_>, max: usize) -> Option<CompactString> {
     match s {
-        Scalar::Str(s) if !s.is_empty() && s.len() <= max => Some(s.to_owned()),
+        Scalar::Str(s) if !s.is_empty() && s.len() <= max => Some(s.into()),
         _ => None,
     }
 }
@@ -298,7 +298,7 @@ pub(crate) fn parse_fast(text: &str) -> Option<Event> {
             "name" => {
                 name = match c.scalar()? {
                     Scalar::Null => None,
-                    Scalar::Str(s) => Some(s.to_owned()),
+                    Scalar::Str(s) => Some(s.into()),
                     _ => return None,
                 };
                 6
@@ -327,7 +327,7 @@ pub(crate) fn parse_fast(text: &str) -> Option<Event> {
                     Some(c.object(|s| match s {
                         Scalar::Null => Some(AttrValue::Null),
                         Scalar::Bool(b) => Some(AttrValue::Bool(b)),
-                        Scalar::Str(s) => Some(AttrValue::Str(s.to_owned())),
+                        Scalar::Str(s) => Some(AttrValue::Str(s.into())),
                         ref n => number_of(n).map(AttrValue::Num),
                     })?)
                 };
@@ -339,7 +339,7 @@ pub(crate) fn parse_fast(text: &str) -> Option<Event> {
                     None
                 } else {
                     Some(c.object(|s| match s {
-                        Scalar::Str(s) => Some(s.to_owned()),
+                        Scalar::Str(s) => Some(s.into()),
                         _ => None,
                     })?)
                 };

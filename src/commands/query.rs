@@ -566,7 +566,7 @@ pub fn events_lookup(
                     }
                 };
                 if hit {
-                    found.insert((e.timestamp, e.event_id.clone()), value);
+                    found.insert((e.timestamp, e.event_id.to_string()), value);
                 }
             }
         }

@@ -12,7 +12,7 @@ use std::cmp::Ordering;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{AttrValue, Event};
+use crate::event::{AttrValue, CompactString, Event};
 use crate::json;
 
 /// Session semantics parameters (see `shared/spec/sessions.md`).
@@ -127,10 +127,10 @@ pub struct Snapshot {
 /// A session attribute with the `(timestamp, event_id)` of the event that gave it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct SessionAttr {
-    key: Box<str>,
+    key: CompactString,
     value: AttrValue,
     ts: i64,
-    event_id: Box<str>,
+    event_id: CompactString,
 }
 
 /// A listed event: where its bytes are in the arena.
@@ -174,17 +174,17 @@ pub struct Session {
     id: Box<str>,
     opened: u64,
     opened_project: u64,
-    visitor_id: Box<str>,
+    visitor_id: CompactString,
     project_id: u64,
     first_ts: i64,
-    first_id: Box<str>,
+    first_id: CompactString,
     start: i64,
     end: i64,
     event_count: u64,
     revenue: i128,
     attrs: Vec<SessionAttr>,
     experiments: Vec<(u64, u64)>,
-    attr_sets: Vec<Vec<(String, AttrValue)>>,
+    attr_sets: Vec<Vec<(CompactString, AttrValue)>>,
     exp_sets: Vec<Vec<(u64, u64)>>,
     listed: Vec<Listed>,
     arena: Vec<u8>,
@@ -207,7 +207,7 @@ struct Incoming<'a> {
     id: &'a str,
     revenue: i64,
     body: &'a [u8],
-    attrs: Option<&'a [(String, AttrValue)]>,
+    attrs: Option<&'a [(CompactString, AttrValue)]>,
     exps: Option<&'a [(u64, u64)]>,
 }
 
@@ -371,7 +371,7 @@ impl Session {
     }
 
     /// Counts an event into the aggregates; returns whether a session attribute changed value.
-    fn count_in(&mut self, ts: i64, id: &str, revenue: i64, attrs: Option<&[(String, AttrValue)]>) -> bool {
+    fn count_in(&mut self, ts: i64, id: &str, revenue: i64, attrs: Option<&[(CompactString, AttrValue)]>) -> bool {
         self.event_count += 1;
         self.revenue += revenue as i128;
         self.start = self.start.min(ts);
@@ -393,12 +393,12 @@ impl Session {
     fn offer_attr(&mut self, from: usize, key: &str, value: &AttrValue, ts: i64, id: &str) -> (bool, usize) {
         let rest = &self.attrs[from..];
         let found = if rest.len() > 16 {
-            rest.binary_search_by(|a| a.key.as_ref().cmp(key))
+            rest.binary_search_by(|a| a.key.as_str().cmp(key))
         } else {
             // Usually the next key is the one: one comparison.
             let mut i = 0;
             loop {
-                match rest.get(i).map(|a| a.key.as_ref().cmp(key)) {
+                match rest.get(i).map(|a| a.key.as_str().cmp(key)) {
                     Some(Ordering::Less) => i += 1,
                     Some(Ordering::Equal) => break Ok(i),
                     _ => break Err(i),
@@ -450,7 +450,7 @@ impl Session {
         }
     }
 
-    fn intern_attrs(&mut self, attrs: Option<&[(String, AttrValue)]>) -> u16 {
+    fn intern_attrs(&mut self, attrs: Option<&[(CompactString, AttrValue)]>) -> u16 {
         let Some(attrs) = attrs else { return NO_ATTRS };
         if let Some(i) = self.attr_sets.iter().position(|s| s.as_slice() == attrs) {
             return i as u16;
@@ -515,7 +515,7 @@ impl Session {
         let mut first = true;
         if set != NO_ATTRS {
             for (k, v) in &self.attr_sets[set as usize] {
-                let same = match self.attrs.binary_search_by(|a| a.key.as_ref().cmp(k.as_str())) {
+                let same = match self.attrs.binary_search_by(|a| a.key.as_str().cmp(k.as_str())) {
                     Ok(pos) => self.attrs[pos].value == *v,
                     Err(_) => false,
                 };
@@ -649,7 +649,7 @@ impl Session {
         let mut dropped = 0u64;
         // Gap sessions of one pair share visitor and project, so only the order key can move.
         self.offer_first(other.first_ts, &other.first_id, &other.visitor_id, other.project_id);
-        let set = |sets: &[Vec<(String, AttrValue)>], i: u16| (i != NO_ATTRS).then(|| sets[i as usize].clone());
+        let set = |sets: &[Vec<(CompactString, AttrValue)>], i: u16| (i != NO_ATTRS).then(|| sets[i as usize].clone());
         let xset = |sets: &[Vec<(u64, u64)>], i: u16| (i != NO_ATTRS).then(|| sets[i as usize].clone());
         for l in &other.listed {
             let id = std::str::from_utf8(other.listed_id(l)).unwrap_or_default();
@@ -732,7 +732,7 @@ impl Session {
                 .into_iter()
                 .flatten()
             {
-                if let Err(pos) = attrs.binary_search_by(|a| a.key.as_ref().cmp(k.as_str())) {
+                if let Err(pos) = attrs.binary_search_by(|a| a.key.as_str().cmp(k.as_str())) {
                     let a = SessionAttr {
                         key: k.as_str().into(),
                         value: v.clone(),
@@ -932,10 +932,10 @@ mod tests {
         }
     }
 
-    fn attrs(kv: &[(&str, &str)]) -> Option<Vec<(String, AttrValue)>> {
+    fn attrs(kv: &[(&str, &str)]) -> Option<Vec<(CompactString, AttrValue)>> {
         Some(
             kv.iter()
-                .map(|(k, v)| (k.to_string(), AttrValue::Str(v.to_string())))
+                .map(|(k, v)| ((*k).into(), AttrValue::Str((*v).into())))
                 .collect(),
         )
     }
@@ -1102,8 +1102,8 @@ mod tests {
         let mut session_attrs = serde_json::Map::new();
         for e in &sorted {
             for (k, v) in e.attributes.iter().flatten() {
-                if !session_attrs.contains_key(k) {
-                    session_attrs.insert(k.clone(), serde_json::to_value(v).unwrap());
+                if !session_attrs.contains_key(k.as_str()) {
+                    session_attrs.insert(k.to_string(), serde_json::to_value(v).unwrap());
                 }
             }
         }
@@ -1122,8 +1122,8 @@ mod tests {
                     .attributes
                     .iter()
                     .flatten()
-                    .filter(|(k, v)| session_attrs.get(k) != Some(&serde_json::to_value(v).unwrap()))
-                    .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap()))
+                    .filter(|(k, v)| session_attrs.get(k.as_str()) != Some(&serde_json::to_value(v).unwrap()))
+                    .map(|(k, v)| (k.to_string(), serde_json::to_value(v).unwrap()))
                     .collect();
                 if !diff.is_empty() {
                     o.insert("attributes".into(), Value::Object(diff));
@@ -1150,7 +1150,7 @@ mod tests {
             let mut events = Vec::new();
             for (i, (ts, v1, v2, rev)) in raw.iter().enumerate() {
                 let mut e = ev(&format!("e{:02}", (i * 7) % 41), 1_000 + ts);
-                e.visitor_id = format!("v{v1}");
+                e.visitor_id = format!("v{v1}").into();
                 e.revenue = *rev;
                 let vals = ["a", "b", "c", "d"];
                 e.attributes = match v2 { 0 => None, 1 => attrs(&[("k", vals[*v1 as usize])]),
