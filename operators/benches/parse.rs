@@ -1,5 +1,6 @@
-//! Throughput of event parsing: `parse_event` (serde_json) against the same validation code
-//! driven by `sonic-rs` and `simd-json`.
+//! Throughput of event parsing: `parse_event` (its single-pass fast path for lines in the
+//! common shape, serde_json for the rest) against the reference validation code alone driven
+//! by `serde_json`, `sonic-rs` and `simd-json`.
 //!
 //! Run with `cargo bench -p sessionflow-operators --bench parse -- --measurement-time 3
 //! --warm-up-time 1`. Before measuring, the three parsers are checked to agree on the whole
@@ -17,6 +18,18 @@ use sessionflow_operators::event::{
 
 /// Number of lines in the corpus.
 const LINES: usize = 10_000;
+
+/// `parse_event_from` driven by serde_json: the reference parser alone, without the fast path.
+fn parse_reference(line: &[u8]) -> Result<Event, Invalid> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(Invalid::TooLong);
+    }
+    let text = std::str::from_utf8(line).map_err(|e| Invalid::NotUtf8 { at: e.valid_up_to() })?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let event = parse_event_from(&mut de)?;
+    de.end().map_err(|e| Invalid::Json(e.to_string()))?;
+    Ok(event)
+}
 
 /// `parse_event_from` driven by sonic-rs.
 fn parse_sonic(line: &[u8]) -> Result<Event, Invalid> {
@@ -226,7 +239,7 @@ fn normalized(r: Result<Event, Invalid>) -> Result<Event, Invalid> {
     })
 }
 
-/// Panics unless the three parsers agree on every line.
+/// Panics unless the parsers agree on every line.
 fn check_agreement(corpus: &[Vec<u8>]) {
     let mut scratch = Vec::new();
     let mut buffers = simd_json::Buffers::default();
@@ -237,6 +250,11 @@ fn check_agreement(corpus: &[Vec<u8>]) {
     let invalid = invalid_lines();
     for line in corpus.iter().chain(&invalid) {
         let ours = normalized(parse_event(line));
+        assert_eq!(
+            parse_event(line),
+            parse_reference(line),
+            "the fast path changed a result"
+        );
         let sonic = normalized(parse_sonic(line));
         let simd = normalized(parse_simd(line, &mut scratch, &mut buffers));
         let shown = String::from_utf8_lossy(&line[..line.len().min(200)]);
@@ -265,10 +283,17 @@ fn bench_parse(c: &mut Criterion) {
         elements: corpus.len() as u64,
         bytes: bytes as u64,
     });
-    group.bench_function("serde_json", |b| {
+    group.bench_function("parse_event", |b| {
         b.iter(|| {
             for line in &corpus {
                 black_box(parse_event(black_box(line)).unwrap());
+            }
+        })
+    });
+    group.bench_function("serde_json", |b| {
+        b.iter(|| {
+            for line in &corpus {
+                black_box(parse_reference(black_box(line)).unwrap());
             }
         })
     });
