@@ -10,7 +10,8 @@
 //! 4. For scale, the engine alone: `sessionflow replay` of the same events from files (the
 //!    generator's files for the same seed), 2 workers, same outputs as 3.
 //!
-//! Prints events/s of each and the job/raw ratio, measured side by side in one run.
+//! Prints events/s of each and the job/raw ratio, measured side by side in one run. Before each
+//! timed run the previous run's output files are removed and dirty pages written back (`sync`).
 
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,17 @@ fn file_flags(dir: &std::path::Path) -> Vec<String> {
     .into_iter()
     .flat_map(|(flag, name)| [flag.to_string(), dir.join(name).display().to_string()])
     .collect()
+}
+
+/// Lets the machine settle before a timed run: the previous run's output files are removed and
+/// every dirty page is written back (`sync`), so a run does not pay for the last one's
+/// writeback (on the development VM that cost ~1 s of system time per 724 MB written).
+fn settle(dir: &std::path::Path) {
+    for name in ["out.jsonl", "dead.jsonl", "stats.json"] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    let _ = std::process::Command::new("sync").status();
+    std::thread::sleep(Duration::from_secs(1));
 }
 
 fn main() {
@@ -105,6 +117,9 @@ fn bench() -> Result<(), String> {
     );
 
     // 2. Raw consumption of the whole topic.
+    let dir = std::env::temp_dir().join(format!("sf-bench-kafka-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    settle(&dir);
     let (count, bytes, secs) = raw_consume(&brokers, &topic)?;
     if count != produced.messages {
         return Err(format!("raw consumer read {count} of {} messages", produced.messages));
@@ -116,8 +131,6 @@ fn bench() -> Result<(), String> {
     );
 
     // 3. The job end to end, 2 workers: output dropped, then the replay files written.
-    let dir = std::env::temp_dir().join(format!("sf-bench-kafka-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     for (label, files) in [("job/null", false), ("job/files", true)] {
         let group = format!("{topic}-{}", label.replace('/', "-"));
         let mut argv: Vec<String> = ["x", "--brokers", &brokers, "--topic", &topic, "--group", &group]
@@ -129,6 +142,7 @@ fn bench() -> Result<(), String> {
             argv.extend(file_flags(&dir));
         }
         let args = Cli::try_parse_from(&argv).map_err(|e| e.to_string())?.run;
+        settle(&dir);
         let started = Instant::now();
         let stats = run::run(args)?.ok_or("the run reported no counters")?;
         let secs = started.elapsed().as_secs_f64();
@@ -159,6 +173,7 @@ fn bench() -> Result<(), String> {
     argv.extend(file_flags(&dir));
     argv.extend(["--workers", "2"].map(String::from));
     let args = ReplayCli::try_parse_from(&argv).map_err(|e| e.to_string())?.replay;
+    settle(&dir);
     let started = Instant::now();
     let stats = replay::run(args)?.ok_or("the replay reported no counters")?;
     let secs = started.elapsed().as_secs_f64();
