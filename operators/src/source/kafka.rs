@@ -602,6 +602,15 @@ impl KafkaReader {
             ("enable.partition.eof", cfg.stop_at_end.to_string()),
             // Names this worker in the broker's logs.
             ("client.id", format!("sessionflow-source-{index}")),
+            // Prefetch per partition (each partition has a queue of its own): 8 MB keeps the
+            // workers fed; librdkafka's 64 MB default only adds memory (~200 MB more for 4
+            // partitions, same throughput).
+            ("queued.max.messages.kbytes", "8192".to_string()),
+            // A full queue (a partition held back by watermark alignment, or read behind a
+            // window being processed) postpones that partition's next fetch by this much;
+            // librdkafka's 1 s default left drained partitions waiting for data (the job ran
+            // ~15% slower, and 3-4x slower with small queues).
+            ("fetch.queue.backoff.ms", "10".to_string()),
         ];
         if cfg.stats_interval_ms > 0 {
             // The consumer-lag gauge of the progress line comes from librdkafka's statistics.
