@@ -152,6 +152,17 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// `null` as `Some(None)`, else the container `read` reads as `Some(Some(_))` (`None`:
+    /// fall back).
+    fn nullable<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            Some(None)
+        } else {
+            read(self).map(Some)
+        }
+    }
+
     /// An object of scalars, as pairs sorted by key (duplicate keys fall back). `{}` is an
     /// empty list.
     fn object<V>(&mut self, value: impl Fn(Scalar<'a>) -> Option<V>) -> Option<Vec<(CompactString, V)>> {
@@ -320,38 +331,27 @@ pub(crate) fn parse_fast(text: &str) -> Option<Event> {
                 8
             }
             "attributes" => {
-                attributes = if c.peek()? == b'n' {
-                    c.literal(b"null")?;
-                    None
-                } else {
-                    Some(c.object(|s| match s {
+                attributes = c.nullable(|c| {
+                    c.object(|s| match s {
                         Scalar::Null => Some(AttrValue::Null),
                         Scalar::Bool(b) => Some(AttrValue::Bool(b)),
                         Scalar::Str(s) => Some(AttrValue::Str(s.into())),
                         ref n => number_of(n).map(AttrValue::Num),
-                    })?)
-                };
+                    })
+                })?;
                 9
             }
             "tags" => {
-                tags = if c.peek()? == b'n' {
-                    c.literal(b"null")?;
-                    None
-                } else {
-                    Some(c.object(|s| match s {
+                tags = c.nullable(|c| {
+                    c.object(|s| match s {
                         Scalar::Str(s) => Some(s.into()),
                         _ => None,
-                    })?)
-                };
+                    })
+                })?;
                 10
             }
             "experiments" => {
-                experiments = if c.peek()? == b'n' {
-                    c.literal(b"null")?;
-                    None
-                } else {
-                    Some(c.experiments()?)
-                };
+                experiments = c.nullable(Cursor::experiments)?;
                 11
             }
             _ => return None,
