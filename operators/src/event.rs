@@ -2127,18 +2127,27 @@ mod tests {
     /// 1..=128 bytes (a char is at most 4 bytes).
     const ID: &str = "(.|[\\x00-\\x1f\"\\\\]){1,32}";
 
-    fn event() -> impl Strategy<Value = Event> {
-        let ids = (ID, proptest::option::of(ID), ID, any::<u64>());
+    /// Events whose ids match `id`, `type` matches `kind`, `name` matches `text`, map keys and
+    /// tag values match `key`, with these numbers (`value`) and attribute values.
+    fn events_of(
+        id: &'static str,
+        kind: &'static str,
+        text: &'static str,
+        key: &'static str,
+        number: impl Strategy<Value = Number>,
+        attr: impl Strategy<Value = AttrValue>,
+    ) -> impl Strategy<Value = Event> {
+        let ids = (id, proptest::option::of(id), id, any::<u64>());
         let time = (
             MIN_TIMESTAMP_MS..END_TIMESTAMP_MS,
-            ".{1,16}",
-            proptest::option::of(".{0,20}"),
+            kind,
+            proptest::option::of(text),
             proptest::option::of(any::<i64>()),
-            proptest::option::of(number()),
+            proptest::option::of(number),
         );
         let maps = (
-            proptest::option::of(proptest::collection::btree_map(".{0,8}", attr_value(), 0..6)),
-            proptest::option::of(proptest::collection::btree_map(".{0,8}", ".{0,8}", 0..4)),
+            proptest::option::of(proptest::collection::btree_map(key, attr, 0..6)),
+            proptest::option::of(proptest::collection::btree_map(key, key, 0..4)),
             proptest::option::of(proptest::collection::vec(
                 (any::<u64>(), any::<u64>()).prop_map(|(e, v)| Experiment {
                     experiment_id: e,
@@ -2171,6 +2180,10 @@ mod tests {
         )
     }
 
+    fn event() -> impl Strategy<Value = Event> {
+        events_of(ID, ".{1,16}", ".{0,20}", ".{0,8}", number(), attr_value())
+    }
+
     /// Events in the shape producers write: strings without escapes or control bytes,
     /// integers and short decimals, no unknown fields.
     fn common_event() -> impl Strategy<Value = Event> {
@@ -2195,47 +2208,7 @@ mod tests {
             any::<bool>().prop_map(AttrValue::Bool),
             Just(AttrValue::Null),
         ];
-        let ids = (ID, proptest::option::of(ID), ID, any::<u64>());
-        let time = (
-            MIN_TIMESTAMP_MS..END_TIMESTAMP_MS,
-            KIND,
-            proptest::option::of(TEXT),
-            proptest::option::of(any::<i64>()),
-            proptest::option::of(number),
-        );
-        let maps = (
-            proptest::option::of(proptest::collection::btree_map(KEY, attr, 0..6)),
-            proptest::option::of(proptest::collection::btree_map(KEY, KEY, 0..4)),
-            proptest::option::of(proptest::collection::vec(
-                (any::<u64>(), any::<u64>()).prop_map(|(e, v)| Experiment {
-                    experiment_id: e,
-                    variation_id: v,
-                }),
-                0..4,
-            )),
-        );
-        (ids, time, maps).prop_map(
-            |(
-                (event_id, session_id, visitor_id, project_id),
-                (timestamp, kind, name, revenue, value),
-                (attributes, tags, experiments),
-            )| Event {
-                event_id: event_id.into(),
-                session_id: session_id.map(Into::into),
-                visitor_id: visitor_id.into(),
-                project_id,
-                timestamp,
-                kind: kind.into(),
-                name: name.map(Into::into),
-                revenue,
-                value,
-                attributes: attributes
-                    .map(|m: BTreeMap<String, _>| m.into_iter().map(|(k, v)| (k.into(), v)).collect()),
-                tags: tags
-                    .map(|m: BTreeMap<String, String>| m.into_iter().map(|(k, v)| (k.into(), v.into())).collect()),
-                experiments,
-            },
-        )
+        events_of(ID, KIND, TEXT, KEY, number, attr)
     }
 
     /// Lines that are almost JSON events: valid ones with a few bytes changed.
