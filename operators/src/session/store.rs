@@ -184,7 +184,6 @@ impl SessionStore {
         self.expire(m);
         let mut touched: Vec<SessionRef> = Vec::new();
         if let Some(mut batches) = self.pending.remove(&m) {
-            self.pending_count -= batches.iter().map(Vec::len).sum::<usize>();
             // Sort a permutation, not the records (each is a few hundred bytes to move).
             let mut order: Vec<(i64, u32, u32)> = batches
                 .iter()
@@ -196,6 +195,7 @@ impl SessionStore {
                         .map(move |(i, r)| (r.event.timestamp, b as u32, i as u32))
                 })
                 .collect();
+            self.pending_count -= order.len();
             order.sort_unstable_by(|a, b| {
                 a.0.cmp(&b.0).then_with(|| {
                     let x = &batches[a.1 as usize][a.2 as usize];
