@@ -35,7 +35,7 @@ use sessionflow_operators::record::{DeadLetter, Sourced};
 use sessionflow_operators::session::operator::SessionGauges;
 use sessionflow_operators::session::{SessionStore, Sessionize, Snapshot};
 use sessionflow_operators::sink::files::{SharedLineFile, SinkDeadLetterFile, SinkSnapshotFile};
-use sessionflow_operators::source::{partitioned_source, Cut, PartitionReader, SourceGauges};
+use sessionflow_operators::source::{partitioned_source, Cut, PartitionReader, SourceControl, SourceGauges};
 use timely::dataflow::operators::vec::Input;
 use timely::dataflow::operators::{Concat, Exchange, Inspect, Probe};
 use timely::dataflow::{ProbeHandle, StreamVec};
@@ -91,6 +91,14 @@ pub struct Job {
     /// reflected in durable output and is not read again, so the session state must be
     /// restored as of window `D - 1` (the SessionDB hook).
     pub resume: Vec<Cut>,
+    /// Stops this worker's source from reading (a graceful stop of a live job).
+    pub control: SourceControl,
+    /// Frontier of the source streams: the smallest window any worker's source still holds.
+    pub input: ProbeHandle<u64>,
+    /// Frontier of the sources' acknowledged commits ([`SourceStreams::committed`]).
+    ///
+    /// [`SourceStreams::committed`]: sessionflow_operators::source::SourceStreams::committed
+    pub committed: ProbeHandle<u64>,
 }
 
 impl Job {
@@ -98,14 +106,29 @@ impl Job {
     pub fn stats(&self) -> Stats {
         Stats::from_parts(&self.source.borrow(), &self.session.borrow().counters)
     }
+
+    /// Once every worker's source stopped reading ([`Job::control`]): whether everything read
+    /// that can become durable is durable and its offsets committed (acknowledged), i.e. the
+    /// commits reached the sources' frontier, or nothing commits at all. The windows from that
+    /// frontier on cannot complete without more input: a restart reads them again.
+    pub fn drained(&self) -> bool {
+        let committed = self.committed.with_frontier(|f| f.first().copied());
+        let input = self.input.with_frontier(|f| f.first().copied());
+        match (committed, input) {
+            (None, _) => true,
+            (Some(c), Some(i)) => c >= i,
+            (Some(_), None) => false,
+        }
+    }
 }
 
 /// Builds the job's dataflow on `worker`.
 pub fn build<R: PartitionReader>(worker: &mut Worker, job: &JobConfig, reader: R, outputs: Outputs<'_>) -> Job {
     let probe = ProbeHandle::new();
     let durable = ProbeHandle::new();
+    let (input_probe, committed) = (ProbeHandle::new(), ProbeHandle::new());
     let resume = reader.resume_points();
-    let (source, session) = worker.dataflow::<u64, _, _>(|scope| {
+    let (source, session, control) = worker.dataflow::<u64, _, _>(|scope| {
         // 1. Partitioned input: parse, validate, assign windows by partition watermark.
         let commits = outputs.commit_on_durable.then(|| durable.clone());
         let input = partitioned_source(
@@ -117,8 +140,10 @@ pub fn build<R: PartitionReader>(worker: &mut Worker, job: &JobConfig, reader: R
             commits,
         );
         if let Some(gate) = &outputs.commit_gate {
-            input.committed.probe_with(gate);
+            input.committed.clone().probe_with(gate);
         }
+        input.committed.clone().probe_with(&committed);
+        input.events.clone().probe_with(&input_probe);
 
         // 2. Sessionize (exchanges by session key internally).
         // [hbase] Event sinks see every valid event; a restored store resumes sessionize.
@@ -153,13 +178,16 @@ pub fn build<R: PartitionReader>(worker: &mut Worker, job: &JobConfig, reader: R
             dead.probe_with(&probe);
             sessions.snapshots.probe_with(&probe);
         }
-        (input.gauges, sessions.gauges)
+        (input.gauges, sessions.gauges, input.control)
     });
     Job {
         probe,
         source,
         session,
         resume,
+        control,
+        input: input_probe,
+        committed,
     }
 }
 

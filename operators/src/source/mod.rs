@@ -32,7 +32,7 @@ pub mod files;
 pub mod kafka;
 pub mod memory;
 
-use std::cell::RefCell;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -46,6 +46,9 @@ use timely::scheduling::SyncActivator;
 
 use crate::event::parse_event_owned;
 use crate::record::{DeadLetter, Sourced};
+
+/// How often a stopped source looks at the sinks' frontier to commit (see [`SourceControl`]).
+const STOPPED_RECHECK: Duration = Duration::from_millis(10);
 
 /// Watermark state of one partition.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -365,6 +368,36 @@ pub struct SourceStreams<'scope> {
     pub committed: StreamVec<'scope, u64, ()>,
     /// This worker's figures.
     pub gauges: Rc<RefCell<SourceGauges>>,
+    /// Stops this worker's source from reading (a graceful stop).
+    pub control: SourceControl,
+}
+
+/// Stops a partitioned source from reading, for a graceful stop of a live job.
+///
+/// A stopped source reads nothing more but keeps its capability, so the windows it has not
+/// completed stay open (their sessions are not closed early), and it keeps committing as the
+/// sinks acknowledge the windows it did complete: once the source streams' frontier and
+/// [`SourceStreams::committed`] meet, everything read that can become durable is durable and
+/// committed, and the job can end without losing or recounting anything on its restart.
+#[derive(Clone, Default)]
+pub struct SourceControl {
+    stopped: Rc<Cell<bool>>,
+    activator: Rc<OnceCell<timely::scheduling::Activator>>,
+}
+
+impl SourceControl {
+    /// Stops reading (idempotent); the source operator is woken to notice.
+    pub fn stop(&self) {
+        self.stopped.set(true);
+        if let Some(a) = self.activator.get() {
+            a.activate();
+        }
+    }
+
+    /// Whether [`SourceControl::stop`] was called.
+    pub fn stopped(&self) -> bool {
+        self.stopped.get()
+    }
 }
 
 /// What the source shares with its commit tracker on the same worker.
@@ -563,10 +596,13 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
         ..CommitTrack::default()
     }));
     let committed = commit_tracker(scope, &format!("{name}Commits"), Rc::clone(&track));
+    let control = SourceControl::default();
+    let stop = control.clone();
     type Item = Result<(u64, Sourced), (u64, DeadLetter)>;
     let out: StreamVec<'scope, u64, Item> =
         source::<_, CapacityContainerBuilder<Vec<Item>>, _, _>(scope, name, move |cap, info| {
             reader.set_activator(scope.worker().sync_activator_for(info.address.to_vec()));
+            let _ = stop.activator.set(scope.activator_for(info.address.clone()));
             let activator = scope.activator_for(info.address);
             let partitions = reader.partitions();
             let mut marks = Watermarks::new(cfg.window_ms, cfg.lateness_ms, &partitions);
@@ -650,6 +686,12 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                     }
                 } else {
                     track.borrow_mut().update(None, false);
+                }
+                if stop.stopped() {
+                    // Read nothing more, but look again soon: the commits above follow the
+                    // sinks as they catch up with what was read.
+                    activator.activate_after(STOPPED_RECHECK);
+                    return;
                 }
                 if let Some(probe) = &throttle {
                     if probe.less_than(&floor.saturating_sub(cfg.max_windows_ahead)) {
@@ -758,6 +800,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
         dead_letters,
         committed,
         gauges,
+        control,
     }
 }
 
