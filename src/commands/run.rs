@@ -22,8 +22,14 @@
 //! With `--stop-at-end` each worker stops at the end offsets its partitions had when it
 //! started; the run then behaves like `sessionflow replay` over one file per partition (the
 //! dead-letter offsets are Kafka offsets) and its files are byte-identical to replay's.
-//! Without it the job runs until it is killed; offsets committed so far are where a restart
-//! with the same `--group` resumes (exactly, see `sessionflow_operators::source`).
+//! Without it the job runs until it is stopped; offsets committed so far are where a restart
+//! with the same `--group` resumes (exactly, see `sessionflow_operators::source`). SIGINT or
+//! SIGTERM stops it gracefully: the sources read nothing more, the windows they completed
+//! become durable and their offsets are committed, and the job exits once the commits reach
+//! the sources' frontier (or after `--shutdown-timeout`). The windows still open are not
+//! closed early: a restart reads them again. A second signal, or `kill -9`, exits at once,
+//! which is as safe (a restart resumes from the last commit) but reads more again. In a
+//! cluster, signal every process: a process that exits ends the others' connections.
 
 use std::cell::RefCell;
 use std::io::Write as _;
@@ -121,6 +127,11 @@ pub struct RunArgs {
     /// Interval of the progress line on stderr (e.g. 5s); 0 is off.
     #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
     pub progress: u64,
+    /// On SIGINT or SIGTERM a live run stops reading and waits this long at most for what it
+    /// read to become durable and its offsets committed, then exits (e.g. 30s). A second
+    /// signal exits at once.
+    #[arg(long, default_value = "30s", value_parser = parse_duration_ms)]
+    pub shutdown_timeout: u64,
     /// Session semantics.
     #[command(flatten)]
     pub session: SessionArgs,
@@ -190,7 +201,10 @@ fn sink_config(args: &RunArgs, topic: &str) -> KafkaSinkConfig {
 }
 
 /// Runs the job; returns the counters (process 0 of a `--stop-at-end` run) once every output
-/// is in place and the final offsets are committed. A live run returns only on error.
+/// is in place and the final offsets are committed. A live run returns on error, or `None`
+/// after a graceful stop on SIGINT/SIGTERM (reading stops; the run waits up to
+/// `--shutdown-timeout` for what it read to be durable and committed). A signal abandons a
+/// `--stop-at-end` run: no file is written and nothing committed.
 pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
     let mut job = args.session.job()?;
     job.source.max_windows_ahead = args.max_windows_ahead;
@@ -258,6 +272,10 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         std::thread::spawn(move || progress_loop(&figures, &lags, &done, every, started))
     });
 
+    let signals = StopSignals::register()?;
+    let stop = Arc::new(Mutex::new(StopReport::default()));
+    let (group, shutdown_timeout) = (args.group.clone(), args.shutdown_timeout);
+
     let args = Arc::new(args);
     let shared = (
         Arc::clone(&figures),
@@ -265,6 +283,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         Arc::clone(&abort),
         Arc::clone(&hbase_stats),
     );
+    let (signalled, stop_report) = (signals.flag(), Arc::clone(&stop));
     let guards = timely::execute(config, move |worker| -> Result<Option<RunStats>, String> {
         let (figures, lags, abort) = (&shared.0, &shared.1, &shared.2);
         let index = worker.index();
@@ -339,8 +358,10 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         }
         let built = pipeline::build(worker, &job, reader, outputs);
 
-        // Step until the output is complete; stop at once on any worker's failure.
+        // Step until the output is complete; stop at once on any worker's failure, and
+        // gracefully on a signal.
         let mut last = Instant::now();
+        let mut stopping: Option<Instant> = None;
         while !built.probe.done() {
             worker.step_or_park(Some(Duration::from_millis(5)));
             if let Some(e) = built.source.borrow().error.clone() {
@@ -363,6 +384,36 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
                     worker.drop_dataflow(id);
                 }
                 return Err(e);
+            }
+            if signalled.load(Ordering::SeqCst) && stopping.is_none() {
+                if args.stop_at_end {
+                    fail("interrupted by a signal: no file written, no offset committed".into());
+                    continue;
+                }
+                // Read nothing more; the windows already read complete and commit meanwhile.
+                built.control.stop();
+                stopping = Some(Instant::now());
+                if index == 0 {
+                    eprintln!(
+                        "run: stopping on a signal: reading stopped, waiting up to {:.1} s for the output read so far to be durable and committed (a second signal exits at once)",
+                        args.shutdown_timeout as f64 / 1000.0
+                    );
+                }
+            }
+            if let Some(since) = stopping {
+                let drained = built.drained();
+                if drained || since.elapsed() >= Duration::from_millis(args.shutdown_timeout) {
+                    let committed = built.committed.with_frontier(|f| f.first().copied());
+                    if let Ok(mut r) = stop_report.lock() {
+                        r.record(drained, committed, built.source.borrow().events_read);
+                    }
+                    // The open windows stay open: their sessions are not closed, and a restart
+                    // with the same group reads them again from the committed offsets.
+                    for id in worker.installed_dataflows() {
+                        worker.drop_dataflow(id);
+                    }
+                    return Ok(None);
+                }
             }
             if last.elapsed() >= Duration::from_millis(200) {
                 last = Instant::now();
@@ -437,9 +488,99 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
     if let Some(p) = printer {
         let _ = p.join();
     }
+    drop(signals);
+    if error.is_none() {
+        if let Ok(r) = stop.lock() {
+            if let Some(line) = r.describe(&group, shutdown_timeout) {
+                eprintln!("{line}");
+            }
+        }
+    }
     match error {
         Some(e) => Err(e),
         None => Ok(result),
+    }
+}
+
+/// SIGINT and SIGTERM, while a run lasts: the first sets a flag (the run stops gracefully),
+/// a second one exits the process at once with status 130.
+struct StopSignals {
+    flag: Arc<AtomicBool>,
+    hooks: Vec<signal_hook::SigId>,
+}
+
+impl StopSignals {
+    fn register() -> Result<StopSignals, String> {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut hooks = Vec::new();
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            // Registered first, so it sees the flag as it was before this signal set it.
+            let exit = signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&flag));
+            let set = exit.and_then(|h| {
+                hooks.push(h);
+                signal_hook::flag::register(sig, Arc::clone(&flag))
+            });
+            hooks.push(set.map_err(|e| format!("cannot handle signal {sig}: {e}"))?);
+        }
+        Ok(StopSignals { flag, hooks })
+    }
+
+    fn flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.flag)
+    }
+}
+
+impl Drop for StopSignals {
+    fn drop(&mut self) {
+        for h in self.hooks.drain(..) {
+            signal_hook::low_level::unregister(h);
+        }
+    }
+}
+
+/// How the workers of this process ended a graceful stop.
+#[derive(Debug, Default)]
+struct StopReport {
+    /// Workers that stopped (all of this process's, once the run returned).
+    workers: usize,
+    /// Of those, the ones whose wait ran out before the commits reached the sources' frontier.
+    timed_out: usize,
+    /// Smallest acknowledged commit frontier seen (`None`: nothing commits).
+    committed: Option<u64>,
+    /// Events read by those workers.
+    events_read: u64,
+}
+
+impl StopReport {
+    fn record(&mut self, drained: bool, committed: Option<u64>, events_read: u64) {
+        self.workers += 1;
+        self.timed_out += usize::from(!drained);
+        self.committed = match (self.committed, committed) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.events_read += events_read;
+    }
+
+    /// The line to print, once the workers stopped on a signal.
+    fn describe(&self, group: &str, timeout_ms: u64) -> Option<String> {
+        if self.workers == 0 {
+            return None;
+        }
+        let read = self.events_read;
+        Some(match (self.timed_out, self.committed) {
+            (0, Some(w)) => format!(
+                "run: stopped on a signal after {read} events read: every window below {w} is durable and its offsets are committed; a restart with --group {group} resumes there"
+            ),
+            (0, None) => format!(
+                "run: stopped on a signal after {read} events read (this run commits no offsets)"
+            ),
+            (n, w) => format!(
+                "run: stopped on a signal after {read} events read; {n} worker(s) gave up waiting after {:.1} s (--shutdown-timeout): offsets committed for the windows below {}, a restart with --group {group} reads the rest again",
+                timeout_ms as f64 / 1000.0,
+                w.map_or_else(|| "none".to_string(), |w| w.to_string())
+            ),
+        })
     }
 }
 
@@ -586,6 +727,29 @@ fn progress_loop(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_report_names_the_smallest_committed_window_and_any_timeout() {
+        assert_eq!(StopReport::default().describe("g", 30_000), None);
+        let mut drained = StopReport::default();
+        drained.record(true, Some(12), 100);
+        drained.record(true, Some(10), 50);
+        let line = drained.describe("g", 30_000).unwrap();
+        assert!(line.contains("after 150 events read"), "{line}");
+        assert!(line.contains("every window below 10 is durable"), "{line}");
+        assert!(line.contains("--group g resumes there"), "{line}");
+
+        let mut late = StopReport::default();
+        late.record(true, Some(10), 1);
+        late.record(false, Some(7), 1);
+        let line = late.describe("g", 2_500).unwrap();
+        assert!(line.contains("1 worker(s) gave up waiting after 2.5 s"), "{line}");
+        assert!(line.contains("windows below 7"), "{line}");
+
+        let mut none = StopReport::default();
+        none.record(true, None, 3);
+        assert!(none.describe("g", 1).unwrap().contains("commits no offsets"));
+    }
 
     #[test]
     fn run_stats_bytes_equal_replay_stats_unless_records_were_skipped() {
