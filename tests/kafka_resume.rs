@@ -70,6 +70,14 @@ fn terminated_live_run_commits_what_it_wrote_and_exits_cleanly() {
     killed_live_run_resumes(3, 11, Stop::Term);
 }
 
+/// The same as a two-process timely cluster (1 worker each) where only process 1 gets the
+/// SIGTERM: the stop request reaches process 0 through the dataflow and both stop gracefully.
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_signal_to_one_process_stops_the_whole_cluster_gracefully() {
+    killed_live_run_resumes(2, 13, Stop::TermOneOfTwoProcesses);
+}
+
 /// How the first run ends.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Stop {
@@ -77,10 +85,12 @@ enum Stop {
     Kill,
     /// SIGTERM: a graceful stop.
     Term,
+    /// The first run is a two-process cluster; SIGTERM to process 1 only.
+    TermOneOfTwoProcesses,
 }
 
 /// The live job with `workers` workers on a stream generated with `seed`, stopped by `stop`,
-/// then restarted with as many workers.
+/// then restarted with as many workers (in one process).
 fn killed_live_run_resumes(workers: usize, seed: u64, stop: Stop) {
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("resume");
@@ -100,37 +110,63 @@ fn killed_live_run_resumes(workers: usize, seed: u64, stop: Stop) {
     replay(&inputs, &reference);
     let ends = end_offsets(&topic, PARTITIONS);
 
-    // 1. The live job, killed with SIGKILL once every partition has a commit past offset 0.
-    let mut live = run_flags(&topic, &group, workers);
-    live.extend(
-        [
-            "--snapshot-topic",
-            &snap_topic,
-            "--dead-letter-topic",
-            &dead_topic,
-            "--commit-interval",
-            "200ms",
-        ]
-        .map(String::from),
-    );
-    if stop == Stop::Term {
-        // Sinks that acknowledge late keep the job busy, with written snapshots not yet
-        // committed, when the signal comes: the stop has to wait for them.
-        live.extend(["-X", "producer:linger.ms=1000"].map(String::from));
+    // 1. The live job, stopped once every partition has a commit past offset 0.
+    let processes = if stop == Stop::TermOneOfTwoProcesses { 2 } else { 1 };
+    let hostfile = dir.path().join("hosts");
+    if processes > 1 {
+        let ports: Vec<u16> = (0..processes)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        let hosts: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
+        std::fs::write(&hostfile, hosts).unwrap();
     }
-    let log = std::fs::File::create(dir.path().join("live.log")).unwrap();
+    let log_path = |id: usize| dir.path().join(format!("live{id}.log"));
+    let read_log = |id: usize| std::fs::read_to_string(log_path(id)).unwrap();
     // Killed on a panic too, not left running.
-    let mut guard = KillOnDrop(Some(
-        sessionflow(&live).stdout(Stdio::null()).stderr(log).spawn().unwrap(),
-    ));
-    let child = guard.0.as_mut().unwrap();
+    let mut guards: Vec<KillOnDrop> = (0..processes)
+        .map(|id| {
+            let mut live = run_flags(&topic, &group, workers / processes);
+            live.extend(
+                [
+                    "--snapshot-topic",
+                    &snap_topic,
+                    "--dead-letter-topic",
+                    &dead_topic,
+                    "--commit-interval",
+                    "200ms",
+                ]
+                .map(String::from),
+            );
+            if stop != Stop::Kill {
+                // Sinks that acknowledge late keep the job busy, with written snapshots not
+                // yet committed, when the signal comes: the stop has to wait for them.
+                live.extend(["-X", "producer:linger.ms=1000"].map(String::from));
+            }
+            if processes > 1 {
+                live.extend([
+                    "--processes".to_string(),
+                    processes.to_string(),
+                    "--process-id".into(),
+                    id.to_string(),
+                    "--hostfile".into(),
+                    hostfile.display().to_string(),
+                ]);
+            }
+            let log = std::fs::File::create(log_path(id)).unwrap();
+            KillOnDrop(Some(
+                sessionflow(&live).stdout(Stdio::null()).stderr(log).spawn().unwrap(),
+            ))
+        })
+        .collect();
     let started = Instant::now();
     let first = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "the live run exited ({status}): {}",
-                std::fs::read_to_string(dir.path().join("live.log")).unwrap()
-            );
+        for (id, g) in guards.iter_mut().enumerate() {
+            if let Some(status) = g.0.as_mut().unwrap().try_wait().unwrap() {
+                panic!("live process {id} exited ({status}): {}", read_log(id));
+            }
         }
         assert!(started.elapsed() < Duration::from_secs(90), "no commit within 90 s");
         let c = committed(&group, &topic, PARTITIONS);
@@ -143,28 +179,32 @@ fn killed_live_run_resumes(workers: usize, seed: u64, stop: Stop) {
         std::thread::sleep(Duration::from_millis(100));
     };
     let stopped_at = Instant::now();
-    match stop {
-        Stop::Kill => {
+    if stop == Stop::Kill {
+        for g in &mut guards {
+            let child = g.0.as_mut().unwrap();
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
         }
-        Stop::Term => {
-            let pid = child.id().to_string();
-            let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status();
-            assert!(kill.unwrap().success());
+    } else {
+        let pid = guards[processes - 1].0.as_ref().unwrap().id().to_string();
+        let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(kill.unwrap().success());
+        for (id, g) in guards.iter_mut().enumerate() {
+            let child = g.0.as_mut().unwrap();
             let status = loop {
                 if let Some(status) = child.try_wait().unwrap() {
                     break status;
                 }
                 assert!(
                     stopped_at.elapsed() < Duration::from_secs(60),
-                    "still running 60 s after SIGTERM"
+                    "process {id} still running 60 s after SIGTERM: {}",
+                    read_log(id)
                 );
                 std::thread::sleep(Duration::from_millis(50));
             };
-            let log = std::fs::read_to_string(dir.path().join("live.log")).unwrap();
-            assert!(status.success(), "exit {status} after SIGTERM: {log}");
-            assert!(log.contains("run: stopped on a signal"), "{log}");
+            let log = read_log(id);
+            assert!(status.success(), "process {id}: exit {status} after SIGTERM: {log}");
+            assert!(log.contains("run: stopped on a signal"), "process {id}: {log}");
         }
     }
     eprintln!("{workers} workers: {stop:?} took {:?}", stopped_at.elapsed());
@@ -184,13 +224,15 @@ fn killed_live_run_resumes(workers: usize, seed: u64, stop: Stop) {
     );
     let d = cuts.iter().map(|c| c.1).max().unwrap();
     let snap_ends = end_offsets(&snap_topic, PARTITIONS);
-    if stop == Stop::Term {
+    if stop != Stop::Kill {
         // The stop waited for the commits to reach the sources' frontier, and says where.
-        let log = std::fs::read_to_string(dir.path().join("live.log")).unwrap();
-        assert!(
-            log.contains(&format!("every window below {d} is durable")),
-            "D = {d}: {log}"
-        );
+        for id in 0..processes {
+            let log = read_log(id);
+            assert!(
+                log.contains(&format!("every window below {d} is durable")),
+                "process {id}, D = {d}: {log}"
+            );
+        }
         assert!(cuts.iter().all(|c| c.1 == d), "cuts at different frontiers: {cuts:?}");
     }
     let left: i64 = cuts.iter().zip(&ends).map(|(c, e)| e - c.0).sum();
@@ -282,7 +324,7 @@ fn killed_live_run_resumes(workers: usize, seed: u64, stop: Stop) {
     for (k, contents) in &below {
         assert_eq!(contents.len(), 1, "{k:?} written with different contents");
     }
-    if stop == Stop::Term {
+    if stop != Stop::Kill {
         // Nothing the first run wrote lies past its commits, so the restart wrote no
         // (session, window) again.
         for m in &first_run {

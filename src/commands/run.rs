@@ -29,9 +29,10 @@
 //! the sources' frontier (or after `--shutdown-timeout`). The windows still open are not
 //! closed early: a restart reads them again. A second signal, or `kill -9`, exits at once,
 //! which is as safe (a restart resumes from the last commit) but reads more again. In a
-//! cluster, signal every process: a process that exits ends the others' connections.
+//! cluster, a signal to any process stops every worker (the request travels through a small
+//! dataflow of its own), so the processes stop together.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -48,7 +49,7 @@ use sessionflow_operators::sink::kafka::{
 };
 use sessionflow_operators::source::kafka::{parse_option, wait_for_topic, KafkaReader, KafkaSourceConfig, StartOffset};
 use sessionflow_operators::source::{Cut, PartitionReader};
-use timely::dataflow::operators::vec::Input;
+use timely::dataflow::operators::vec::{Broadcast, Input};
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::dataflow::StreamVec;
 use timely::worker::Worker;
@@ -293,6 +294,17 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
                 a.get_or_insert(e);
             }
         };
+        // A stop request from any worker reaches every worker, so a signal to one process of a
+        // cluster stops them all (built first, the same on every worker).
+        let requested = Rc::new(Cell::new(false));
+        let mut stop_input = {
+            let seen = Rc::clone(&requested);
+            worker.dataflow::<u64, _, _>(|scope| {
+                let (input, stream) = scope.new_input::<u64>();
+                stream.broadcast().inspect(move |_| seen.set(true));
+                input
+            })
+        };
         let reader = match KafkaReader::connect(&source, index, worker.peers()) {
             Ok(r) => r,
             Err(e) => {
@@ -385,7 +397,13 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
                 }
                 return Err(e);
             }
-            if signalled.load(Ordering::SeqCst) && stopping.is_none() {
+            if signalled.load(Ordering::SeqCst) && !requested.get() {
+                // Tell every worker (this one included).
+                requested.set(true);
+                stop_input.send(index as u64);
+                stop_input.flush();
+            }
+            if requested.get() && stopping.is_none() {
                 if args.stop_at_end {
                     fail("interrupted by a signal: no file written, no offset committed".into());
                     continue;
@@ -393,7 +411,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
                 // Read nothing more; the windows already read complete and commit meanwhile.
                 built.control.stop();
                 stopping = Some(Instant::now());
-                if index == 0 {
+                if local == 0 {
                     eprintln!(
                         "run: stopping on a signal: reading stopped, waiting up to {:.1} s for the output read so far to be durable and committed (a second signal exits at once)",
                         args.shutdown_timeout as f64 / 1000.0
@@ -430,6 +448,10 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
                 }
             }
         }
+
+        // The stop channel is not needed any more (its dataflow completes once every worker
+        // closed it).
+        stop_input.close();
 
         // Bounded run complete: counters, files, then the final offsets.
         let (end_cuts, report) = {
