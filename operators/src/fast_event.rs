@@ -10,6 +10,7 @@
 //! agree on valid, mutated and random lines.
 
 use crate::event::{AttrValue, CompactString, Event, Experiment, END_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
+use crate::json;
 
 /// A JSON integer as `serde_json` reports it: non-negative as `u64`, negative as `i64`.
 #[derive(Clone, Copy)]
@@ -60,7 +61,7 @@ impl<'a> Cursor<'a> {
         self.eat(b'"')?;
         let start = self.at;
         let rest = &self.bytes[start..];
-        let len = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let len = json::first_special(rest)?;
         if rest[len] != b'"' {
             return None;
         }

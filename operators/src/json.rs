@@ -6,10 +6,11 @@
 
 use crate::event::AttrValue;
 
-/// Whether any of the 8 bytes of `w` must be escaped in a JSON string: a control byte
-/// (`< 0x20`), `"` or `\\`. The classic "has a zero byte" bit trick: a borrow can only flag a
-/// byte above a byte that really matches, so the answer is exact for the word as a whole.
-fn needs_escape(w: u64) -> bool {
+/// The bytes of the little-endian word `w` that end a plain JSON string run: a control byte
+/// (`< 0x20`), `"` or `\\`, as the high bit of each such byte. The classic "has a zero byte"
+/// bit trick: a borrow can only flag a byte above a byte that really matches, so the mask is
+/// non-zero exactly when some byte matches, and its lowest set bit marks the first match.
+pub(crate) fn special_bytes(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
@@ -17,7 +18,26 @@ fn needs_escape(w: u64) -> bool {
     let quote = q.wrapping_sub(ONES) & !q & HIGH;
     let b = w ^ (ONES * u64::from(b'\\'));
     let backslash = b.wrapping_sub(ONES) & !b & HIGH;
-    (control | quote | backslash) != 0
+    control | quote | backslash
+}
+
+/// The index of the first byte of `bytes` that is a control byte, `"` or `\\`, if any:
+/// 8 bytes at a time, then byte by byte for the last few.
+pub(crate) fn first_special(bytes: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i + 8 <= bytes.len() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[i..i + 8]);
+        let m = special_bytes(u64::from_le_bytes(word));
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    bytes[i..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|p| i + p)
 }
 
 /// Appends `s` as a JSON string literal (with quotes).
@@ -25,18 +45,9 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.reserve(s.len() + 2);
     out.push(b'"');
     let bytes = s.as_bytes();
-    // Check 8 bytes at a time (the last word padded with spaces) while nothing needs
-    // escaping: ids, names and most values then cost a few word operations and one copy.
-    let mut clean = 0;
-    while clean < bytes.len() {
-        let chunk = &bytes[clean..bytes.len().min(clean + 8)];
-        let mut word = [b' '; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        if needs_escape(u64::from_le_bytes(word)) {
-            break;
-        }
-        clean += chunk.len();
-    }
+    // Check 8 bytes at a time for a byte to escape: ids, names and most values then cost a
+    // few word operations and one copy.
+    let clean = first_special(bytes).unwrap_or(bytes.len());
     if clean == bytes.len() {
         out.extend_from_slice(bytes);
         out.push(b'"');
@@ -121,6 +132,22 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The word-at-a-time search finds the first special byte, wherever it is and
+        /// whatever is around it (bytes that borrow, UTF-8, more special bytes after it).
+        #[test]
+        fn first_special_is_the_first_special_byte(bytes in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::prelude::Just(b'"'), proptest::prelude::Just(b'\\'), 0u8..0x20,
+                0x20u8..=0xff, b'a'..=b'z',
+            ],
+            0..40,
+        )) {
+            let want = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            proptest::prop_assert_eq!(first_special(&bytes), want);
+        }
+    }
+
     #[test]
     fn the_word_check_finds_every_byte_to_escape() {
         for b in 0u8..=255 {
@@ -128,12 +155,12 @@ mod tests {
             for pos in 0..8 {
                 let mut w = [b'a'; 8];
                 w[pos] = b;
-                assert_eq!(needs_escape(u64::from_le_bytes(w)), must, "byte {b:#x} at {pos}");
+                assert_eq!(special_bytes(u64::from_le_bytes(w)) != 0, must, "byte {b:#x} at {pos}");
                 // Next to bytes that flag or borrow.
                 let mut w = [0xffu8; 8];
                 w[pos] = b;
                 assert_eq!(
-                    needs_escape(u64::from_le_bytes(w)),
+                    special_bytes(u64::from_le_bytes(w)) != 0,
                     must,
                     "byte {b:#x} at {pos} among 0xff"
                 );
