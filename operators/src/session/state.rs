@@ -514,10 +514,15 @@ impl Session {
     fn write_tail(&self, set: u16, out: &mut Vec<u8>) {
         let mut first = true;
         if set != NO_ATTRS {
+            // Both the set and the session's attributes are sorted by key: one merge walk.
+            let mut rest = self.attrs.as_slice();
             for (k, v) in &self.attr_sets[set as usize] {
-                let same = match self.attrs.binary_search_by(|a| a.key.as_str().cmp(k.as_str())) {
-                    Ok(pos) => self.attrs[pos].value == *v,
-                    Err(_) => false,
+                let same = loop {
+                    match rest.first().map(|a| a.key.as_str().cmp(k.as_str())) {
+                        Some(Ordering::Less) => rest = &rest[1..],
+                        Some(Ordering::Equal) => break rest[0].value == *v,
+                        _ => break false,
+                    }
                 };
                 if same {
                     continue;
