@@ -62,12 +62,12 @@ pub struct Outputs<'a> {
     /// Build no file sinks (live runs: the dead-letter file sink keeps everything until the
     /// input ends).
     pub no_file_sinks: bool,
-    /// [hbase] Further sinks on the stream of valid events (the event-per-cell HBase mode).
+    /// \[hbase\] Further sinks on the stream of valid events (the event-per-cell HBase mode).
     pub event_sinks: Vec<Box<dyn Attach<Sourced> + 'a>>,
-    /// [hbase] Probes the source's acknowledged commits (`SourceStreams::committed`), for a
+    /// \[hbase\] Probes the source's acknowledged commits (`SourceStreams::committed`), for a
     /// sink that must not run ahead of them (SessionDB).
     pub commit_gate: Option<ProbeHandle<u64>>,
-    /// [hbase] A session store restored from SessionDB (`sessiondb::restore`) at the resume
+    /// \[hbase\] A session store restored from SessionDB (`sessiondb::restore`) at the resume
     /// window: sessionize starts from it instead of an empty store.
     pub restored_sessions: Option<SessionStore>,
 }

@@ -1,4 +1,4 @@
-//! [hbase] The HBase flags of `sessionflow run` (`#[command(flatten)]` them) and the per-worker
+//! \[hbase\] The HBase flags of `sessionflow run` (`#[command(flatten)]` them) and the per-worker
 //! wiring: restore from SessionDB on a resume, then attach the sink.
 
 use std::path::PathBuf;
@@ -114,7 +114,7 @@ pub fn resume_window(cuts: &[Cut]) -> Result<Option<u64>, String> {
     }
 }
 
-/// [hbase] Per-worker wiring for `run`: on a resume (`cuts` non-empty, sessions mode)
+/// \[hbase\] Per-worker wiring for `run`: on a resume (`cuts` non-empty, sessions mode)
 /// restores this worker's sessions from SessionDB as of the resume window and hands the store
 /// to the pipeline; then attaches the sink to `outputs`. Call [`HbaseSinkConfig::prepare`]
 /// once before the workers start. `stats` may be shared by all workers of the process.

@@ -139,7 +139,7 @@ pub struct RunArgs {
     /// Workers and cluster.
     #[command(flatten)]
     pub cluster: ClusterArgs,
-    /// [hbase] The HBase sink (SessionDB or event-per-cell) and its restore on resume.
+    /// \[hbase\] The HBase sink (SessionDB or event-per-cell) and its restore on resume.
     #[command(flatten)]
     pub hbase: HbaseArgs,
 }
