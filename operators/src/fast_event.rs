@@ -9,6 +9,8 @@
 //! for invalid input, the reason. The property tests in [`crate::event`] check that both
 //! agree on valid, mutated and random lines.
 
+use smallvec::SmallVec;
+
 use crate::event::{AttrValue, CompactString, Event, Experiment, END_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
 use crate::json;
 
@@ -166,12 +168,15 @@ impl<'a> Cursor<'a> {
 
     /// An object of scalars, as pairs sorted by key (duplicate keys fall back). `{}` is an
     /// empty list.
+    ///
+    /// The pairs are collected on the stack and allocated once at their number: an event waits
+    /// for its window with its maps (a minute or more), so their slack is resident memory.
     fn object<V>(&mut self, value: impl Fn(Scalar<'a>) -> Option<V>) -> Option<Vec<(CompactString, V)>> {
         self.eat(b'{')?;
-        let mut pairs: Vec<(CompactString, V)> = Vec::with_capacity(8);
+        let mut pairs: SmallVec<[(CompactString, V); 16]> = SmallVec::new();
         if self.peek()? == b'}' {
             self.at += 1;
-            return Some(pairs);
+            return Some(Vec::new());
         }
         let mut sorted = true;
         loop {
@@ -192,7 +197,7 @@ impl<'a> Cursor<'a> {
                 return None;
             }
         }
-        Some(pairs)
+        Some(pairs.into_vec())
     }
 
     /// `[{"experiment_id":u64,"variation_id":u64}, ...]`, each entry with exactly those two
