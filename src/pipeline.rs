@@ -23,6 +23,8 @@
 //!        the source commits input offsets (consistent cuts) as it advances
 //!  commit gate (SessionDB): the source's acknowledged commits; the HBase sink writes at most
 //!        max_versions - 2 windows past them, so a restart can always restore exactly
+//!  graceful stop (`Job::control`): the sources read nothing more but keep their windows;
+//!        `Job::drained` once the acknowledged commits reached the sources' frontier
 //! ```
 //!
 //! After the dataflow completes, [`gather_stats`] sums every worker's counters at worker 0.

@@ -1010,6 +1010,71 @@ mod tests {
         });
     }
 
+    /// A stopped source reads nothing more and keeps its capability (its open windows stay
+    /// open), while its commits follow the sinks up to its own frontier.
+    #[test]
+    fn a_stopped_source_holds_its_window_and_commits_up_to_it() {
+        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use std::sync::Arc;
+        use timely::dataflow::operators::Probe;
+        let reader = Held {
+            lines: Lines {
+                lines: sample(),
+                next: 0,
+                resume: Vec::new(),
+                commits: Arc::new(std::sync::Mutex::new(Vec::new())),
+            },
+            ack_cap: Arc::new(AtomicU64::new(u64::MAX)),
+            end: Arc::new(AtomicBool::new(false)),
+        };
+        timely::execute_directly(move |worker| {
+            let (durable, gate, input) = (ProbeHandle::new(), ProbeHandle::new(), ProbeHandle::new());
+            let (gauges, control) = worker.dataflow::<u64, _, _>(|scope| {
+                let cfg = SourceConfig {
+                    batch: 16,
+                    max_windows_ahead: 1_000,
+                    commit_interval_ms: 20,
+                    ..SourceConfig::default()
+                };
+                let s = partitioned_source(scope, "Source", cfg, reader, None, Some(durable.clone()));
+                s.events.probe_with(&durable).probe_with(&input);
+                s.dead_letters.probe_with(&durable);
+                s.committed.probe_with(&gate);
+                (s.gauges, s.control)
+            });
+            let frontier = |p: &ProbeHandle<u64>| p.with_frontier(|f| f.first().copied());
+            let start = Instant::now();
+            while gauges.borrow().events_read < 100 {
+                assert!(start.elapsed() < Duration::from_secs(20), "nothing read");
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+            control.stop();
+            assert!(control.stopped());
+            let read = gauges.borrow().events_read;
+            assert!(read < 400, "read {read} of 500 before the stop: too late to test it");
+            while frontier(&gate) != frontier(&input) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "the commits never reached the source"
+                );
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+            let held = frontier(&input);
+            for _ in 0..200 {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+            assert_eq!(gauges.borrow().events_read, read, "read after the stop");
+            assert_eq!(frontier(&input), held, "the stopped source moved its frontier");
+            assert!(held.is_some_and(|w| w > 0), "the stopped source dropped its window");
+            assert_eq!(gauges.borrow().window, held);
+            assert_eq!(gauges.borrow().acknowledged, held, "commits short of the source");
+            // The dataflow never completes on its own now: drop it, as `run` does.
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
+        });
+    }
+
     impl PartitionReader for Lines {
         fn partitions(&self) -> Vec<u32> {
             vec![0]
