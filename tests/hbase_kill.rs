@@ -2,8 +2,10 @@
 //! into table B killed with SIGKILL at several points and restarted with the same group until
 //! it finishes (`--stop-at-end`); the latest version of every row of A and B must be
 //! identical. With 1 worker and with 3 (which do not divide the 4 partitions evenly: worker 0
-//! reads partitions 0 and 3, and restores the sessions of its own salt buckets). Needs Kafka
-//! and HBase (`scripts/services.sh up`; KAFKA_BROKERS, HBASE_THRIFT).
+//! reads partitions 0 and 3, and restores the sessions of its own salt buckets); and with 2
+//! workers stopped by SIGTERM, SIGKILL, SIGTERM (a graceful stop drains, commits and exits 0;
+//! the restart restores what it committed). Needs Kafka and HBase (`scripts/services.sh up`;
+//! KAFKA_BROKERS, HBASE_THRIFT).
 #![allow(clippy::unwrap_used)]
 
 #[path = "hbase_common/mod.rs"]
@@ -42,18 +44,27 @@ fn flags(topic: &str, group: &str, table: &str, workers: usize) -> Vec<String> {
 #[test]
 #[ignore = "needs Kafka and HBase: scripts/services.sh up"]
 fn killed_runs_restored_from_sessiondb_equal_an_uninterrupted_run() {
-    killed_runs_equal_an_uninterrupted_run(1, 5);
+    killed_runs_equal_an_uninterrupted_run(1, 5, [false; 3]);
 }
 
 #[test]
 #[ignore = "needs Kafka and HBase: scripts/services.sh up"]
 fn killed_3_worker_runs_restored_from_sessiondb_equal_an_uninterrupted_run() {
-    killed_runs_equal_an_uninterrupted_run(3, 6);
+    killed_runs_equal_an_uninterrupted_run(3, 6, [false; 3]);
 }
 
-/// Tables A (uninterrupted) and B (killed three times, then finished), both written by runs
-/// with `workers` workers on a stream generated with `seed`.
-fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64) {
+/// The same with graceful stops (SIGTERM: the run drains and exits 0) before and after a
+/// SIGKILL: the restarts restore what the stopped runs committed.
+#[test]
+#[ignore = "needs Kafka and HBase: scripts/services.sh up"]
+fn terminated_and_killed_runs_restored_from_sessiondb_equal_an_uninterrupted_run() {
+    killed_runs_equal_an_uninterrupted_run(2, 7, [true, false, true]);
+}
+
+/// Tables A (uninterrupted) and B (stopped three times, then finished), both written by runs
+/// with `workers` workers on a stream generated with `seed`; round `r` ends with SIGTERM when
+/// `term[r]`, else with SIGKILL.
+fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64, term: [bool; 3]) {
     let _ = brokers();
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("hbkill");
@@ -78,7 +89,7 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64) {
     let group = unique("hbkill-b");
     let mut kills = Vec::new();
     let mut last = 0u64;
-    for round in 0..3 {
+    for (round, term) in term.into_iter().enumerate() {
         let log = dir.path().join(format!("live{round}.log"));
         // Killed on a panic too, not left running.
         let mut guard = KillOnDrop(Some(
@@ -114,12 +125,41 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64) {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        if term {
+            let pid = child.id().to_string();
+            let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+            assert!(kill.unwrap().success());
+            let stopped = Instant::now();
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    stopped.elapsed() < Duration::from_secs(120),
+                    "still running 120 s after SIGTERM: {}",
+                    std::fs::read_to_string(&log).unwrap()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let text = std::fs::read_to_string(&log).unwrap();
+            assert!(status.success(), "exit {status} after SIGTERM: {text}");
+            assert!(text.contains("run: stopped on a signal"), "{text}");
+            // The stop committed what it had read: the next round waits for progress past it.
+            last = committed(&group, &topic, PARTITIONS)
+                .iter()
+                .map(|c| c.as_ref().map_or(0, |(_, m)| meta_frontier(m)))
+                .min()
+                .unwrap_or(0)
+                .max(last);
+        } else {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
         guard.0 = None;
         kills.push(last);
         eprintln!(
-            "{workers} workers, round {round}: killed at committed frontier {last}\n{}",
+            "{workers} workers, round {round}: {} at committed frontier {last}\n{}",
+            if term { "SIGTERM" } else { "killed" },
             std::fs::read_to_string(&log).unwrap()
         );
     }
