@@ -809,6 +809,8 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
 mod tests {
     use super::*;
     use crate::event::MAX_LINE_BYTES;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
 
     #[test]
     fn assignment_follows_the_partition_watermark() {
@@ -947,66 +949,96 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_committed_stream_follows_acknowledgements_and_unacknowledged_cuts_are_issued_again() {
-        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-        use std::sync::Arc;
-        use timely::dataflow::operators::Probe;
-        let ack_cap = Arc::new(AtomicU64::new(0));
-        let end = Arc::new(AtomicBool::new(false));
-        let reader = Held {
+    /// `Held` over `sample()`: acknowledges commits up to `ack_cap`, live until `end`.
+    fn held(ack_cap: &Arc<AtomicU64>, end: &Arc<AtomicBool>) -> Held {
+        Held {
             lines: Lines {
                 lines: sample(),
                 next: 0,
                 resume: Vec::new(),
                 commits: Arc::new(std::sync::Mutex::new(Vec::new())),
             },
-            ack_cap: Arc::clone(&ack_cap),
-            end: Arc::clone(&end),
+            ack_cap: Arc::clone(ack_cap),
+            end: Arc::clone(end),
+        }
+    }
+
+    /// Probes of a committing source: its streams as the sinks would acknowledge them
+    /// (`durable`), its acknowledged commits (`gate`) and its own frontier (`input`).
+    struct CommitProbes {
+        durable: ProbeHandle<u64>,
+        gate: ProbeHandle<u64>,
+        input: ProbeHandle<u64>,
+    }
+
+    /// Builds a committing source on `reader` (batches of 16, commits every 20 ms, no
+    /// throttle), every stream probed.
+    fn committing_source(
+        worker: &mut timely::worker::Worker,
+        reader: Held,
+    ) -> (Rc<RefCell<SourceGauges>>, SourceControl, CommitProbes) {
+        use timely::dataflow::operators::Probe;
+        let p = CommitProbes {
+            durable: ProbeHandle::new(),
+            gate: ProbeHandle::new(),
+            input: ProbeHandle::new(),
         };
-        timely::execute_directly(move |worker| {
-            let (durable, gate) = (ProbeHandle::new(), ProbeHandle::new());
-            let gauges = worker.dataflow::<u64, _, _>(|scope| {
-                let cfg = SourceConfig {
-                    batch: 16,
-                    max_windows_ahead: 1_000,
-                    commit_interval_ms: 20,
-                    ..SourceConfig::default()
-                };
-                let s = partitioned_source(scope, "Source", cfg, reader, None, Some(durable.clone()));
-                s.events.probe_with(&durable);
-                s.dead_letters.probe_with(&durable);
-                s.committed.probe_with(&gate);
-                s.gauges
-            });
-            let frontier = |p: &ProbeHandle<u64>| p.with_frontier(|f| f.first().copied());
-            let step_until = |worker: &mut timely::worker::Worker, what: &str, done: &dyn Fn() -> bool| {
-                let start = Instant::now();
-                while !done() {
-                    assert!(
-                        start.elapsed() < Duration::from_secs(20),
-                        "timed out waiting for {what}"
-                    );
-                    worker.step_or_park(Some(Duration::from_millis(1)));
-                }
+        let (gauges, control) = worker.dataflow::<u64, _, _>(|scope| {
+            let cfg = SourceConfig {
+                batch: 16,
+                max_windows_ahead: 1_000,
+                commit_interval_ms: 20,
+                ..SourceConfig::default()
             };
+            let s = partitioned_source(scope, "Source", cfg, reader, None, Some(p.durable.clone()));
+            s.events.probe_with(&p.durable).probe_with(&p.input);
+            s.dead_letters.probe_with(&p.durable);
+            s.committed.probe_with(&p.gate);
+            (s.gauges, s.control)
+        });
+        (gauges, control, p)
+    }
+
+    fn frontier(p: &ProbeHandle<u64>) -> Option<u64> {
+        p.with_frontier(|f| f.first().copied())
+    }
+
+    /// Steps `worker` until `done`, failing after 20 s.
+    fn step_until(worker: &mut timely::worker::Worker, what: &str, done: &dyn Fn() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "timed out waiting for {what}"
+            );
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        }
+    }
+
+    #[test]
+    fn the_committed_stream_follows_acknowledgements_and_unacknowledged_cuts_are_issued_again() {
+        let ack_cap = Arc::new(AtomicU64::new(0));
+        let end = Arc::new(AtomicBool::new(false));
+        let reader = held(&ack_cap, &end);
+        timely::execute_directly(move |worker| {
+            let (gauges, _, p) = committing_source(worker, reader);
             // 1. Nothing acknowledged: the gate stays at 0 while cuts are issued, and the last
             //    one is issued again every interval.
             step_until(worker, "retries", &|| gauges.borrow().commit_retries >= 3);
             let issued = gauges.borrow().committed.iter().map(|c| c.frontier).max().unwrap();
             assert!(gauges.borrow().commits > 1);
-            assert_eq!(frontier(&gate), Some(0));
+            assert_eq!(frontier(&p.gate), Some(0));
             // 2. Acknowledged up to `issued - 1`, then everything: the gate follows.
             ack_cap.store(issued - 1, Ordering::Relaxed);
             step_until(worker, "the gate at issued - 1", &|| {
-                frontier(&gate) == Some(issued - 1)
+                frontier(&p.gate) == Some(issued - 1)
             });
             assert_eq!(gauges.borrow().acknowledged, Some(issued - 1));
             ack_cap.store(u64::MAX, Ordering::Relaxed);
-            step_until(worker, "the gate at issued", &|| frontier(&gate) == Some(issued));
+            step_until(worker, "the gate at issued", &|| frontier(&p.gate) == Some(issued));
             // 3. The input ends: no more commits, the gate opens.
             end.store(true, Ordering::Relaxed);
-            step_until(worker, "the end", &|| durable.done() && gate.done());
+            step_until(worker, "the end", &|| p.durable.done() && p.gate.done());
         });
     }
 
@@ -1014,57 +1046,23 @@ mod tests {
     /// open), while its commits follow the sinks up to its own frontier.
     #[test]
     fn a_stopped_source_holds_its_window_and_commits_up_to_it() {
-        use std::sync::atomic::{AtomicBool, AtomicU64};
-        use std::sync::Arc;
-        use timely::dataflow::operators::Probe;
-        let reader = Held {
-            lines: Lines {
-                lines: sample(),
-                next: 0,
-                resume: Vec::new(),
-                commits: Arc::new(std::sync::Mutex::new(Vec::new())),
-            },
-            ack_cap: Arc::new(AtomicU64::new(u64::MAX)),
-            end: Arc::new(AtomicBool::new(false)),
-        };
+        let reader = held(&Arc::new(AtomicU64::new(u64::MAX)), &Arc::new(AtomicBool::new(false)));
         timely::execute_directly(move |worker| {
-            let (durable, gate, input) = (ProbeHandle::new(), ProbeHandle::new(), ProbeHandle::new());
-            let (gauges, control) = worker.dataflow::<u64, _, _>(|scope| {
-                let cfg = SourceConfig {
-                    batch: 16,
-                    max_windows_ahead: 1_000,
-                    commit_interval_ms: 20,
-                    ..SourceConfig::default()
-                };
-                let s = partitioned_source(scope, "Source", cfg, reader, None, Some(durable.clone()));
-                s.events.probe_with(&durable).probe_with(&input);
-                s.dead_letters.probe_with(&durable);
-                s.committed.probe_with(&gate);
-                (s.gauges, s.control)
-            });
-            let frontier = |p: &ProbeHandle<u64>| p.with_frontier(|f| f.first().copied());
-            let start = Instant::now();
-            while gauges.borrow().events_read < 100 {
-                assert!(start.elapsed() < Duration::from_secs(20), "nothing read");
-                worker.step_or_park(Some(Duration::from_millis(1)));
-            }
+            let (gauges, control, p) = committing_source(worker, reader);
+            step_until(worker, "100 records read", &|| gauges.borrow().events_read >= 100);
             control.stop();
             assert!(control.stopped());
             let read = gauges.borrow().events_read;
             assert!(read < 400, "read {read} of 500 before the stop: too late to test it");
-            while frontier(&gate) != frontier(&input) {
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "the commits never reached the source"
-                );
-                worker.step_or_park(Some(Duration::from_millis(1)));
-            }
-            let held = frontier(&input);
+            step_until(worker, "the commits at the source's frontier", &|| {
+                frontier(&p.gate) == frontier(&p.input)
+            });
+            let held = frontier(&p.input);
             for _ in 0..200 {
                 worker.step_or_park(Some(Duration::from_millis(1)));
             }
             assert_eq!(gauges.borrow().events_read, read, "read after the stop");
-            assert_eq!(frontier(&input), held, "the stopped source moved its frontier");
+            assert_eq!(frontier(&p.input), held, "the stopped source moved its frontier");
             assert!(held.is_some_and(|w| w > 0), "the stopped source dropped its window");
             assert_eq!(gauges.borrow().window, held);
             assert_eq!(gauges.borrow().acknowledged, held, "commits short of the source");
