@@ -17,7 +17,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kafka_support::{
-    brokers, committed, meta_frontier, produce_generated, run_flags, run_ok, sessionflow, unique, KillOnDrop,
+    brokers, committed, expect_graceful_exit, meta_frontier, produce_generated, run_flags, run_ok, sessionflow,
+    terminate, unique, KillOnDrop,
 };
 use sessionflow::generate::GenerateArgs;
 
@@ -126,24 +127,8 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64, term: [bool
             std::thread::sleep(Duration::from_millis(20));
         }
         if term {
-            let pid = child.id().to_string();
-            let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status();
-            assert!(kill.unwrap().success());
-            let stopped = Instant::now();
-            let status = loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    break status;
-                }
-                assert!(
-                    stopped.elapsed() < Duration::from_secs(120),
-                    "still running 120 s after SIGTERM: {}",
-                    std::fs::read_to_string(&log).unwrap()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            let text = std::fs::read_to_string(&log).unwrap();
-            assert!(status.success(), "exit {status} after SIGTERM: {text}");
-            assert!(text.contains("run: stopped on a signal"), "{text}");
+            terminate(child);
+            expect_graceful_exit(child, Instant::now() + Duration::from_secs(120), &log);
             // The stop committed what it had read: the next round waits for progress past it.
             last = committed(&group, &topic, PARTITIONS)
                 .iter()

@@ -186,25 +186,10 @@ fn killed_live_run_resumes(workers: usize, seed: u64, stop: Stop) {
             child.wait().unwrap();
         }
     } else {
-        let pid = guards[processes - 1].0.as_ref().unwrap().id().to_string();
-        let kill = std::process::Command::new("kill").args(["-TERM", &pid]).status();
-        assert!(kill.unwrap().success());
+        terminate(guards[processes - 1].0.as_ref().unwrap());
+        let deadline = stopped_at + Duration::from_secs(60);
         for (id, g) in guards.iter_mut().enumerate() {
-            let child = g.0.as_mut().unwrap();
-            let status = loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    break status;
-                }
-                assert!(
-                    stopped_at.elapsed() < Duration::from_secs(60),
-                    "process {id} still running 60 s after SIGTERM: {}",
-                    read_log(id)
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            };
-            let log = read_log(id);
-            assert!(status.success(), "process {id}: exit {status} after SIGTERM: {log}");
-            assert!(log.contains("run: stopped on a signal"), "process {id}: {log}");
+            expect_graceful_exit(g.0.as_mut().unwrap(), deadline, &log_path(id));
         }
     }
     eprintln!("{workers} workers: {stop:?} took {:?}", stopped_at.elapsed());

@@ -301,6 +301,35 @@ pub fn run_flags(topic: &str, group: &str, workers: usize) -> Vec<String> {
     ]
 }
 
+/// Sends SIGTERM to `child` (a graceful stop of `sessionflow run`).
+pub fn terminate(child: &Child) {
+    let pid = child.id().to_string();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(kill.unwrap().success());
+}
+
+/// Waits until `child`, a `sessionflow run` told to stop, exits (failing past `deadline`),
+/// checks it stopped gracefully (status 0, the "stopped on a signal" line in its stderr file
+/// `log`) and returns that log.
+pub fn expect_graceful_exit(child: &mut Child, deadline: Instant, log: &Path) -> String {
+    let read = || std::fs::read_to_string(log).unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running at the deadline after SIGTERM: {}",
+            read()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = read();
+    assert!(status.success(), "exit {status} after SIGTERM: {text}");
+    assert!(text.contains("run: stopped on a signal"), "{text}");
+    text
+}
+
 /// Kills a child process when dropped (a failed assertion must not leave a job running);
 /// `None` once the test took the child back to wait for it.
 pub struct KillOnDrop(pub Option<Child>);
