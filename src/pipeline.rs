@@ -95,7 +95,8 @@ pub struct Job {
     pub resume: Vec<Cut>,
     /// Stops this worker's source from reading (a graceful stop of a live job).
     pub control: SourceControl,
-    /// Frontier of the source streams: the smallest window any worker's source still holds.
+    /// Frontier of the source streams: the smallest window any worker's source still holds
+    /// (probed on the dead letters, which have the events' frontier).
     pub input: ProbeHandle<u64>,
     /// Frontier of the sources' acknowledged commits ([`SourceStreams::committed`]).
     ///
@@ -145,7 +146,10 @@ pub fn build<R: PartitionReader>(worker: &mut Worker, job: &JobConfig, reader: R
             input.committed.clone().probe_with(gate);
         }
         input.committed.clone().probe_with(&committed);
-        input.events.clone().probe_with(&input_probe);
+        // The sources' frontier, read on the dead-letter stream: it has the events' frontier
+        // (both leave the source's one output), and a second reader of a stream gets a clone
+        // of every batch, which for the events would copy each one.
+        input.dead_letters.clone().probe_with(&input_probe);
 
         // 2. Sessionize (exchanges by session key internally).
         // [hbase] Event sinks see every valid event; a restored store resumes sessionize.
