@@ -165,6 +165,8 @@ pub fn build<R: PartitionReader>(worker: &mut Worker, job: &JobConfig, reader: R
 
         // 3. Sinks. Everything written is probed; the source throttles on it.
         let dead = input.dead_letters.concat(sessions.dead_letters);
+        let no_dead_letter_sinks = outputs.dead_letter_sinks.is_empty();
+        let no_snapshot_sinks = outputs.snapshot_sinks.is_empty();
         for sink in outputs.dead_letter_sinks {
             sink.attach(dead.clone()).probe_with(&probe).probe_with(&durable);
         }
@@ -180,9 +182,15 @@ pub fn build<R: PartitionReader>(worker: &mut Worker, job: &JobConfig, reader: R
                 .sink_snapshot_file(outputs.snapshot_file)
                 .probe_with(&probe);
         } else {
-            // The streams themselves say when the job is done, even with no sink at all.
-            dead.probe_with(&probe);
-            sessions.snapshots.probe_with(&probe);
+            // The streams themselves say when the job is done, even with no sink at all. Only
+            // a stream without a sink needs it: a sink's probed output already follows it, and
+            // a second reader would get a clone of every batch.
+            if no_dead_letter_sinks {
+                dead.probe_with(&probe);
+            }
+            if no_snapshot_sinks {
+                sessions.snapshots.probe_with(&probe);
+            }
         }
         (input.gauges, sessions.gauges, input.control)
     });
