@@ -124,13 +124,15 @@ pub struct Snapshot {
     pub state: Option<Vec<u8>>,
 }
 
-/// A session attribute with the `(timestamp, event_id)` of the event that gave it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A session attribute: the key and value at `attr_sets[set][pos]` (the set of the event that
+/// gave it, so neither is stored twice), and that event's `(timestamp, attr_ids[origin])`.
+/// 16 bytes instead of the 80 of owned key, value and id.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct SessionAttr {
-    key: CompactString,
-    value: AttrValue,
     ts: i64,
-    event_id: CompactString,
+    origin: u32,
+    set: u16,
+    pos: u16,
 }
 
 /// A listed event: where its bytes are in the arena.
@@ -183,6 +185,9 @@ pub struct Session {
     event_count: u64,
     revenue: i128,
     attrs: Vec<SessionAttr>,
+    /// The ids of the events that gave the session attributes (`SessionAttr::origin`); usually
+    /// one or two, however many attributes there are.
+    attr_ids: Vec<CompactString>,
     experiments: Vec<(u64, u64)>,
     attr_sets: Vec<Vec<(CompactString, AttrValue)>>,
     exp_sets: Vec<Vec<(u64, u64)>>,
@@ -207,7 +212,8 @@ struct Incoming<'a> {
     id: &'a str,
     revenue: i64,
     body: &'a [u8],
-    attrs: Option<&'a [(CompactString, AttrValue)]>,
+    /// Index in `attr_sets` (already interned), or `NO_ATTRS`.
+    attrs: u16,
     exps: Option<&'a [(u64, u64)]>,
 }
 
@@ -283,6 +289,7 @@ impl Session {
             event_count: 0,
             revenue: 0,
             attrs: Vec::new(),
+            attr_ids: Vec::new(),
             experiments: Vec::new(),
             attr_sets: Vec::new(),
             exp_sets: Vec::new(),
@@ -341,7 +348,7 @@ impl Session {
     pub fn accept(&mut self, e: &Event, cfg: &SessionConfig) {
         let mut body = Vec::with_capacity(96);
         event_body(e, &mut body);
-        let attrs = e.attributes.as_deref().filter(|a| !a.is_empty());
+        let attrs = self.intern_attrs(e.attributes.as_deref().filter(|a| !a.is_empty()));
         self.offer_first(e.timestamp, &e.event_id, &e.visitor_id, e.project_id);
         let changed = self.count_in(e.timestamp, &e.event_id, e.revenue.unwrap_or(0), attrs);
         let mut exps: Vec<(u64, u64)> = e
@@ -371,34 +378,56 @@ impl Session {
     }
 
     /// Counts an event into the aggregates; returns whether a session attribute changed value.
-    fn count_in(&mut self, ts: i64, id: &str, revenue: i64, attrs: Option<&[(CompactString, AttrValue)]>) -> bool {
+    /// `set` is the event's interned attribute set (or `NO_ATTRS`).
+    fn count_in(&mut self, ts: i64, id: &str, revenue: i64, set: u16) -> bool {
         self.event_count += 1;
         self.revenue += revenue as i128;
         self.start = self.start.min(ts);
         self.end = self.end.max(ts);
+        if set == NO_ATTRS {
+            return false;
+        }
         let mut changed = false;
+        let mut origin = None;
         // Both the event's attributes and the session's are sorted by key: one merge walk.
         let mut from = 0;
-        for (k, v) in attrs.unwrap_or(&[]) {
-            let (c, next) = self.offer_attr(from, k, v, ts, id);
+        for pos in 0..self.attr_sets[set as usize].len() {
+            let (c, next) = self.offer_attr(from, set, pos as u16, ts, id, &mut origin);
             changed |= c;
             from = next;
+        }
+        // Ids no attribute refers to any more (an earlier event took their keys) are dropped
+        // once they are as many as the attributes: amortized O(1) per event.
+        if origin.is_some() && self.attr_ids.len() >= 2 * self.attrs.len().max(4) {
+            self.drop_unused_attr_ids();
         }
         changed
     }
 
-    /// Offers an attribute value from event `(ts, id)`, looking for `key` from index `from` of
-    /// the sorted attributes on; returns whether an existing key changed value, and the index
-    /// after `key`'s.
-    fn offer_attr(&mut self, from: usize, key: &str, value: &AttrValue, ts: i64, id: &str) -> (bool, usize) {
+    /// Offers the attribute at `attr_sets[set][pos]` from event `(ts, id)`, looking for its key
+    /// from index `from` of the sorted attributes on; returns whether an existing key changed
+    /// value, and the index after the key's. `origin` caches the event's index in `attr_ids`.
+    fn offer_attr(
+        &mut self,
+        from: usize,
+        set: u16,
+        pos: u16,
+        ts: i64,
+        id: &str,
+        origin: &mut Option<u32>,
+    ) -> (bool, usize) {
+        let sets = &self.attr_sets;
+        let (key, value) = &sets[set as usize][pos as usize];
+        let key = key.as_str();
+        let key_of = |a: &SessionAttr| sets[a.set as usize][a.pos as usize].0.as_str();
         let rest = &self.attrs[from..];
         let found = if rest.len() > 16 {
-            rest.binary_search_by(|a| a.key.as_str().cmp(key))
+            rest.binary_search_by(|a| key_of(a).cmp(key))
         } else {
             // Usually the next key is the one: one comparison.
             let mut i = 0;
             loop {
-                match rest.get(i).map(|a| a.key.as_str().cmp(key)) {
+                match rest.get(i).map(|a| key_of(a).cmp(key)) {
                     Some(Ordering::Less) => i += 1,
                     Some(Ordering::Equal) => break Ok(i),
                     _ => break Err(i),
@@ -407,31 +436,56 @@ impl Session {
         }
         .map(|i| from + i)
         .map_err(|i| from + i);
-        let changed = match found {
-            Err(pos) => {
-                let attr = SessionAttr {
-                    key: key.into(),
-                    value: value.clone(),
-                    ts,
-                    event_id: id.into(),
-                };
-                self.attrs.insert(pos, attr);
-                false
-            }
-            Ok(pos) => {
-                let a = &mut self.attrs[pos];
-                if (ts, id.as_bytes()) < (a.ts, a.event_id.as_bytes()) {
-                    let changed = a.value != *value;
-                    a.value = value.clone();
-                    a.ts = ts;
-                    a.event_id = id.into();
-                    changed
-                } else {
-                    false
-                }
+        // Whether the event takes the key, and whether that changes the value.
+        let (take, changed) = match found {
+            Err(_) => (true, false),
+            Ok(at) => {
+                let a = self.attrs[at];
+                let earlier = (ts, id.as_bytes()) < (a.ts, self.attr_ids[a.origin as usize].as_bytes());
+                let differs = (a.set, a.pos) != (set, pos) && sets[a.set as usize][a.pos as usize].1 != *value;
+                (earlier, earlier && differs)
             }
         };
+        if take {
+            let ids = &mut self.attr_ids;
+            let origin = *origin.get_or_insert_with(|| {
+                // The event's id, if one of the last few is it, else a new entry.
+                let recent = ids.len().saturating_sub(4);
+                match ids[recent..].iter().rposition(|x| x.as_str() == id) {
+                    Some(i) => (recent + i) as u32,
+                    None => {
+                        ids.push(id.into());
+                        (ids.len() - 1) as u32
+                    }
+                }
+            });
+            let attr = SessionAttr { ts, origin, set, pos };
+            match found {
+                Err(at) => self.attrs.insert(at, attr),
+                Ok(at) => self.attrs[at] = attr,
+            }
+        }
         (changed, found.unwrap_or_else(|p| p) + 1)
+    }
+
+    /// Drops the `attr_ids` no attribute refers to.
+    fn drop_unused_attr_ids(&mut self) {
+        let mut to = vec![u32::MAX; self.attr_ids.len()];
+        let mut kept = Vec::new();
+        for a in self.attrs.iter_mut() {
+            let slot = &mut to[a.origin as usize];
+            if *slot == u32::MAX {
+                *slot = kept.len() as u32;
+                kept.push(std::mem::take(&mut self.attr_ids[a.origin as usize]));
+            }
+            a.origin = *slot;
+        }
+        self.attr_ids = kept;
+    }
+
+    /// The key and value of a session attribute.
+    fn attr(&self, a: &SessionAttr) -> &(CompactString, AttrValue) {
+        &self.attr_sets[a.set as usize][a.pos as usize]
     }
 
     fn add_experiment(&mut self, pair: (u64, u64)) {
@@ -457,7 +511,7 @@ impl Session {
         }
         if self.attr_sets.len() >= NO_ATTRS as usize - 1 {
             // Pathological: tens of thousands of distinct maps. Drop the unused ones first.
-            self.compact_sets();
+            self.compact_sets(true);
         }
         self.attr_sets.push(attrs.to_vec());
         (self.attr_sets.len() - 1) as u16
@@ -469,14 +523,16 @@ impl Session {
             return i as u16;
         }
         if self.exp_sets.len() >= NO_ATTRS as usize - 1 {
-            self.compact_sets();
+            self.compact_sets(false);
         }
         self.exp_sets.push(exps.to_vec());
         (self.exp_sets.len() - 1) as u16
     }
 
-    /// Drops the attribute and experiment sets no accepted event refers to any more.
-    fn compact_sets(&mut self) {
+    /// Drops the attribute sets (`attr_sets`), else the experiment sets, no accepted event
+    /// refers to any more. The other kind's indexes stay valid (an event being accepted holds
+    /// one of each while it interns the other).
+    fn compact_sets(&mut self, attr_sets: bool) {
         fn remap<T>(sets: &mut Vec<T>, refs: Vec<&mut u16>) {
             let mut used = vec![NO_ATTRS; sets.len()];
             let mut kept = Vec::new();
@@ -506,8 +562,13 @@ impl Session {
             a.push(&mut u.attrs);
             x.push(&mut u.exps);
         }
-        remap(&mut self.attr_sets, a);
-        remap(&mut self.exp_sets, x);
+        // The session attributes point into the sets of the events that gave them.
+        a.extend(self.attrs.iter_mut().map(|s| &mut s.set));
+        if attr_sets {
+            remap(&mut self.attr_sets, a);
+        } else {
+            remap(&mut self.exp_sets, x);
+        }
     }
 
     /// `,"attributes":{..}}` with the keys whose value differs from the session's, or `}`.
@@ -516,12 +577,18 @@ impl Session {
         if set != NO_ATTRS {
             // Both the set and the session's attributes are sorted by key: one merge walk.
             let mut rest = self.attrs.as_slice();
-            for (k, v) in &self.attr_sets[set as usize] {
+            for (i, (k, v)) in self.attr_sets[set as usize].iter().enumerate() {
                 let same = loop {
-                    match rest.first().map(|a| a.key.as_str().cmp(k.as_str())) {
-                        Some(Ordering::Less) => rest = &rest[1..],
-                        Some(Ordering::Equal) => break rest[0].value == *v,
-                        _ => break false,
+                    let Some(a) = rest.first() else { break false };
+                    if (a.set, a.pos as usize) == (set, i) {
+                        // The session took this very attribute from an event with this set.
+                        break true;
+                    }
+                    let (ak, av) = self.attr(a);
+                    match ak.as_str().cmp(k.as_str()) {
+                        Ordering::Less => rest = &rest[1..],
+                        Ordering::Equal => break av == v,
+                        Ordering::Greater => break false,
                     }
                 };
                 if same {
@@ -545,7 +612,7 @@ impl Session {
         let pos = self
             .listed
             .partition_point(|l| self.cmp_listed(l, inc.ts, inc.id) == Ordering::Less);
-        let attrs = self.intern_attrs(inc.attrs);
+        let attrs = inc.attrs;
         let exps = self.intern_exps(inc.exps);
         if pos >= cfg.max_events {
             self.unlist(
@@ -664,14 +731,14 @@ impl Session {
             }
             let s = l.off as usize + l.id_len as usize;
             let body = &other.arena[s..s + l.body_len as usize];
-            let attrs = set(&other.attr_sets, l.attrs);
+            let attrs = self.intern_attrs(set(&other.attr_sets, l.attrs).as_deref());
             let exps = xset(&other.exp_sets, l.exps);
             let inc = Incoming {
                 ts: l.ts,
                 id,
                 revenue: l.revenue,
                 body,
-                attrs: attrs.as_deref(),
+                attrs,
                 exps: exps.as_deref(),
             };
             self.list(inc, cfg);
@@ -728,23 +795,31 @@ impl Session {
         }
         events.sort_unstable_by(|a, b| (a.ts, a.id).cmp(&(b.ts, b.id)));
         let mut attrs: Vec<SessionAttr> = Vec::new();
+        let mut attr_ids: Vec<CompactString> = Vec::new();
         let mut experiments: Vec<(u64, u64)> = Vec::new();
+        let sets = &self.attr_sets;
         for e in &events {
             // In (timestamp, event_id) order, the first event with a key gives its value.
-            let id = String::from_utf8_lossy(e.id);
-            for (k, v) in (e.attrs != NO_ATTRS)
-                .then(|| &self.attr_sets[e.attrs as usize])
+            let mut origin = None;
+            for (pos, (k, _)) in (e.attrs != NO_ATTRS)
+                .then(|| &sets[e.attrs as usize])
                 .into_iter()
                 .flatten()
+                .enumerate()
             {
-                if let Err(pos) = attrs.binary_search_by(|a| a.key.as_str().cmp(k.as_str())) {
+                let key_of = |a: &SessionAttr| sets[a.set as usize][a.pos as usize].0.as_str();
+                if let Err(at) = attrs.binary_search_by(|a| key_of(a).cmp(k.as_str())) {
+                    let origin = *origin.get_or_insert_with(|| {
+                        attr_ids.push(String::from_utf8_lossy(e.id).as_ref().into());
+                        (attr_ids.len() - 1) as u32
+                    });
                     let a = SessionAttr {
-                        key: k.as_str().into(),
-                        value: v.clone(),
                         ts: e.ts,
-                        event_id: id.as_ref().into(),
+                        origin,
+                        set: e.attrs,
+                        pos: pos as u16,
                     };
-                    attrs.insert(pos, a);
+                    attrs.insert(at, a);
                 }
             }
             if e.exps != NO_ATTRS {
@@ -766,6 +841,7 @@ impl Session {
         self.event_count = count;
         self.revenue = revenue;
         self.attrs = attrs;
+        self.attr_ids = attr_ids;
         self.experiments = experiments;
         self.rebuild_tails();
     }
@@ -804,7 +880,12 @@ impl Session {
             AttrValue::Num(_) => 32,
             AttrValue::Bool(_) | AttrValue::Null => 5,
         };
-        let attrs: usize = self.attrs.iter().map(|a| a.key.len() + 4 + attr_len(&a.value)).sum();
+        let attrs: usize = self
+            .attrs
+            .iter()
+            .map(|a| self.attr(a))
+            .map(|(k, v)| k.len() + 4 + attr_len(v))
+            .sum();
         320 + self.id.len()
             + self.visitor_id.len()
             + merged_into.map_or(0, |m| m.len() + 20)
@@ -835,9 +916,10 @@ impl Session {
             if i > 0 {
                 out.push(b',');
             }
-            json::write_str(out, &a.key);
+            let (k, v) = self.attr(a);
+            json::write_str(out, k);
             out.push(b':');
-            json::write_attr(out, &a.value);
+            json::write_attr(out, v);
         }
         out.extend_from_slice(b"},\"experiments\":[");
         for (i, (x, v)) in self.experiments.iter().enumerate() {
@@ -900,7 +982,8 @@ impl Session {
 
     /// Approximate heap bytes held by this session (for memory reporting).
     pub fn heap_bytes(&self) -> usize {
-        let attrs: usize = self.attrs.iter().map(|a| 48 + a.key.len() + a.event_id.len()).sum();
+        let attrs = self.attrs.capacity() * std::mem::size_of::<SessionAttr>()
+            + self.attr_ids.iter().map(|id| 24 + id.len()).sum::<usize>();
         let sets: usize = self.attr_sets.iter().map(|s| s.capacity() * 56).sum();
         self.arena.capacity()
             + self.listed.capacity() * std::mem::size_of::<Listed>()
@@ -1005,6 +1088,41 @@ mod tests {
         assert_eq!(v["events"][0].get("attributes"), None);
         assert_eq!(v["events"][1]["attributes"], json!({"country":"US"}));
         assert_eq!(v["start"], 100);
+    }
+
+    #[test]
+    fn ever_earlier_events_take_the_attributes_and_leave_no_stale_ids() {
+        let cfg = SessionConfig {
+            max_events: 50,
+            ..SessionConfig::default()
+        };
+        let mut s = Session::open("s1", &ev("e999", 10_000), 0);
+        for i in (0..1000).rev() {
+            // Every event is earlier than all before it, so it takes every key it has.
+            let mut e = ev(&format!("e{i:03}"), 10 * i);
+            let odd = if i % 2 == 1 { "odd" } else { "even" };
+            e.attributes = attrs(&[
+                ("browser", &format!("b{}", i % 7)),
+                ("parity", odd),
+                ("seq", &i.to_string()),
+            ]);
+            s.accept(&e, &cfg);
+            assert!(
+                s.attr_ids.len() <= 2 * s.attrs.len().max(4),
+                "{} ids kept",
+                s.attr_ids.len()
+            );
+        }
+        let v = snap_value(&s, 1, false);
+        assert_eq!(v["attributes"], json!({"browser":"b0","parity":"even","seq":"0"}));
+        assert_eq!(v["events"][0].get("attributes"), None);
+        assert_eq!(
+            v["events"][1]["attributes"],
+            json!({"browser":"b1","parity":"odd","seq":"1"})
+        );
+        assert_eq!(s.attr_ids.iter().filter(|id| id.as_str() == "e000").count(), 1);
+        let back = Session::from_state(&s.to_state()).unwrap();
+        assert_eq!(snap_value(&back, 1, false), v);
     }
 
     #[test]
