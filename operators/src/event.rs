@@ -78,7 +78,7 @@ pub const MAX_DEPTH: usize = 64;
 /// In human-readable formats (JSON) it is the plain JSON value; in binary formats (bincode,
 /// which timely uses to exchange data between processes and which cannot read self-describing
 /// values) it is a tagged enum with numbers kept as their JSON text.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum AttrValue {
     /// A JSON string.
     Str(CompactString),

@@ -125,14 +125,70 @@ pub struct Snapshot {
 }
 
 /// A session attribute: the key and value at `attr_sets[set][pos]` (the set of the event that
-/// gave it, so neither is stored twice), and that event's `(timestamp, attr_ids[origin])`.
-/// 16 bytes instead of the 80 of owned key, value and id.
+/// gave it, so neither is stored twice), and that event's `(timestamp, event_id)` at
+/// `origins[origin]`. 12 bytes instead of the 80 of owned key, value and id.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct SessionAttr {
-    ts: i64,
     origin: u32,
-    set: u16,
+    set: u32,
+    /// Position in the set (an event's line is at most 64 KiB, so it has fewer attributes).
     pos: u16,
+}
+
+/// The distinct attribute (or experiment) sets of a session's events, each stored once; events
+/// refer to them by index (`u32`: a session can have any number of distinct sets).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Sets<E> {
+    sets: Vec<Vec<E>>,
+    /// Hash of a set -> the index of a set with that hash, once there are more than
+    /// `SETS_SCAN` sets (a scan is cheaper below); rebuilt when needed after a restore.
+    #[serde(skip)]
+    index: Option<Box<HashMap<u64, u32>>>,
+}
+
+/// Up to this many sets, interning compares with each.
+const SETS_SCAN: usize = 8;
+
+impl<E> Default for Sets<E> {
+    fn default() -> Self {
+        Sets {
+            sets: Vec::new(),
+            index: None,
+        }
+    }
+}
+
+impl<E: Clone + Eq + std::hash::Hash> Sets<E> {
+    /// The index of `set`, stored first if it is new. O(1) however many sets there are.
+    fn intern(&mut self, set: &[E]) -> u32 {
+        let next = self.sets.len() as u32;
+        if self.sets.len() <= SETS_SCAN {
+            if let Some(i) = self.sets.iter().position(|s| s.as_slice() == set) {
+                return i as u32;
+            }
+        } else {
+            let hash = |s: &[E]| ahash::RandomState::with_seeds(5, 6, 7, 8).hash_one(s);
+            let sets = &self.sets;
+            let index = self
+                .index
+                .get_or_insert_with(|| Box::new(sets.iter().enumerate().map(|(i, s)| (hash(s), i as u32)).collect()));
+            let h = hash(set);
+            match index.get(&h) {
+                Some(&i) if sets[i as usize].as_slice() == set => return i,
+                // A new set, or one whose hash collides with another's: stored (again), which
+                // costs memory, never correctness.
+                _ => {
+                    index.insert(h, next);
+                }
+            }
+        }
+        self.sets.push(set.to_vec());
+        next
+    }
+
+    fn get(&self, i: u32) -> &[E] {
+        &self.sets[i as usize]
+    }
 }
 
 /// A listed event: where its bytes are in the arena.
@@ -147,15 +203,15 @@ struct Listed {
     /// Length of `,"attributes":{..}}` or `}`.
     tail_len: u32,
     /// Index in `attr_sets`, or `NO_ATTRS`.
-    attrs: u16,
+    attrs: u32,
     /// Index in `exp_sets`, or `NO_ATTRS`.
-    exps: u16,
-    id_len: u8,
+    exps: u32,
     /// The low bits of the id's hash: duplicate checks compare ids only when these match.
-    tag: u32,
+    tag: u16,
+    id_len: u8,
 }
 
-const NO_ATTRS: u16 = u16::MAX;
+const NO_ATTRS: u32 = u32::MAX;
 /// Above this many listed events, duplicate checks use a hash index instead of a scan.
 const SCAN_LIMIT: usize = 24;
 
@@ -165,9 +221,9 @@ struct Unlisted {
     ts: i64,
     revenue: i64,
     /// Index in `attr_sets`, or `NO_ATTRS`.
-    attrs: u16,
+    attrs: u32,
     /// Index in `exp_sets`, or `NO_ATTRS`.
-    exps: u16,
+    exps: u32,
 }
 
 /// One open session.
@@ -185,12 +241,12 @@ pub struct Session {
     event_count: u64,
     revenue: i128,
     attrs: Vec<SessionAttr>,
-    /// The ids of the events that gave the session attributes (`SessionAttr::origin`); usually
-    /// one or two, however many attributes there are.
-    attr_ids: Vec<CompactString>,
+    /// `(timestamp, event_id)` of the events that gave the session attributes
+    /// (`SessionAttr::origin`); usually one or two, however many attributes there are.
+    origins: Vec<(i64, CompactString)>,
     experiments: Vec<(u64, u64)>,
-    attr_sets: Vec<Vec<(CompactString, AttrValue)>>,
-    exp_sets: Vec<Vec<(u64, u64)>>,
+    attr_sets: Sets<(CompactString, AttrValue)>,
+    exp_sets: Sets<(u64, u64)>,
     listed: Vec<Listed>,
     arena: Vec<u8>,
     garbage: usize,
@@ -213,7 +269,7 @@ struct Incoming<'a> {
     revenue: i64,
     body: &'a [u8],
     /// Index in `attr_sets` (already interned), or `NO_ATTRS`.
-    attrs: u16,
+    attrs: u32,
     exps: Option<&'a [(u64, u64)]>,
 }
 
@@ -289,10 +345,10 @@ impl Session {
             event_count: 0,
             revenue: 0,
             attrs: Vec::new(),
-            attr_ids: Vec::new(),
+            origins: Vec::new(),
             experiments: Vec::new(),
-            attr_sets: Vec::new(),
-            exp_sets: Vec::new(),
+            attr_sets: Sets::default(),
+            exp_sets: Sets::default(),
             listed: Vec::new(),
             arena: Vec::new(),
             garbage: 0,
@@ -335,7 +391,7 @@ impl Session {
     /// Whether this session already accepted an event with this id.
     pub fn has_event(&self, id: &str) -> bool {
         let hash = id_hash(id);
-        let tag = hash as u32;
+        let tag = hash as u16;
         let scan = |s: &Session| s.listed.iter().any(|l| l.tag == tag && s.listed_id(l) == id.as_bytes());
         let listed = match &self.listed_hashes {
             None => scan(self),
@@ -379,7 +435,7 @@ impl Session {
 
     /// Counts an event into the aggregates; returns whether a session attribute changed value.
     /// `set` is the event's interned attribute set (or `NO_ATTRS`).
-    fn count_in(&mut self, ts: i64, id: &str, revenue: i64, set: u16) -> bool {
+    fn count_in(&mut self, ts: i64, id: &str, revenue: i64, set: u32) -> bool {
         self.event_count += 1;
         self.revenue += revenue as i128;
         self.start = self.start.min(ts);
@@ -391,15 +447,15 @@ impl Session {
         let mut origin = None;
         // Both the event's attributes and the session's are sorted by key: one merge walk.
         let mut from = 0;
-        for pos in 0..self.attr_sets[set as usize].len() {
+        for pos in 0..self.attr_sets.get(set).len() {
             let (c, next) = self.offer_attr(from, set, pos as u16, ts, id, &mut origin);
             changed |= c;
             from = next;
         }
         // Ids no attribute refers to any more (an earlier event took their keys) are dropped
         // once they are as many as the attributes: amortized O(1) per event.
-        if origin.is_some() && self.attr_ids.len() >= 2 * self.attrs.len().max(4) {
-            self.drop_unused_attr_ids();
+        if origin.is_some() && self.origins.len() >= 2 * self.attrs.len().max(4) {
+            self.drop_unused_origins();
         }
         changed
     }
@@ -410,16 +466,16 @@ impl Session {
     fn offer_attr(
         &mut self,
         from: usize,
-        set: u16,
+        set: u32,
         pos: u16,
         ts: i64,
         id: &str,
         origin: &mut Option<u32>,
     ) -> (bool, usize) {
         let sets = &self.attr_sets;
-        let (key, value) = &sets[set as usize][pos as usize];
+        let (key, value) = &sets.get(set)[pos as usize];
         let key = key.as_str();
-        let key_of = |a: &SessionAttr| sets[a.set as usize][a.pos as usize].0.as_str();
+        let key_of = |a: &SessionAttr| sets.get(a.set)[a.pos as usize].0.as_str();
         let rest = &self.attrs[from..];
         let found = if rest.len() > 16 {
             rest.binary_search_by(|a| key_of(a).cmp(key))
@@ -441,25 +497,29 @@ impl Session {
             Err(_) => (true, false),
             Ok(at) => {
                 let a = self.attrs[at];
-                let earlier = (ts, id.as_bytes()) < (a.ts, self.attr_ids[a.origin as usize].as_bytes());
-                let differs = (a.set, a.pos) != (set, pos) && sets[a.set as usize][a.pos as usize].1 != *value;
+                let (ots, oid) = &self.origins[a.origin as usize];
+                let earlier = (ts, id.as_bytes()) < (*ots, oid.as_bytes());
+                let differs = (a.set, a.pos) != (set, pos) && sets.get(a.set)[a.pos as usize].1 != *value;
                 (earlier, earlier && differs)
             }
         };
         if take {
-            let ids = &mut self.attr_ids;
+            let origins = &mut self.origins;
             let origin = *origin.get_or_insert_with(|| {
-                // The event's id, if one of the last few is it, else a new entry.
-                let recent = ids.len().saturating_sub(4);
-                match ids[recent..].iter().rposition(|x| x.as_str() == id) {
+                // The event, if one of the last few origins is it, else a new entry.
+                let recent = origins.len().saturating_sub(4);
+                match origins[recent..]
+                    .iter()
+                    .rposition(|(t, x)| *t == ts && x.as_str() == id)
+                {
                     Some(i) => (recent + i) as u32,
                     None => {
-                        ids.push(id.into());
-                        (ids.len() - 1) as u32
+                        origins.push((ts, id.into()));
+                        (origins.len() - 1) as u32
                     }
                 }
             });
-            let attr = SessionAttr { ts, origin, set, pos };
+            let attr = SessionAttr { origin, set, pos };
             match found {
                 Err(at) => self.attrs.insert(at, attr),
                 Ok(at) => self.attrs[at] = attr,
@@ -468,24 +528,24 @@ impl Session {
         (changed, found.unwrap_or_else(|p| p) + 1)
     }
 
-    /// Drops the `attr_ids` no attribute refers to.
-    fn drop_unused_attr_ids(&mut self) {
-        let mut to = vec![u32::MAX; self.attr_ids.len()];
+    /// Drops the `origins` no attribute refers to.
+    fn drop_unused_origins(&mut self) {
+        let mut to = vec![u32::MAX; self.origins.len()];
         let mut kept = Vec::new();
         for a in self.attrs.iter_mut() {
             let slot = &mut to[a.origin as usize];
             if *slot == u32::MAX {
                 *slot = kept.len() as u32;
-                kept.push(std::mem::take(&mut self.attr_ids[a.origin as usize]));
+                kept.push(std::mem::take(&mut self.origins[a.origin as usize]));
             }
             a.origin = *slot;
         }
-        self.attr_ids = kept;
+        self.origins = kept;
     }
 
     /// The key and value of a session attribute.
     fn attr(&self, a: &SessionAttr) -> &(CompactString, AttrValue) {
-        &self.attr_sets[a.set as usize][a.pos as usize]
+        &self.attr_sets.get(a.set)[a.pos as usize]
     }
 
     fn add_experiment(&mut self, pair: (u64, u64)) {
@@ -504,80 +564,21 @@ impl Session {
         }
     }
 
-    fn intern_attrs(&mut self, attrs: Option<&[(CompactString, AttrValue)]>) -> u16 {
-        let Some(attrs) = attrs else { return NO_ATTRS };
-        if let Some(i) = self.attr_sets.iter().position(|s| s.as_slice() == attrs) {
-            return i as u16;
-        }
-        if self.attr_sets.len() >= NO_ATTRS as usize - 1 {
-            // Pathological: tens of thousands of distinct maps. Drop the unused ones first.
-            self.compact_sets(true);
-        }
-        self.attr_sets.push(attrs.to_vec());
-        (self.attr_sets.len() - 1) as u16
+    fn intern_attrs(&mut self, attrs: Option<&[(CompactString, AttrValue)]>) -> u32 {
+        attrs.map_or(NO_ATTRS, |a| self.attr_sets.intern(a))
     }
 
-    fn intern_exps(&mut self, exps: Option<&[(u64, u64)]>) -> u16 {
-        let Some(exps) = exps else { return NO_ATTRS };
-        if let Some(i) = self.exp_sets.iter().position(|s| s.as_slice() == exps) {
-            return i as u16;
-        }
-        if self.exp_sets.len() >= NO_ATTRS as usize - 1 {
-            self.compact_sets(false);
-        }
-        self.exp_sets.push(exps.to_vec());
-        (self.exp_sets.len() - 1) as u16
-    }
-
-    /// Drops the attribute sets (`attr_sets`), else the experiment sets, no accepted event
-    /// refers to any more. The other kind's indexes stay valid (an event being accepted holds
-    /// one of each while it interns the other).
-    fn compact_sets(&mut self, attr_sets: bool) {
-        fn remap<T>(sets: &mut Vec<T>, refs: Vec<&mut u16>) {
-            let mut used = vec![NO_ATTRS; sets.len()];
-            let mut kept = Vec::new();
-            let mut old: Vec<Option<T>> = std::mem::take(sets).into_iter().map(Some).collect();
-            for r in refs {
-                if *r == NO_ATTRS {
-                    continue;
-                }
-                let slot = &mut used[*r as usize];
-                if *slot == NO_ATTRS {
-                    *slot = kept.len() as u16;
-                    if let Some(set) = old[*r as usize].take() {
-                        kept.push(set);
-                    }
-                }
-                *r = *slot;
-            }
-            *sets = kept;
-        }
-        let unlisted: Vec<&mut Unlisted> = self.unlisted.iter_mut().flat_map(|u| u.values_mut()).collect();
-        let (mut a, mut x): (Vec<&mut u16>, Vec<&mut u16>) = (Vec::new(), Vec::new());
-        for l in self.listed.iter_mut() {
-            a.push(&mut l.attrs);
-            x.push(&mut l.exps);
-        }
-        for u in unlisted {
-            a.push(&mut u.attrs);
-            x.push(&mut u.exps);
-        }
-        // The session attributes point into the sets of the events that gave them.
-        a.extend(self.attrs.iter_mut().map(|s| &mut s.set));
-        if attr_sets {
-            remap(&mut self.attr_sets, a);
-        } else {
-            remap(&mut self.exp_sets, x);
-        }
+    fn intern_exps(&mut self, exps: Option<&[(u64, u64)]>) -> u32 {
+        exps.map_or(NO_ATTRS, |x| self.exp_sets.intern(x))
     }
 
     /// `,"attributes":{..}}` with the keys whose value differs from the session's, or `}`.
-    fn write_tail(&self, set: u16, out: &mut Vec<u8>) {
+    fn write_tail(&self, set: u32, out: &mut Vec<u8>) {
         let mut first = true;
         if set != NO_ATTRS {
             // Both the set and the session's attributes are sorted by key: one merge walk.
             let mut rest = self.attrs.as_slice();
-            for (i, (k, v)) in self.attr_sets[set as usize].iter().enumerate() {
+            for (i, (k, v)) in self.attr_sets.get(set).iter().enumerate() {
                 let same = loop {
                     let Some(a) = rest.first() else { break false };
                     if (a.set, a.pos as usize) == (set, i) {
@@ -650,7 +651,7 @@ impl Session {
             attrs,
             exps,
             id_len: inc.id.len() as u8,
-            tag: id_hash(inc.id) as u32,
+            tag: id_hash(inc.id) as u16,
         };
         self.listed.insert(pos, entry);
         if let Some(h) = &mut self.listed_hashes {
@@ -721,8 +722,8 @@ impl Session {
         let mut dropped = 0u64;
         // Gap sessions of one pair share visitor and project, so only the order key can move.
         self.offer_first(other.first_ts, &other.first_id, &other.visitor_id, other.project_id);
-        let set = |sets: &[Vec<(CompactString, AttrValue)>], i: u16| (i != NO_ATTRS).then(|| sets[i as usize].clone());
-        let xset = |sets: &[Vec<(u64, u64)>], i: u16| (i != NO_ATTRS).then(|| sets[i as usize].clone());
+        let set = |sets: &Sets<(CompactString, AttrValue)>, i: u32| (i != NO_ATTRS).then(|| sets.get(i).to_vec());
+        let xset = |sets: &Sets<(u64, u64)>, i: u32| (i != NO_ATTRS).then(|| sets.get(i).to_vec());
         for l in &other.listed {
             let id = std::str::from_utf8(other.listed_id(l)).unwrap_or_default();
             if self.has_event(id) {
@@ -770,8 +771,8 @@ impl Session {
             ts: i64,
             id: &'a [u8],
             revenue: i64,
-            attrs: u16,
-            exps: u16,
+            attrs: u32,
+            exps: u32,
         }
         let mut events: Vec<Ev<'_>> = self
             .listed
@@ -795,26 +796,25 @@ impl Session {
         }
         events.sort_unstable_by(|a, b| (a.ts, a.id).cmp(&(b.ts, b.id)));
         let mut attrs: Vec<SessionAttr> = Vec::new();
-        let mut attr_ids: Vec<CompactString> = Vec::new();
+        let mut origins: Vec<(i64, CompactString)> = Vec::new();
         let mut experiments: Vec<(u64, u64)> = Vec::new();
         let sets = &self.attr_sets;
         for e in &events {
             // In (timestamp, event_id) order, the first event with a key gives its value.
             let mut origin = None;
             for (pos, (k, _)) in (e.attrs != NO_ATTRS)
-                .then(|| &sets[e.attrs as usize])
+                .then(|| sets.get(e.attrs))
                 .into_iter()
                 .flatten()
                 .enumerate()
             {
-                let key_of = |a: &SessionAttr| sets[a.set as usize][a.pos as usize].0.as_str();
+                let key_of = |a: &SessionAttr| sets.get(a.set)[a.pos as usize].0.as_str();
                 if let Err(at) = attrs.binary_search_by(|a| key_of(a).cmp(k.as_str())) {
                     let origin = *origin.get_or_insert_with(|| {
-                        attr_ids.push(String::from_utf8_lossy(e.id).as_ref().into());
-                        (attr_ids.len() - 1) as u32
+                        origins.push((e.ts, String::from_utf8_lossy(e.id).as_ref().into()));
+                        (origins.len() - 1) as u32
                     });
                     let a = SessionAttr {
-                        ts: e.ts,
                         origin,
                         set: e.attrs,
                         pos: pos as u16,
@@ -823,7 +823,7 @@ impl Session {
                 }
             }
             if e.exps != NO_ATTRS {
-                experiments.extend_from_slice(&self.exp_sets[e.exps as usize]);
+                experiments.extend_from_slice(self.exp_sets.get(e.exps));
             }
         }
         experiments.sort_unstable();
@@ -841,7 +841,7 @@ impl Session {
         self.event_count = count;
         self.revenue = revenue;
         self.attrs = attrs;
-        self.attr_ids = attr_ids;
+        self.origins = origins;
         self.experiments = experiments;
         self.rebuild_tails();
     }
@@ -982,9 +982,8 @@ impl Session {
 
     /// Approximate heap bytes held by this session (for memory reporting).
     pub fn heap_bytes(&self) -> usize {
-        let attrs = self.attrs.capacity() * std::mem::size_of::<SessionAttr>()
-            + self.attr_ids.iter().map(|id| 24 + id.len()).sum::<usize>();
-        let sets: usize = self.attr_sets.iter().map(|s| s.capacity() * 56).sum();
+        let attrs = self.attrs.capacity() * std::mem::size_of::<SessionAttr>() + self.origins.capacity() * 32;
+        let sets: usize = self.attr_sets.sets.iter().map(|s| 24 + s.capacity() * 48).sum();
         self.arena.capacity()
             + self.listed.capacity() * std::mem::size_of::<Listed>()
             + attrs
@@ -1108,9 +1107,9 @@ mod tests {
             ]);
             s.accept(&e, &cfg);
             assert!(
-                s.attr_ids.len() <= 2 * s.attrs.len().max(4),
+                s.origins.len() <= 2 * s.attrs.len().max(4),
                 "{} ids kept",
-                s.attr_ids.len()
+                s.origins.len()
             );
         }
         let v = snap_value(&s, 1, false);
@@ -1120,9 +1119,46 @@ mod tests {
             v["events"][1]["attributes"],
             json!({"browser":"b1","parity":"odd","seq":"1"})
         );
-        assert_eq!(s.attr_ids.iter().filter(|id| id.as_str() == "e000").count(), 1);
+        assert_eq!(s.origins.iter().filter(|(_, id)| id.as_str() == "e000").count(), 1);
         let back = Session::from_state(&s.to_state()).unwrap();
         assert_eq!(snap_value(&back, 1, false), v);
+    }
+
+    /// A bot session with a counter attribute: every event has a map of its own. Set indexes
+    /// were `u16` and wrapped past 65,535 maps (and interning scanned every set: 40 s for
+    /// these 70K events).
+    #[test]
+    fn a_session_with_more_distinct_attribute_maps_than_a_u16_counts_stays_exact() {
+        let cfg = SessionConfig {
+            max_events: 5,
+            ..SessionConfig::default()
+        };
+        let n = 70_000;
+        let mut s = Session::open("s1", &ev("e0", 1000), 0);
+        for i in 0..n {
+            let mut e = ev(&format!("e{i}"), 1000 + i);
+            e.attributes = attrs(&[("n", &i.to_string())]);
+            s.accept(&e, &cfg);
+        }
+        assert_eq!(s.attr_sets.sets.len(), n as usize);
+        // Restored from its state, the set index is rebuilt: a known map is not stored again.
+        let mut s = Session::from_state(&s.to_state()).unwrap();
+        let mut again = ev("again", 5000);
+        again.attributes = attrs(&[("n", "4")]);
+        s.accept(&again, &cfg);
+        assert_eq!(s.attr_sets.sets.len(), n as usize);
+        // The earliest event arrives last with a map of its own: it takes the attribute and
+        // heads the list with no attribute tail.
+        let mut first = ev("first", 1);
+        first.attributes = attrs(&[("n", "first")]);
+        s.accept(&first, &cfg);
+        let v = snap_value(&s, 1, false);
+        assert_eq!(v["attributes"], json!({"n":"first"}));
+        assert_eq!(v["event_count"], n + 2);
+        assert_eq!(v["events"][0]["event_id"], "first");
+        assert_eq!(v["events"][0].get("attributes"), None);
+        assert_eq!(v["events"][1]["attributes"], json!({"n":"0"}));
+        assert_eq!(v["events"][4]["attributes"], json!({"n":"3"}));
     }
 
     #[test]
