@@ -161,6 +161,7 @@ impl<E> Default for Sets<E> {
 impl<E: Clone + Eq + std::hash::Hash> Sets<E> {
     /// The index of `set`, stored first if it is new. O(1) however many sets there are.
     fn intern(&mut self, set: &[E]) -> u32 {
+        // Four billion sets of one session would not fit in memory: the cast cannot wrap.
         let next = self.sets.len() as u32;
         if self.sets.len() <= SETS_SCAN {
             if let Some(i) = self.sets.iter().position(|s| s.as_slice() == set) {
@@ -452,8 +453,8 @@ impl Session {
             changed |= c;
             from = next;
         }
-        // Ids no attribute refers to any more (an earlier event took their keys) are dropped
-        // once they are as many as the attributes: amortized O(1) per event.
+        // Origins no attribute refers to any more (an earlier event took their keys) are
+        // dropped once there are twice as many origins as attributes: amortized O(1) per event.
         if origin.is_some() && self.origins.len() >= 2 * self.attrs.len().max(4) {
             self.drop_unused_origins();
         }
@@ -462,7 +463,7 @@ impl Session {
 
     /// Offers the attribute at `attr_sets[set][pos]` from event `(ts, id)`, looking for its key
     /// from index `from` of the sorted attributes on; returns whether an existing key changed
-    /// value, and the index after the key's. `origin` caches the event's index in `attr_ids`.
+    /// value, and the index after the key's. `origin` caches the event's index in `origins`.
     fn offer_attr(
         &mut self,
         from: usize,
@@ -722,8 +723,9 @@ impl Session {
         let mut dropped = 0u64;
         // Gap sessions of one pair share visitor and project, so only the order key can move.
         self.offer_first(other.first_ts, &other.first_id, &other.visitor_id, other.project_id);
-        let set = |sets: &Sets<(CompactString, AttrValue)>, i: u32| (i != NO_ATTRS).then(|| sets.get(i).to_vec());
-        let xset = |sets: &Sets<(u64, u64)>, i: u32| (i != NO_ATTRS).then(|| sets.get(i).to_vec());
+        // `other`'s sets, read in place (interning copies a set only when it is new here).
+        let set = |i: u32| (i != NO_ATTRS).then(|| other.attr_sets.get(i));
+        let xset = |i: u32| (i != NO_ATTRS).then(|| other.exp_sets.get(i));
         for l in &other.listed {
             let id = std::str::from_utf8(other.listed_id(l)).unwrap_or_default();
             if self.has_event(id) {
@@ -732,15 +734,15 @@ impl Session {
             }
             let s = l.off as usize + l.id_len as usize;
             let body = &other.arena[s..s + l.body_len as usize];
-            let attrs = self.intern_attrs(set(&other.attr_sets, l.attrs).as_deref());
-            let exps = xset(&other.exp_sets, l.exps);
+            let attrs = self.intern_attrs(set(l.attrs));
+            let exps = xset(l.exps);
             let inc = Incoming {
                 ts: l.ts,
                 id,
                 revenue: l.revenue,
                 body,
                 attrs,
-                exps: exps.as_deref(),
+                exps,
             };
             self.list(inc, cfg);
         }
@@ -749,8 +751,8 @@ impl Session {
                 dropped += 1;
                 continue;
             }
-            let attrs = self.intern_attrs(set(&other.attr_sets, u.attrs).as_deref());
-            let exps = self.intern_exps(xset(&other.exp_sets, u.exps).as_deref());
+            let attrs = self.intern_attrs(set(u.attrs));
+            let exps = self.intern_exps(xset(u.exps));
             self.unlist(
                 id,
                 Unlisted {
