@@ -110,14 +110,19 @@ impl Job {
         Stats::from_parts(&self.source.borrow(), &self.session.borrow().counters)
     }
 
+    /// The acknowledged commit frontier of every worker's source: each window below it is
+    /// durable and its offsets committed (`None`: no source commits any more).
+    pub fn commit_frontier(&self) -> Option<u64> {
+        self.committed.with_frontier(|f| f.first().copied())
+    }
+
     /// Once every worker's source stopped reading ([`Job::control`]): whether everything read
     /// that can become durable is durable and its offsets committed (acknowledged), i.e. the
     /// commits reached the sources' frontier, or nothing commits at all. The windows from that
     /// frontier on cannot complete without more input: a restart reads them again.
     pub fn drained(&self) -> bool {
-        let committed = self.committed.with_frontier(|f| f.first().copied());
         let input = self.input.with_frontier(|f| f.first().copied());
-        match (committed, input) {
+        match (self.commit_frontier(), input) {
             (None, _) => true,
             (Some(c), Some(i)) => c >= i,
             (Some(_), None) => false,

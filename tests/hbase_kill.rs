@@ -90,6 +90,14 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64, term: [bool
     let group = unique("hbkill-b");
     let mut kills = Vec::new();
     let mut last = 0u64;
+    // The smallest frontier committed for any partition (0 while one has none).
+    let committed_frontier = || {
+        committed(&group, &topic, PARTITIONS)
+            .iter()
+            .map(|c| c.as_ref().map_or(0, |(_, m)| meta_frontier(m)))
+            .min()
+            .unwrap_or(0)
+    };
     for (round, term) in term.into_iter().enumerate() {
         let log = dir.path().join(format!("live{round}.log"));
         // Killed on a panic too, not left running.
@@ -115,11 +123,7 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64, term: [bool
                 "no progress within 300 s: {}",
                 std::fs::read_to_string(&log).unwrap()
             );
-            let f: Vec<u64> = committed(&group, &topic, PARTITIONS)
-                .iter()
-                .map(|c| c.as_ref().map_or(0, |(_, m)| meta_frontier(m)))
-                .collect();
-            let lo = f.iter().copied().min().unwrap_or(0);
+            let lo = committed_frontier();
             if lo > 0 && lo >= last + 3 + round as u64 * 2 {
                 last = lo;
                 break;
@@ -130,12 +134,7 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64, term: [bool
             terminate(child);
             expect_graceful_exit(child, Instant::now() + Duration::from_secs(120), &log);
             // The stop committed what it had read: the next round waits for progress past it.
-            last = committed(&group, &topic, PARTITIONS)
-                .iter()
-                .map(|c| c.as_ref().map_or(0, |(_, m)| meta_frontier(m)))
-                .min()
-                .unwrap_or(0)
-                .max(last);
+            last = committed_frontier().max(last);
         } else {
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();

@@ -421,9 +421,8 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
             if let Some(since) = stopping {
                 let drained = built.drained();
                 if drained || since.elapsed() >= Duration::from_millis(args.shutdown_timeout) {
-                    let committed = built.committed.with_frontier(|f| f.first().copied());
                     if let Ok(mut r) = stop_report.lock() {
-                        r.record(drained, committed, built.source.borrow().events_read);
+                        r.record(drained, built.commit_frontier(), built.source.borrow().events_read);
                     }
                     // The open windows stay open: their sessions are not closed, and a restart
                     // with the same group reads them again from the committed offsets.
