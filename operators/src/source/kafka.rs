@@ -187,7 +187,28 @@ pub fn client_config(
         };
         cfg.set(key, v.as_str());
     }
+    // rust-rdkafka applies this level after librdkafka read the options, over the one `debug`
+    // implies: a user's `debug` or `log_level` option would otherwise print nothing.
+    if cfg.get("debug").is_some_and(|d| !d.is_empty()) {
+        cfg.set_log_level(RDKafkaLogLevel::Debug);
+    } else if let Some(level) = cfg.get("log_level").and_then(|l| l.trim().parse::<u8>().ok()) {
+        cfg.set_log_level(log_level(level));
+    }
     cfg
+}
+
+/// librdkafka's (syslog) level number as rust-rdkafka's level.
+fn log_level(level: u8) -> RDKafkaLogLevel {
+    match level {
+        0 => RDKafkaLogLevel::Emerg,
+        1 => RDKafkaLogLevel::Alert,
+        2 => RDKafkaLogLevel::Critical,
+        3 => RDKafkaLogLevel::Error,
+        4 => RDKafkaLogLevel::Warning,
+        5 => RDKafkaLogLevel::Notice,
+        6 => RDKafkaLogLevel::Info,
+        _ => RDKafkaLogLevel::Debug,
+    }
 }
 
 /// Rate-limited stderr logging of one Kafka client (librdkafka's log lines and errors).
@@ -230,10 +251,13 @@ impl ClientLog {
         &self.label
     }
 
-    /// For `ClientContext::log`: warnings and worse are noted.
+    /// For `ClientContext::log`: warnings and worse are noted (rate-limited); milder lines
+    /// arrive only when the user asked for them (`debug` or `log_level`), and all are printed.
     pub fn librdkafka(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
             self.note(&format!("librdkafka {fac}: {message}"));
+        } else {
+            eprintln!("{}: librdkafka {fac}: {message}", self.label);
         }
     }
 }
@@ -1021,6 +1045,23 @@ mod tests {
         assert_eq!(p.get("acks"), Some("1"));
         assert_eq!(p.get("fetch.min.bytes"), None);
         assert_eq!(p.get("bootstrap.servers"), Some("b:1"));
+        assert_eq!(p.log_level as i32, RDKafkaLogLevel::Warning as i32);
+    }
+
+    #[test]
+    fn a_debug_or_log_level_option_raises_the_log_level() {
+        let opt = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let level = |extra: &[(String, String)], kind| client_config("b:1", &[], extra, kind).log_level as i32;
+        use RDKafkaLogLevel::{Debug, Error, Info, Warning};
+        assert_eq!(level(&opt("debug", "broker,msg"), ClientKind::Consumer), Debug as i32);
+        assert_eq!(level(&opt("producer:debug", "eos"), ClientKind::Producer), Debug as i32);
+        assert_eq!(
+            level(&opt("producer:debug", "eos"), ClientKind::Consumer),
+            Warning as i32
+        );
+        assert_eq!(level(&opt("log_level", "6"), ClientKind::Admin), Info as i32);
+        assert_eq!(level(&opt("log_level", "3"), ClientKind::Admin), Error as i32);
+        assert_eq!(level(&opt("debug", ""), ClientKind::Admin), Warning as i32);
     }
 
     #[test]
