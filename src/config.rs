@@ -37,7 +37,7 @@ pub struct SessionArgs {
     /// Out-of-orderness bound L of each partition's watermark (e.g. 5s).
     #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
     pub lateness: u64,
-    /// Most events listed per snapshot (count); counters stay exact past it.
+    /// Most events listed per snapshot (count, at most 10000); counters stay exact past it.
     #[arg(long, default_value_t = 1000)]
     pub max_events: usize,
 }

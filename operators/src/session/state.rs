@@ -44,14 +44,34 @@ impl Default for SessionConfig {
     }
 }
 
+/// The largest `max_events` accepted (events). A session's listed events live in one arena
+/// addressed by `u32` offsets: at most this many events of at most
+/// [`MAX_LINE_BYTES`](crate::event::MAX_LINE_BYTES) input bytes each (whose JSON is re-written
+/// no longer than about the input: escapes round-trip at their length, numbers are short), plus
+/// the evicted bytes the arena keeps until they are half of it, stay far below 4 GiB.
+pub const MAX_EVENTS_LIMIT: usize = 10_000;
+
+// Twice (evicted bytes) the listed events at twice a maximal line (room for re-written JSON)
+// plus the id, plus the 4 KiB of garbage always tolerated and one event being added.
+const _: () = assert!(
+    2 * MAX_EVENTS_LIMIT as u64 * (2 * crate::event::MAX_LINE_BYTES as u64 + 255)
+        + 4096
+        + 2 * (2 * crate::event::MAX_LINE_BYTES as u64 + 255)
+        < u32::MAX as u64
+);
+
 impl SessionConfig {
     /// Checks the parameters make sense.
     pub fn validate(&self) -> Result<(), String> {
         if self.window_ms == 0 {
             return Err("window must be at least 1 ms".into());
         }
-        if self.max_events > u32::MAX as usize {
-            return Err("max-events must fit in 32 bits".into());
+        if self.max_events > MAX_EVENTS_LIMIT {
+            return Err(format!(
+                "max-events is {}, at most {MAX_EVENTS_LIMIT} (a listed event's bytes are addressed \
+                 with 32 bits; such a snapshot would be far over any sink's message size anyway)",
+                self.max_events
+            ));
         }
         Ok(())
     }
@@ -1033,6 +1053,58 @@ mod tests {
         let mut out = Vec::new();
         s.write_json(&mut out, m, closed, None);
         serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn max_events_is_checked_against_its_limit() {
+        assert_eq!(SessionConfig::default().validate(), Ok(()));
+        let at = SessionConfig {
+            max_events: MAX_EVENTS_LIMIT,
+            ..SessionConfig::default()
+        };
+        assert_eq!(at.validate(), Ok(()));
+        let over = SessionConfig {
+            max_events: MAX_EVENTS_LIMIT + 1,
+            ..SessionConfig::default()
+        };
+        let e = over.validate().unwrap_err();
+        assert!(e.contains("max-events is 10001, at most 10000"), "{e}");
+        assert!(SessionConfig {
+            window_ms: 0,
+            ..SessionConfig::default()
+        }
+        .validate()
+        .is_err());
+    }
+
+    /// The bound behind [`MAX_EVENTS_LIMIT`]: a listed event takes no more arena bytes than
+    /// twice its input line, escapes and numbers included.
+    #[test]
+    fn a_listed_event_takes_at_most_twice_its_line_in_the_arena() {
+        // Every escape form (each decodes to fewer bytes than it takes, and is re-written at
+        // most at its length), in the name, a field, attributes and tags.
+        let escapes = r#"\"\\\/\b\f\n\r\t\u0001\u00e9\ud83d\ude00x"#;
+        let value = escapes.repeat(19_000 / escapes.len());
+        let short = escapes.repeat(4);
+        let mut attributes = String::new();
+        for i in 0..100 {
+            attributes.push_str(&format!(r#""k{i}":"{short}","#));
+        }
+        attributes.push_str(r#""n":1e2,"f":-0.000001,"b":true"#);
+        let line = format!(
+            r#"{{"event_id":"e\u0031","session_id":"s","visitor_id":"v","project_id":7,"timestamp":1700000000000,"type":"x","name":"{value}","revenue":-9223372036854775808,"value":1e300,"attributes":{{{attributes}}},"tags":{{"t":"{value}"}}}}"#
+        );
+        assert!(line.len() <= crate::event::MAX_LINE_BYTES, "{}", line.len());
+        let e = crate::event::parse_event(line.as_bytes()).unwrap();
+        let mut s = Session::open("s", &e, 0);
+        s.accept(&e, &SessionConfig::default());
+        assert_eq!(s.listed.len(), 1);
+        assert!(
+            s.arena.len() <= 2 * line.len() + 255,
+            "{} for a line of {}",
+            s.arena.len(),
+            line.len()
+        );
     }
 
     #[test]
