@@ -60,6 +60,35 @@ impl Drop for RestoreBroker {
     }
 }
 
+/// The broker's side of a failure: `services.sh status kafka` and the end of its server log.
+fn broker_side() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+    let status = match Command::new("bash").args([script, "status", "kafka"]).output() {
+        Ok(out) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => format!("cannot run services.sh status kafka: {e}"),
+    };
+    let dir = std::env::var_os("SESSIONFLOW_SERVICES_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/.services").into());
+    let server_log = dir.join("kafka/logs/server.log");
+    let tail = match std::fs::read_to_string(&server_log) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(80)..].join("\n")
+        }
+        Err(e) => format!("cannot read {}: {e}", server_log.display()),
+    };
+    format!(
+        "broker now: {}\nlast lines of {}:\n{tail}",
+        status.trim(),
+        server_log.display()
+    )
+}
+
 /// The events read so far, from the job's last progress line
 /// (`run [   1.0s] 8192 events, ...`).
 fn events_read(log: &std::path::Path) -> Option<u64> {
@@ -220,8 +249,9 @@ fn a_broker_restart_mid_run_loses_nothing() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
         out.status.success(),
-        "the run failed after the restart ({}):\n{text}",
-        out.status
+        "the run failed after the restart ({}):\n{text}\n{}",
+        out.status,
+        broker_side()
     );
     eprintln!(
         "run took {:.1} s; its log:\n{text}",
