@@ -11,17 +11,29 @@
 //! that still fails (after `message.timeout.ms`, 5 min by default, or at once when it is too
 //! large) is a permanent failure: [`KafkaSinkStatus::error`] says why and the failed window is
 //! never released, so nothing is committed past it. Never a silent loss.
+//!
+//! One librdkafka (2.12) fault is worked around: when a broker answers a metadata request with
+//! no brokers while it shuts down (a single-node cluster restarting), the producer can forget
+//! every broker it knew before it notices the connection is down; it then never bootstraps
+//! again and its messages wait until they time out, although the broker is back. The sink
+//! watches the producer's statistics; a producer that has known no broker for
+//! [`STRANDED_AFTER`] is replaced: its queued messages (never sent: with no broker there is
+//! nothing in flight) are purged, collected from their delivery reports and sent again, in
+//! their order, through a new producer with the same settings, before anything newer.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, ClientContext};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -89,11 +101,30 @@ struct Acks {
     error: Option<String>,
 }
 
+/// A message waiting to be sent: `(window, key, value)`.
+type Pending = (u64, Vec<u8>, Vec<u8>);
+
+/// How long a producer may know no broker before it is replaced (see the module doc).
+pub const STRANDED_AFTER: Duration = Duration::from_secs(10);
+
+/// How often a sink's producer reports its statistics, in ms (they show the brokers it knows).
+const STATS_INTERVAL_MS: u64 = 1000;
+
 #[derive(Debug)]
 struct Shared {
     topic: String,
     acks: Mutex<Acks>,
     activator: OnceLock<SyncActivator>,
+    /// Since when the current producer's statistics show no broker (none: it knows one).
+    stranded_since: Mutex<Option<Instant>>,
+    /// Messages purged from a replaced producer, `(window, key, value)` in delivery-report
+    /// order (per partition the order they were sent in), to send again.
+    purged: Mutex<Vec<Pending>>,
+    /// Producers replaced so far (count).
+    replacements: AtomicU64,
+    /// A replacement asked for through [`KafkaSinkStatus::request_replacement`] (tests), with
+    /// the brokers the new producer bootstraps from.
+    replacement_request: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -116,6 +147,8 @@ impl Shared {
 struct SinkContext {
     log: Arc<ClientLog>,
     shared: Arc<Shared>,
+    /// Messages given to this producer whose delivery report was not handled yet (count).
+    unreported: AtomicU64,
 }
 
 impl ClientContext for SinkContext {
@@ -126,6 +159,29 @@ impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
         self.log.note(&format!("{error}: {reason}"));
     }
+
+    fn stats(&self, statistics: Statistics) {
+        let Ok(mut since) = self.shared.stranded_since.lock() else {
+            return;
+        };
+        if knows_a_broker(&statistics) {
+            *since = None;
+        } else if since.is_none() {
+            *since = Some(Instant::now());
+            drop(since);
+            // The operator checks how long this lasts on its next activations.
+            self.shared.wake();
+        }
+    }
+}
+
+/// Whether a producer's statistics show a broker it can reach or bootstrap from (one given in
+/// `bootstrap.servers` or learned from metadata), not only its internal and logical ones.
+fn knows_a_broker(statistics: &Statistics) -> bool {
+    statistics
+        .brokers
+        .values()
+        .any(|b| b.source == "learned" || b.source == "configured")
 }
 
 impl ProducerContext for SinkContext {
@@ -133,6 +189,14 @@ impl ProducerContext for SinkContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, window: usize) {
+        self.handle(result, window);
+        // After the report's effect, so a retiring producer at zero has nothing more to give.
+        self.unreported.fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl SinkContext {
+    fn handle(&self, result: &DeliveryResult<'_>, window: usize) {
         match result {
             Ok(_) => {
                 let Ok(mut a) = self.shared.acks.lock() else { return };
@@ -149,6 +213,14 @@ impl ProducerContext for SinkContext {
                     a.outstanding.remove(&w);
                     drop(a);
                     self.shared.wake();
+                }
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue), m)) => {
+                // Purged from a replaced producer, never sent: it is sent again.
+                let key = m.key().unwrap_or_default().to_vec();
+                let value = m.payload().unwrap_or_default().to_vec();
+                if let Ok(mut p) = self.shared.purged.lock() {
+                    p.push((window as u64, key, value));
                 }
             }
             Err((e, _)) => {
@@ -182,12 +254,33 @@ impl KafkaSinkStatus {
     pub fn in_flight(&self) -> u64 {
         self.0.acks.lock().map(|a| a.outstanding.values().sum()).unwrap_or(0)
     }
+
+    /// Producers replaced because they had lost every broker (count).
+    pub fn replacements(&self) -> u64 {
+        self.0.replacements.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the producer now as if it had lost every broker, the new one bootstrapping
+    /// from `brokers`: for tests of the replacement (the fault it works around cannot be
+    /// caused at will).
+    #[doc(hidden)]
+    pub fn request_replacement(&self, brokers: &str) {
+        if let Ok(mut r) = self.0.replacement_request.lock() {
+            *r = Some(brokers.to_string());
+        }
+        self.0.wake();
+    }
 }
 
 /// A producer to one topic; hand it to [`SinkKafka::sink_kafka`].
 pub struct KafkaSink {
     producer: ThreadedProducer<SinkContext>,
     shared: Arc<Shared>,
+    log: Arc<ClientLog>,
+    /// The producer's settings, for a replacement.
+    config: ClientConfig,
+    /// A replaced producer, until the delivery reports of its purged messages are all in.
+    retiring: Option<ThreadedProducer<SinkContext>>,
 }
 
 impl KafkaSink {
@@ -198,6 +291,10 @@ impl KafkaSink {
             topic: cfg.topic.clone(),
             acks: Mutex::new(Acks::default()),
             activator: OnceLock::new(),
+            stranded_since: Mutex::new(None),
+            purged: Mutex::new(Vec::new()),
+            replacements: AtomicU64::new(0),
+            replacement_request: Mutex::new(None),
         });
         let ours = [
             // A message counts as written once every in-sync replica has it: the offset commit
@@ -211,16 +308,69 @@ impl KafkaSink {
             ("compression.type", "lz4".to_string()),
             // Names this sink in the broker's logs.
             ("client.id", format!("sessionflow-sink-{}", cfg.topic)),
+            // The brokers the producer knows, to notice it lost them all (see the module doc).
+            ("statistics.interval.ms", STATS_INTERVAL_MS.to_string()),
         ];
         let config = client_config(&cfg.brokers, &ours, &cfg.options, ClientKind::Producer);
-        let context = SinkContext {
+        let producer = new_producer(&config, &log, &shared)?;
+        Ok(KafkaSink {
+            producer,
+            shared,
             log,
-            shared: Arc::clone(&shared),
-        };
-        let producer: ThreadedProducer<SinkContext> = config
-            .create_with_context(context)
-            .map_err(|e| format!("cannot create a Kafka producer for topic {}: {e}", cfg.topic))?;
-        Ok(KafkaSink { producer, shared })
+            config,
+            retiring: None,
+        })
+    }
+
+    /// Whether the producer has known no broker for [`STRANDED_AFTER`].
+    fn stranded(&self) -> bool {
+        self.shared
+            .stranded_since
+            .lock()
+            .is_ok_and(|s| s.is_some_and(|at| at.elapsed() >= STRANDED_AFTER))
+    }
+
+    /// Replaces the producer by a new one with the same settings (`brokers` instead of the
+    /// configured ones, if given: tests) and purges the old one's queued messages; their
+    /// delivery reports collect them in `Shared::purged`. The old producer retires once every
+    /// report is in ([`KafkaSink::retired`]).
+    fn replace(&mut self, brokers: Option<&str>) -> Result<(), String> {
+        let mut config = self.config.clone();
+        if let Some(b) = brokers {
+            config.set("bootstrap.servers", b);
+        }
+        let new = new_producer(&config, &self.log, &self.shared)?;
+        if let Ok(mut s) = self.shared.stranded_since.lock() {
+            *s = None;
+        }
+        let old = std::mem::replace(&mut self.producer, new);
+        // Only what was never sent: with no broker nothing is in flight, and a message in
+        // flight (there is none) would stay with the old producer, delivered or failed there.
+        old.purge(PurgeConfig::default().queue());
+        let n = self.shared.replacements.fetch_add(1, Ordering::Relaxed) + 1;
+        // Not rate-limited: it must show whatever librdkafka printed just before.
+        eprintln!(
+            "{}: the producer to topic {} knew no broker for {} s (a librdkafka fault after a \
+             broker restart): replaced by a new one (replacement {n}); its unsent messages are \
+             sent again",
+            self.log.label(),
+            self.shared.topic,
+            STRANDED_AFTER.as_secs()
+        );
+        self.retiring = Some(old);
+        Ok(())
+    }
+
+    /// Whether no replaced producer still has delivery reports to give (it is then dropped).
+    fn retired(&mut self) -> bool {
+        match &self.retiring {
+            Some(old) if old.context().unreported.load(Ordering::Acquire) > 0 => false,
+            Some(_) => {
+                self.retiring = None;
+                true
+            }
+            None => true,
+        }
     }
 
     /// A handle on the sink's progress and failure.
@@ -234,11 +384,29 @@ impl KafkaSink {
             .key(key)
             .payload(value);
         match self.producer.send(record) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.producer.context().unreported.fetch_add(1, Ordering::Relaxed);
+                Ok(true)
+            }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(false),
             Err((e, _)) => Err(format!("cannot produce to topic {}: {e}", self.shared.topic)),
         }
     }
+}
+
+fn new_producer(
+    config: &ClientConfig,
+    log: &Arc<ClientLog>,
+    shared: &Arc<Shared>,
+) -> Result<ThreadedProducer<SinkContext>, String> {
+    let context = SinkContext {
+        log: Arc::clone(log),
+        shared: Arc::clone(shared),
+        unreported: AtomicU64::new(0),
+    };
+    config
+        .create_with_context(context)
+        .map_err(|e| format!("cannot create a Kafka producer for topic {}: {e}", shared.topic))
 }
 
 impl Drop for KafkaSink {
@@ -290,10 +458,30 @@ impl<'scope, D: KafkaMessage + Clone + 'static> SinkKafka<'scope> for StreamVec<
             // One capability per window with messages not yet acknowledged.
             let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
             // Messages librdkafka's queue had no room for, in order.
-            let mut backlog: VecDeque<(u64, Vec<u8>, Vec<u8>)> = VecDeque::new();
+            let mut backlog: VecDeque<Pending> = VecDeque::new();
             let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(4096));
+            let mut sink = sink;
             move |(input, _frontier), _output| {
-                let shared = &sink.shared;
+                let shared = Arc::clone(&sink.shared);
+                // A producer that lost every broker is replaced; until the old one reported all
+                // its purged messages, nothing is sent, so they go out again before anything newer.
+                let requested = shared.replacement_request.lock().ok().and_then(|mut r| r.take());
+                if sink.retiring.is_none() && (requested.is_some() || sink.stranded()) {
+                    if let Err(e) = sink.replace(requested.as_deref()) {
+                        shared.fail(e);
+                    }
+                }
+                let retiring = !sink.retired();
+                if !retiring {
+                    let purged = shared
+                        .purged
+                        .lock()
+                        .map(|mut p| std::mem::take(&mut *p))
+                        .unwrap_or_default();
+                    for m in purged.into_iter().rev() {
+                        backlog.push_front(m);
+                    }
+                }
                 input.for_each(|time, data| {
                     let Some(&t) = time.least() else { return };
                     if let Entry::Vacant(slot) = held.entry(t) {
@@ -309,7 +497,7 @@ impl<'scope, D: KafkaMessage + Clone + 'static> SinkKafka<'scope> for StreamVec<
                         value.clear();
                         d.key(&mut key);
                         d.value(&mut value);
-                        if !backlog.is_empty() {
+                        if retiring || !backlog.is_empty() {
                             backlog.push_back((t, key.clone(), value.clone()));
                             continue;
                         }
@@ -320,7 +508,7 @@ impl<'scope, D: KafkaMessage + Clone + 'static> SinkKafka<'scope> for StreamVec<
                         }
                     }
                 });
-                while let Some((t, k, v)) = backlog.front() {
+                while let Some((t, k, v)) = backlog.front().filter(|_| !retiring) {
                     match sink.send(*t, k, v) {
                         Ok(true) => {}
                         Ok(false) => break,
@@ -328,7 +516,9 @@ impl<'scope, D: KafkaMessage + Clone + 'static> SinkKafka<'scope> for StreamVec<
                     }
                     backlog.pop_front();
                 }
-                if !backlog.is_empty() {
+                if retiring {
+                    retry_later.activate_after(Duration::from_millis(10));
+                } else if !backlog.is_empty() {
                     retry_later.activate_after(Duration::from_millis(1));
                 }
                 // Release every window whose messages were all acknowledged (none after a
@@ -337,7 +527,7 @@ impl<'scope, D: KafkaMessage + Clone + 'static> SinkKafka<'scope> for StreamVec<
                     if a.error.is_none() {
                         held.retain(|t, _| a.outstanding.contains_key(t));
                     }
-                }
+                };
             }
         })
     }
@@ -414,6 +604,27 @@ mod tests {
         assert_eq!(k, b"2");
         let j: serde_json::Value = serde_json::from_slice(&v).unwrap();
         assert_eq!((j["partition"].as_u64(), j["offset"].as_u64()), (Some(2), Some(9)));
+    }
+
+    #[test]
+    fn a_producer_knowing_only_its_internal_brokers_knows_no_broker() {
+        use rdkafka::statistics::Broker;
+        let broker = |source: &str| Broker {
+            source: source.into(),
+            ..Broker::default()
+        };
+        let mut stats = Statistics::default();
+        assert!(!knows_a_broker(&stats));
+        stats.brokers.insert(":0/internal".into(), broker("internal"));
+        stats.brokers.insert("GroupCoordinator".into(), broker("logical"));
+        assert!(!knows_a_broker(&stats), "internal and logical brokers only");
+        stats
+            .brokers
+            .insert("127.0.0.1:9092/bootstrap".into(), broker("configured"));
+        assert!(knows_a_broker(&stats), "a bootstrap broker");
+        stats.brokers.clear();
+        stats.brokers.insert("127.0.0.1:9092/1".into(), broker("learned"));
+        assert!(knows_a_broker(&stats), "a learned broker");
     }
 
     #[test]
