@@ -23,7 +23,7 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -149,6 +149,8 @@ struct SinkContext {
     shared: Arc<Shared>,
     /// Messages given to this producer whose delivery report was not handled yet (count).
     unreported: AtomicU64,
+    /// Set once this producer is replaced: its statistics no longer speak for the sink.
+    replaced: AtomicBool,
 }
 
 impl ClientContext for SinkContext {
@@ -161,6 +163,9 @@ impl ClientContext for SinkContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        if self.replaced.load(Ordering::Relaxed) {
+            return;
+        }
         let Ok(mut since) = self.shared.stranded_since.lock() else {
             return;
         };
@@ -344,6 +349,7 @@ impl KafkaSink {
             *s = None;
         }
         let old = std::mem::replace(&mut self.producer, new);
+        old.context().replaced.store(true, Ordering::Relaxed);
         // Only what was never sent: with no broker nothing is in flight, and a message in
         // flight (there is none) would stay with the old producer, delivered or failed there.
         old.purge(PurgeConfig::default().queue());
@@ -366,7 +372,10 @@ impl KafkaSink {
         match &self.retiring {
             Some(old) if old.context().unreported.load(Ordering::Acquire) > 0 => false,
             Some(_) => {
-                self.retiring = None;
+                if let Some(old) = self.retiring.take() {
+                    // Destroying a client joins its threads: not on the worker.
+                    std::thread::spawn(move || drop(old));
+                }
                 true
             }
             None => true,
@@ -403,6 +412,7 @@ fn new_producer(
         log: Arc::clone(log),
         shared: Arc::clone(shared),
         unreported: AtomicU64::new(0),
+        replaced: AtomicBool::new(false),
     };
     config
         .create_with_context(context)
