@@ -135,6 +135,22 @@ impl Shared {
         self.wake();
     }
 
+    /// A statistics report of the current producer: whether it knows a broker.
+    fn on_statistics(&self, knows_a_broker: bool) {
+        let Ok(mut since) = self.stranded_since.lock() else {
+            return;
+        };
+        if knows_a_broker {
+            *since = None;
+        } else {
+            since.get_or_insert_with(Instant::now);
+            drop(since);
+            // The operator checks how long this lasted: on every report, as a stalled job
+            // (backpressure) sends it nothing else that would wake it.
+            self.wake();
+        }
+    }
+
     fn wake(&self) {
         if let Some(a) = self.activator.get() {
             // Fails only when the worker is gone.
@@ -166,17 +182,7 @@ impl ClientContext for SinkContext {
         if self.replaced.load(Ordering::Relaxed) {
             return;
         }
-        let Ok(mut since) = self.shared.stranded_since.lock() else {
-            return;
-        };
-        if knows_a_broker(&statistics) {
-            *since = None;
-        } else if since.is_none() {
-            *since = Some(Instant::now());
-            drop(since);
-            // The operator checks how long this lasts on its next activations.
-            self.shared.wake();
-        }
+        self.shared.on_statistics(knows_a_broker(&statistics));
     }
 }
 
@@ -263,6 +269,13 @@ impl KafkaSinkStatus {
     /// Producers replaced because they had lost every broker (count).
     pub fn replacements(&self) -> u64 {
         self.0.replacements.load(Ordering::Relaxed)
+    }
+
+    /// Tells the sink its producer's statistics show no broker, as librdkafka's report does
+    /// every second in the fault the replacement works around: for tests.
+    #[doc(hidden)]
+    pub fn report_no_broker(&self) {
+        self.0.on_statistics(false);
     }
 
     /// Replaces the producer now as if it had lost every broker, the new one bootstrapping
@@ -635,6 +648,55 @@ mod tests {
         stats.brokers.clear();
         stats.brokers.insert("127.0.0.1:9092/1".into(), broker("learned"));
         assert!(knows_a_broker(&stats), "a learned broker");
+    }
+
+    /// A job stalled by backpressure sends the sink nothing: the statistics reports alone must
+    /// wake it to replace a producer that knows no broker.
+    #[test]
+    fn a_producer_knowing_no_broker_is_replaced_even_when_nothing_else_wakes_the_sink() {
+        use timely::dataflow::operators::{Input, Probe};
+        use timely::dataflow::InputHandle;
+        let cfg = KafkaSinkConfig {
+            brokers: "127.0.0.1:1".into(),
+            topic: "t".into(),
+            // No real reports (they would show the bootstrap broker): the test gives them.
+            options: vec![("statistics.interval.ms".into(), "0".into())],
+        };
+        let sink = KafkaSink::create(&cfg, "test sink").unwrap();
+        let status = sink.status();
+        timely::execute_directly(move |worker| {
+            let mut input = InputHandle::new();
+            let dataflow = worker.next_dataflow_index();
+            worker.dataflow::<u64, _, _>(|scope| {
+                scope.input_from(&mut input).sink_kafka(sink).probe();
+            });
+            let d = DeadLetter {
+                partition: 0,
+                offset: 1,
+                reason: "invalid: x".into(),
+                raw: "{".into(),
+            };
+            input.send(d);
+            input.advance_to(1);
+            for _ in 0..20 {
+                worker.step_or_park(Some(Duration::from_millis(10)));
+            }
+            let started = Instant::now();
+            while status.replacements() == 0 && started.elapsed() < STRANDED_AFTER * 2 {
+                // librdkafka reports once a second.
+                status.report_no_broker();
+                let second = Instant::now();
+                while second.elapsed() < Duration::from_secs(1) {
+                    worker.step_or_park(Some(Duration::from_millis(100)));
+                }
+            }
+            assert_eq!(status.replacements(), 1, "not replaced");
+            assert!(started.elapsed() >= STRANDED_AFTER, "replaced too early");
+            // The message went to the new producer: still outstanding, no failure.
+            assert_eq!((status.in_flight(), status.error()), (1, None));
+            // The message can never be delivered: the dataflow would never complete.
+            worker.drop_dataflow(dataflow);
+        });
     }
 
     #[test]
