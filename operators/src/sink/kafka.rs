@@ -405,11 +405,15 @@ impl KafkaSink {
         let record = BaseRecord::with_opaque_to(&self.shared.topic, window as usize)
             .key(key)
             .payload(value);
-        match self.producer.send(record) {
-            Ok(()) => {
-                self.producer.context().unreported.fetch_add(1, Ordering::Relaxed);
-                Ok(true)
-            }
+        // Counted first: its delivery report may come before `send` returns.
+        let unreported = &self.producer.context().unreported;
+        unreported.fetch_add(1, Ordering::Relaxed);
+        let result = self.producer.send(record);
+        if result.is_err() {
+            unreported.fetch_sub(1, Ordering::Relaxed);
+        }
+        match result {
+            Ok(()) => Ok(true),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => Ok(false),
             Err((e, _)) => Err(format!("cannot produce to topic {}: {e}", self.shared.topic)),
         }
