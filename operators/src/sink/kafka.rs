@@ -186,9 +186,9 @@ impl ClientContext for SinkContext {
     }
 }
 
-/// Whether a producer's statistics show a broker it can reach or bootstrap from (one given in
+/// Whether a client's statistics show a broker it can reach or bootstrap from (one given in
 /// `bootstrap.servers` or learned from metadata), not only its internal and logical ones.
-fn knows_a_broker(statistics: &Statistics) -> bool {
+pub(crate) fn knows_a_broker(statistics: &Statistics) -> bool {
     statistics
         .brokers
         .values()

@@ -64,6 +64,7 @@ use serde::{Deserialize, Serialize};
 use timely::scheduling::SyncActivator;
 
 use super::{Cut, PartitionReader, RawRecord, ReadStatus, Watermarks};
+use crate::sink::kafka::{knows_a_broker, STRANDED_AFTER};
 
 /// How long a blocking metadata/offset request may take before it is retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -390,6 +391,8 @@ struct SourceContext {
     log: Arc<ClientLog>,
     topic: String,
     lag: Arc<AtomicI64>,
+    /// Since when the consumer's statistics show no broker (none: it knows one).
+    stranded_since: Arc<Mutex<Option<Instant>>>,
 }
 
 impl ClientContext for SourceContext {
@@ -402,6 +405,13 @@ impl ClientContext for SourceContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        if let Ok(mut since) = self.stranded_since.lock() {
+            if knows_a_broker(&statistics) {
+                *since = None;
+            } else {
+                since.get_or_insert_with(Instant::now);
+            }
+        }
         if let Some(t) = statistics.topics.get(&self.topic) {
             // Messages not read yet: last stable offset (or high watermark) minus the position.
             let lag: i64 = t
@@ -477,6 +487,8 @@ pub struct KafkaReader {
     final_commit_timeout: Duration,
     stop_at_end: bool,
     lag: Arc<AtomicI64>,
+    /// Since when the consumer's statistics show no broker (see [`KafkaReader::read`]).
+    stranded_since: Arc<Mutex<Option<Instant>>>,
     told_ended: bool,
     /// Commit state shared with the commit thread and [`KafkaCommitter`].
     commits: Option<Arc<CommitShared>>,
@@ -610,6 +622,7 @@ impl KafkaReader {
     pub fn connect(cfg: &KafkaSourceConfig, index: usize, peers: usize) -> Result<KafkaReader, String> {
         let log = Arc::new(ClientLog::new(format!("kafka source (worker {index})")));
         let lag = Arc::new(AtomicI64::new(-1));
+        let stranded_since = Arc::new(Mutex::new(None));
         let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
         let mut ours = vec![
             // Offsets are committed under this group; partitions are assigned, never
@@ -636,15 +649,20 @@ impl KafkaReader {
             // ~15% slower, and 3-4x slower with small queues).
             ("fetch.queue.backoff.ms", "10".to_string()),
         ];
-        if cfg.stats_interval_ms > 0 {
-            // The consumer-lag gauge of the progress line comes from librdkafka's statistics.
-            ours.push(("statistics.interval.ms", cfg.stats_interval_ms.to_string()));
-        }
+        // The consumer-lag gauge of the progress line and the brokers the consumer knows (to
+        // notice it lost them all, see `KafkaReader::read`) come from librdkafka's statistics.
+        let stats_ms = if cfg.stats_interval_ms > 0 {
+            cfg.stats_interval_ms
+        } else {
+            1000
+        };
+        ours.push(("statistics.interval.ms", stats_ms.to_string()));
         let client_cfg = client_config(&cfg.brokers, &ours, &cfg.options, ClientKind::Consumer);
         let context = SourceContext {
             log: Arc::clone(&log),
             topic: cfg.topic.clone(),
             lag: Arc::clone(&lag),
+            stranded_since: Arc::clone(&stranded_since),
         };
         let mut consumer: SourceConsumer = client_cfg
             .create_with_context(context)
@@ -674,6 +692,7 @@ impl KafkaReader {
             final_commit_timeout: Duration::from_millis(cfg.final_commit_timeout_ms),
             stop_at_end: cfg.stop_at_end,
             lag,
+            stranded_since,
             told_ended: false,
             commits: None,
             commit_thread: None,
@@ -813,9 +832,20 @@ impl KafkaReader {
             final_commit_timeout: Duration::ZERO,
             stop_at_end: true,
             lag: Arc::new(AtomicI64::new(-1)),
+            stranded_since: Arc::new(Mutex::new(None)),
             told_ended: false,
             commits: None,
             commit_thread: None,
+        }
+    }
+
+    /// Tells the reader its consumer's statistics show no broker, as librdkafka's report does
+    /// in the fault `read` stops on: for tests (set `statistics.interval.ms=0` so real reports
+    /// do not clear it).
+    #[doc(hidden)]
+    pub fn report_no_broker(&self) {
+        if let Ok(mut s) = self.stranded_since.lock() {
+            s.get_or_insert_with(Instant::now);
         }
     }
 
@@ -961,6 +991,22 @@ impl PartitionReader for KafkaReader {
         while let Some(result) = consumer.poll(Duration::ZERO) {
             let item = result.map(|m| (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
             self.take(None, item, marks, out, now)?;
+        }
+        // The librdkafka fault the Kafka sinks work around (see `sink::kafka`) can strand a
+        // consumer too: it would wait forever. Stop with a clear error instead; a restart
+        // resumes from the committed offsets.
+        if self
+            .stranded_since
+            .lock()
+            .is_ok_and(|s| s.is_some_and(|at| now.duration_since(at) >= STRANDED_AFTER))
+        {
+            return Err(format!(
+                "the Kafka consumer of topic {} has known no broker for {} s (a librdkafka fault \
+                 after a broker restart: it never bootstraps again); stopping: a restart resumes \
+                 from the committed offsets",
+                self.topic,
+                STRANDED_AFTER.as_secs()
+            ));
         }
         // Read the partitions laggard first, so they advance together in event time; leave
         // one that ran far past the sinks' frontier in its queue (watermark alignment: its

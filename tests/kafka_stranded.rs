@@ -1,10 +1,15 @@
-//! The Kafka sink operator on the real broker: a producer replaced mid-stream (what the sink
-//! does when librdkafka loses every broker after a restart, a fault that cannot be caused at
-//! will) hands its unsent messages to the new producer, which sends them once and in order,
-//! before anything newer; the acknowledged frontier then passes every window.
+//! On the real broker, the workarounds for a librdkafka fault that strands a client: a broker
+//! shutting down answers a metadata request with no brokers, and a client that gets it while
+//! still connected forgets every broker and never bootstraps again (see `sink::kafka`).
 //!
-//! The first producer bootstraps from a port where nothing listens, so every message it gets
-//! stays queued, as in the stranded producer; the replacement bootstraps from the real broker.
+//! - The Kafka sink replaces such a producer: the old one's unsent messages go to the new one,
+//!   which sends them once and in order, before anything newer; the acknowledged frontier then
+//!   passes every window. The first producer bootstraps from a port where nothing listens, so
+//!   every message it gets stays queued, as in the stranded producer; the replacement
+//!   bootstraps from the real broker (a hidden hook: the fault cannot be caused at will).
+//! - The Kafka source stops with a clear error when its consumer is stranded (a restart
+//!   resumes from the committed offsets), and never when it is not.
+//!
 //! `#[ignore]`d: needs Kafka (`scripts/test.sh` starts it).
 #![allow(clippy::unwrap_used)]
 
@@ -15,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use kafka_support::*;
 use sessionflow_operators::record::DeadLetter;
-use sessionflow_operators::sink::kafka::{ensure_topic, KafkaSink, KafkaSinkConfig, SinkKafka};
+use sessionflow_operators::sink::kafka::{ensure_topic, KafkaSink, KafkaSinkConfig, SinkKafka, STRANDED_AFTER};
+use sessionflow_operators::source::kafka::{KafkaReader, KafkaSourceConfig};
+use sessionflow_operators::source::{PartitionReader, Watermarks};
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::InputHandle;
 
@@ -104,4 +111,60 @@ fn a_replaced_producer_hands_its_unsent_messages_to_the_next_in_order_once() {
             assert!(prev < seq, "message {seq} after {prev} of the same key");
         }
     }
+}
+
+/// A source whose consumer reports no broker, as in the fault, for `STRANDED_AFTER`
+/// (`report_no_broker`, with librdkafka's own reports off so they do not clear it).
+fn read_until_error(reader: &mut KafkaReader, within: Duration) -> Option<(String, Duration)> {
+    let mut marks = Watermarks::new(60_000, 5_000, &reader.partitions());
+    let mut out = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if let Err(e) = reader.read(&mut marks, 100, &mut out) {
+            return Some((e, started.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+fn source_config(statistics: bool) -> KafkaSourceConfig {
+    let topic = unique("stranded-source");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    ensure_topic(&brokers(), &topic, 1, &[], deadline).unwrap();
+    let mut options = Vec::new();
+    if !statistics {
+        options.push(("statistics.interval.ms".to_string(), "0".to_string()));
+    }
+    KafkaSourceConfig {
+        brokers: brokers(),
+        topic,
+        group: unique("stranded-g"),
+        options,
+        ..KafkaSourceConfig::default()
+    }
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_stranded_consumer_stops_the_source_with_a_clear_error_after_a_while() {
+    let mut reader = KafkaReader::connect(&source_config(false), 0, 1).unwrap();
+    assert!(read_until_error(&mut reader, Duration::from_secs(1)).is_none());
+    reader.report_no_broker();
+    let (e, after) = read_until_error(&mut reader, STRANDED_AFTER * 2).expect("no error");
+    assert!(
+        after >= STRANDED_AFTER - Duration::from_millis(200),
+        "stopped after {after:?}"
+    );
+    assert!(e.contains("has known no broker for 10 s"), "{e}");
+    assert!(e.contains("a restart resumes from the committed offsets"), "{e}");
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_connected_consumer_is_never_taken_for_a_stranded_one() {
+    // librdkafka's real reports, once a second: they list the broker it learned.
+    let mut reader = KafkaReader::connect(&source_config(true), 0, 1).unwrap();
+    let within = STRANDED_AFTER + Duration::from_secs(3);
+    assert_eq!(read_until_error(&mut reader, within), None);
 }
