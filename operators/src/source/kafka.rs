@@ -117,7 +117,9 @@ pub struct KafkaSourceConfig {
     /// How long a bounded run keeps retrying its final offset commit (after its outputs are
     /// in place) while the brokers are unreachable, in milliseconds.
     pub final_commit_timeout_ms: u64,
-    /// Interval of librdkafka statistics (the consumer lag gauge), in milliseconds; 0 is off.
+    /// Interval of librdkafka statistics (the consumer lag gauge, and the brokers the consumer
+    /// knows), in milliseconds; 0 is the default, 1000 (`-X statistics.interval.ms=0` turns
+    /// them off, and with them the check for a consumer that lost every broker).
     pub stats_interval_ms: u64,
     /// librdkafka options as `(key, value)`, applied after ours (`-X key=value`); a key
     /// prefixed `consumer:` or `producer:` applies to that kind of client only.
