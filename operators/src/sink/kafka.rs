@@ -110,13 +110,43 @@ pub const STRANDED_AFTER: Duration = Duration::from_secs(10);
 /// How often a sink's producer reports its statistics, in ms (they show the brokers it knows).
 const STATS_INTERVAL_MS: u64 = 1000;
 
+/// Since when a client's statistics have shown no broker it can reach or bootstrap from (see
+/// the module doc): the Kafka sink's producer and the Kafka source's consumer each have one.
+#[derive(Debug, Default)]
+pub(crate) struct StrandedClock(Mutex<Option<Instant>>);
+
+impl StrandedClock {
+    /// One statistics report of the client: whether it knows a broker ([`knows_a_broker`]).
+    pub(crate) fn report(&self, knows_a_broker: bool) {
+        if let Ok(mut since) = self.0.lock() {
+            if knows_a_broker {
+                *since = None;
+            } else {
+                since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// Whether, at `now`, the client has known no broker for [`STRANDED_AFTER`].
+    pub(crate) fn stranded(&self, now: Instant) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|s| s.is_some_and(|at| now.saturating_duration_since(at) >= STRANDED_AFTER))
+    }
+
+    /// Starts afresh (a new client).
+    fn reset(&self) {
+        self.report(true);
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     topic: String,
     acks: Mutex<Acks>,
     activator: OnceLock<SyncActivator>,
-    /// Since when the current producer's statistics show no broker (none: it knows one).
-    stranded_since: Mutex<Option<Instant>>,
+    /// Since when the current producer's statistics show no broker.
+    stranded: StrandedClock,
     /// Messages purged from a replaced producer, `(window, key, value)` in delivery-report
     /// order (per partition the order they were sent in), to send again.
     purged: Mutex<Vec<Pending>>,
@@ -137,14 +167,8 @@ impl Shared {
 
     /// A statistics report of the current producer: whether it knows a broker.
     fn on_statistics(&self, knows_a_broker: bool) {
-        let Ok(mut since) = self.stranded_since.lock() else {
-            return;
-        };
-        if knows_a_broker {
-            *since = None;
-        } else {
-            since.get_or_insert_with(Instant::now);
-            drop(since);
+        self.stranded.report(knows_a_broker);
+        if !knows_a_broker {
             // The operator checks how long this lasted: on every report, as a stalled job
             // (backpressure) sends it nothing else that would wake it.
             self.wake();
@@ -309,7 +333,7 @@ impl KafkaSink {
             topic: cfg.topic.clone(),
             acks: Mutex::new(Acks::default()),
             activator: OnceLock::new(),
-            stranded_since: Mutex::new(None),
+            stranded: StrandedClock::default(),
             purged: Mutex::new(Vec::new()),
             replacements: AtomicU64::new(0),
             replacement_request: Mutex::new(None),
@@ -342,10 +366,7 @@ impl KafkaSink {
 
     /// Whether the producer has known no broker for [`STRANDED_AFTER`].
     fn stranded(&self) -> bool {
-        self.shared
-            .stranded_since
-            .lock()
-            .is_ok_and(|s| s.is_some_and(|at| at.elapsed() >= STRANDED_AFTER))
+        self.shared.stranded.stranded(Instant::now())
     }
 
     /// Replaces the producer by a new one with the same settings (`brokers` instead of the
@@ -358,9 +379,7 @@ impl KafkaSink {
             config.set("bootstrap.servers", b);
         }
         let new = new_producer(&config, &self.log, &self.shared)?;
-        if let Ok(mut s) = self.shared.stranded_since.lock() {
-            *s = None;
-        }
+        self.shared.stranded.reset();
         let old = std::mem::replace(&mut self.producer, new);
         old.context().replaced.store(true, Ordering::Relaxed);
         // Only what was never sent: with no broker nothing is in flight, and a message in

@@ -64,7 +64,7 @@ use serde::{Deserialize, Serialize};
 use timely::scheduling::SyncActivator;
 
 use super::{Cut, PartitionReader, RawRecord, ReadStatus, Watermarks};
-use crate::sink::kafka::{knows_a_broker, STRANDED_AFTER};
+use crate::sink::kafka::{knows_a_broker, StrandedClock, STRANDED_AFTER};
 
 /// How long a blocking metadata/offset request may take before it is retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -393,8 +393,8 @@ struct SourceContext {
     log: Arc<ClientLog>,
     topic: String,
     lag: Arc<AtomicI64>,
-    /// Since when the consumer's statistics show no broker (none: it knows one).
-    stranded_since: Arc<Mutex<Option<Instant>>>,
+    /// Since when the consumer's statistics show no broker.
+    stranded: Arc<StrandedClock>,
 }
 
 impl ClientContext for SourceContext {
@@ -407,13 +407,7 @@ impl ClientContext for SourceContext {
     }
 
     fn stats(&self, statistics: Statistics) {
-        if let Ok(mut since) = self.stranded_since.lock() {
-            if knows_a_broker(&statistics) {
-                *since = None;
-            } else {
-                since.get_or_insert_with(Instant::now);
-            }
-        }
+        self.stranded.report(knows_a_broker(&statistics));
         if let Some(t) = statistics.topics.get(&self.topic) {
             // Messages not read yet: last stable offset (or high watermark) minus the position.
             let lag: i64 = t
@@ -490,7 +484,7 @@ pub struct KafkaReader {
     stop_at_end: bool,
     lag: Arc<AtomicI64>,
     /// Since when the consumer's statistics show no broker (see [`KafkaReader::read`]).
-    stranded_since: Arc<Mutex<Option<Instant>>>,
+    stranded: Arc<StrandedClock>,
     told_ended: bool,
     /// Commit state shared with the commit thread and [`KafkaCommitter`].
     commits: Option<Arc<CommitShared>>,
@@ -624,7 +618,7 @@ impl KafkaReader {
     pub fn connect(cfg: &KafkaSourceConfig, index: usize, peers: usize) -> Result<KafkaReader, String> {
         let log = Arc::new(ClientLog::new(format!("kafka source (worker {index})")));
         let lag = Arc::new(AtomicI64::new(-1));
-        let stranded_since = Arc::new(Mutex::new(None));
+        let stranded = Arc::new(StrandedClock::default());
         let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
         let mut ours = vec![
             // Offsets are committed under this group; partitions are assigned, never
@@ -664,7 +658,7 @@ impl KafkaReader {
             log: Arc::clone(&log),
             topic: cfg.topic.clone(),
             lag: Arc::clone(&lag),
-            stranded_since: Arc::clone(&stranded_since),
+            stranded: Arc::clone(&stranded),
         };
         let mut consumer: SourceConsumer = client_cfg
             .create_with_context(context)
@@ -694,7 +688,7 @@ impl KafkaReader {
             final_commit_timeout: Duration::from_millis(cfg.final_commit_timeout_ms),
             stop_at_end: cfg.stop_at_end,
             lag,
-            stranded_since,
+            stranded,
             told_ended: false,
             commits: None,
             commit_thread: None,
@@ -834,7 +828,7 @@ impl KafkaReader {
             final_commit_timeout: Duration::ZERO,
             stop_at_end: true,
             lag: Arc::new(AtomicI64::new(-1)),
-            stranded_since: Arc::new(Mutex::new(None)),
+            stranded: Arc::new(StrandedClock::default()),
             told_ended: false,
             commits: None,
             commit_thread: None,
@@ -846,9 +840,7 @@ impl KafkaReader {
     /// do not clear it).
     #[doc(hidden)]
     pub fn report_no_broker(&self) {
-        if let Ok(mut s) = self.stranded_since.lock() {
-            s.get_or_insert_with(Instant::now);
-        }
+        self.stranded.report(false);
     }
 
     /// A handle that commits cuts after the dataflow (and this reader) is gone.
@@ -997,11 +989,7 @@ impl PartitionReader for KafkaReader {
         // The librdkafka fault the Kafka sinks work around (see `sink::kafka`) can strand a
         // consumer too: it would wait forever. Stop with a clear error instead; a restart
         // resumes from the committed offsets.
-        if self
-            .stranded_since
-            .lock()
-            .is_ok_and(|s| s.is_some_and(|at| now.duration_since(at) >= STRANDED_AFTER))
-        {
+        if self.stranded.stranded(now) {
             return Err(format!(
                 "the Kafka consumer of topic {} has known no broker for {} s (a librdkafka fault \
                  after a broker restart: it never bootstraps again); stopping: a restart resumes \
