@@ -493,18 +493,16 @@ impl Session {
         id: &str,
         origin: &mut Option<u32>,
     ) -> (bool, usize) {
-        let sets = &self.attr_sets;
-        let (key, value) = &sets.get(set)[pos as usize];
+        let (key, value) = &self.attr_sets.get(set)[pos as usize];
         let key = key.as_str();
-        let key_of = |a: &SessionAttr| sets.get(a.set)[a.pos as usize].0.as_str();
         let rest = &self.attrs[from..];
         let found = if rest.len() > 16 {
-            rest.binary_search_by(|a| key_of(a).cmp(key))
+            rest.binary_search_by(|a| self.attr(a).0.as_str().cmp(key))
         } else {
             // Usually the next key is the one: one comparison.
             let mut i = 0;
             loop {
-                match rest.get(i).map(|a| key_of(a).cmp(key)) {
+                match rest.get(i).map(|a| self.attr(a).0.as_str().cmp(key)) {
                     Some(Ordering::Less) => i += 1,
                     Some(Ordering::Equal) => break Ok(i),
                     _ => break Err(i),
@@ -520,7 +518,7 @@ impl Session {
                 let a = self.attrs[at];
                 let (ots, oid) = &self.origins[a.origin as usize];
                 let earlier = (ts, id.as_bytes()) < (*ots, oid.as_bytes());
-                let differs = (a.set, a.pos) != (set, pos) && sets.get(a.set)[a.pos as usize].1 != *value;
+                let differs = (a.set, a.pos) != (set, pos) && self.attr(&a).1 != *value;
                 (earlier, earlier && differs)
             }
         };
@@ -830,8 +828,7 @@ impl Session {
                 .flatten()
                 .enumerate()
             {
-                let key_of = |a: &SessionAttr| sets.get(a.set)[a.pos as usize].0.as_str();
-                if let Err(at) = attrs.binary_search_by(|a| key_of(a).cmp(k.as_str())) {
+                if let Err(at) = attrs.binary_search_by(|a| self.attr(a).0.as_str().cmp(k.as_str())) {
                     let origin = *origin.get_or_insert_with(|| {
                         origins.push((e.ts, String::from_utf8_lossy(e.id).as_ref().into()));
                         (origins.len() - 1) as u32
