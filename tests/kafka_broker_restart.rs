@@ -27,13 +27,14 @@ use kafka_support::*;
 use sessionflow::generate::GenerateArgs;
 
 const PARTITIONS: u32 = 4;
+/// The script that manages the broker.
+const SERVICES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
 /// How long the broker stays stopped (after `down` returned, before `up` is called).
 const OUTAGE: Duration = Duration::from_secs(12);
 
 fn services(action: &str) -> Duration {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
     let started = Instant::now();
-    let out = Command::new("bash").args([script, action, "kafka"]).output().unwrap();
+    let out = Command::new("bash").args([SERVICES, action, "kafka"]).output().unwrap();
     assert!(
         out.status.success(),
         "services.sh {action} kafka: {}",
@@ -47,8 +48,7 @@ struct RestoreBroker;
 
 impl Drop for RestoreBroker {
     fn drop(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
-        match Command::new("bash").args([script, "up", "kafka"]).output() {
+        match Command::new("bash").args([SERVICES, "up", "kafka"]).output() {
             Ok(out) if out.status.success() => {}
             Ok(out) => eprintln!(
                 "RestoreBroker: services.sh up kafka failed ({}): {}",
@@ -62,8 +62,7 @@ impl Drop for RestoreBroker {
 
 /// The broker's side of a failure: `services.sh status kafka` and the end of its server log.
 fn broker_side() -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
-    let status = match Command::new("bash").args([script, "status", "kafka"]).output() {
+    let status = match Command::new("bash").args([SERVICES, "status", "kafka"]).output() {
         Ok(out) => format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
