@@ -7,8 +7,9 @@
 //!   passes every window. The first producer bootstraps from a port where nothing listens, so
 //!   every message it gets stays queued, as in the stranded producer; the replacement
 //!   bootstraps from the real broker (a hidden hook: the fault cannot be caused at will).
-//! - The Kafka source stops with a clear error when its consumer is stranded (a restart
-//!   resumes from the committed offsets), and never when it is not.
+//! - The Kafka source replaces a stranded consumer by one that resumes right after the last
+//!   message read (every message once, in order; commits on the new one), and never replaces
+//!   one that is not stranded.
 //!
 //! `#[ignore]`d: needs Kafka (`scripts/test.sh` starts it).
 #![allow(clippy::unwrap_used)]
@@ -19,10 +20,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use kafka_support::*;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
 use sessionflow_operators::record::DeadLetter;
 use sessionflow_operators::sink::kafka::{ensure_topic, KafkaSink, KafkaSinkConfig, SinkKafka, STRANDED_AFTER};
-use sessionflow_operators::source::kafka::{KafkaReader, KafkaSourceConfig};
-use sessionflow_operators::source::{PartitionReader, Watermarks};
+use sessionflow_operators::source::kafka::{KafkaReader, KafkaSourceConfig, StartOffset};
+use sessionflow_operators::source::{Cut, PartitionReader, RawRecord, Watermarks};
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::InputHandle;
 
@@ -113,25 +116,29 @@ fn a_replaced_producer_hands_its_unsent_messages_to_the_next_in_order_once() {
     }
 }
 
-/// A source whose consumer reports no broker, as in the fault, for `STRANDED_AFTER`
-/// (`report_no_broker`, with librdkafka's own reports off so they do not clear it).
-fn read_until_error(reader: &mut KafkaReader, within: Duration) -> Option<(String, Duration)> {
-    let mut marks = Watermarks::new(60_000, 5_000, &reader.partitions());
-    let mut out = Vec::new();
+/// Reads with `reader` (`budget` messages a call, a call every 20 ms) until `done` or `within`
+/// passed; the messages read are appended to `got`.
+fn read_for(
+    reader: &mut KafkaReader,
+    marks: &mut Watermarks,
+    got: &mut Vec<RawRecord>,
+    budget: usize,
+    within: Duration,
+    done: impl Fn(&KafkaReader, &[RawRecord]) -> bool,
+) {
     let started = Instant::now();
-    while started.elapsed() < within {
-        if let Err(e) = reader.read(&mut marks, 100, &mut out) {
-            return Some((e, started.elapsed()));
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    while started.elapsed() < within && !done(reader, got) {
+        let mut batch = Vec::new();
+        reader.read(marks, budget, &mut batch).unwrap();
+        got.append(&mut batch);
+        std::thread::sleep(Duration::from_millis(20));
     }
-    None
 }
 
-fn source_config(statistics: bool) -> KafkaSourceConfig {
+fn source_config(statistics: bool, partitions: u32) -> KafkaSourceConfig {
     let topic = unique("stranded-source");
     let deadline = Instant::now() + Duration::from_secs(60);
-    ensure_topic(&brokers(), &topic, 1, &[], deadline).unwrap();
+    ensure_topic(&brokers(), &topic, partitions, &[], deadline).unwrap();
     let mut options = Vec::new();
     if !statistics {
         options.push(("statistics.interval.ms".to_string(), "0".to_string()));
@@ -145,26 +152,178 @@ fn source_config(statistics: bool) -> KafkaSourceConfig {
     }
 }
 
+/// Produces `per_partition` messages `"{p}/{i}"` to each partition of `topic`.
+fn produce_numbered(topic: &str, partitions: u32, per_partition: u32) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    for i in 0..per_partition {
+        for p in 0..partitions {
+            let payload = format!("{p}/{i}");
+            let mut record = BaseRecord::<(), str>::to(topic).partition(p as i32).payload(&payload);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+}
+
 #[test]
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
-fn a_stranded_consumer_stops_the_source_with_a_clear_error_after_a_while() {
-    let mut reader = KafkaReader::connect(&source_config(false), 0, 1).unwrap();
-    assert!(read_until_error(&mut reader, Duration::from_secs(1)).is_none());
+fn a_stranded_consumer_is_replaced_and_the_source_reads_on_without_gap_or_repeat() {
+    const PARTS: u32 = 3;
+    const EACH: u32 = 1_000;
+    let cfg = source_config(false, PARTS);
+    produce_numbered(&cfg.topic, PARTS, EACH);
+    let mut reader = KafkaReader::connect(&cfg, 0, 1).unwrap();
+    let mut marks = Watermarks::new(60_000, 5_000, &reader.partitions());
+    let mut got = Vec::new();
+    // Some messages read; the consumer has fetched (far) more than the reader took.
+    read_for(
+        &mut reader,
+        &mut marks,
+        &mut got,
+        50,
+        Duration::from_secs(30),
+        |_, g| g.len() >= 200,
+    );
+    assert!(got.len() >= 200, "read {} before the fault", got.len());
+    // The fault, as the consumer's statistics would show it; reading on slowly meanwhile.
     reader.report_no_broker();
-    let (e, after) = read_until_error(&mut reader, STRANDED_AFTER * 2).expect("no error");
+    let stranded_at = Instant::now();
+    read_for(&mut reader, &mut marks, &mut got, 2, STRANDED_AFTER * 2, |r, _| {
+        r.replacements() > 0
+    });
+    let after = stranded_at.elapsed();
+    assert_eq!(reader.replacements(), 1, "not replaced within {after:?}");
     assert!(
         after >= STRANDED_AFTER - Duration::from_millis(200),
-        "stopped after {after:?}"
+        "replaced after {after:?}"
     );
-    assert!(e.contains("has known no broker for 10 s"), "{e}");
-    assert!(e.contains("a restart resumes from the committed offsets"), "{e}");
+    let at_replacement = got.len();
+    assert!(
+        at_replacement < (PARTS * EACH) as usize,
+        "nothing left for the new consumer"
+    );
+    // The new consumer delivers the rest: every message once, per partition in order.
+    let total = (PARTS * EACH) as usize;
+    read_for(
+        &mut reader,
+        &mut marks,
+        &mut got,
+        500,
+        Duration::from_secs(60),
+        |_, g| g.len() >= total,
+    );
+    read_for(
+        &mut reader,
+        &mut marks,
+        &mut got,
+        500,
+        Duration::from_secs(1),
+        |_, _| false,
+    );
+    assert_eq!(reader.replacements(), 1);
+    let mut next = vec![0u64; PARTS as usize];
+    for r in &got {
+        let p = r.partition as usize;
+        assert_eq!(
+            r.offset, next[p],
+            "partition {p}: offset {} where {} was due",
+            r.offset, next[p]
+        );
+        assert_eq!(r.bytes, format!("{p}/{}", r.offset).into_bytes());
+        next[p] += 1;
+    }
+    assert_eq!(
+        next,
+        vec![u64::from(EACH); PARTS as usize],
+        "read {} of {total}",
+        got.len()
+    );
+    // Commits go through the new consumer.
+    let cut = Cut {
+        partition: 1,
+        offset: u64::from(EACH),
+        frontier: 7,
+        max_ts: None,
+    };
+    reader.commit(&[cut]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reader.acknowledged(None) != Some(7) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(reader.acknowledged(None), Some(7));
+    let stored = committed(&cfg.group, &cfg.topic, PARTS);
+    assert_eq!(stored[1].as_ref().map(|(o, _)| *o), Some(i64::from(EACH)));
+    eprintln!("replaced after {after:?} with {at_replacement} of {total} read; all {total} read once, in order");
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_consumer_started_at_latest_and_replaced_before_reading_resumes_where_it_started() {
+    const PARTS: u32 = 2;
+    let cfg = KafkaSourceConfig {
+        start: StartOffset::Latest,
+        ..source_config(false, PARTS)
+    };
+    produce_numbered(&cfg.topic, PARTS, 100);
+    let mut reader = KafkaReader::connect(&cfg, 0, 1).unwrap();
+    let mut marks = Watermarks::new(60_000, 5_000, &reader.partitions());
+    let mut got = Vec::new();
+    reader.report_no_broker();
+    // Produced after the start: to be read. Nothing is taken before the replacement.
+    produce_numbered(&cfg.topic, PARTS, 150);
+    read_for(&mut reader, &mut marks, &mut got, 0, STRANDED_AFTER * 2, |r, _| {
+        r.replacements() > 0
+    });
+    assert_eq!(reader.replacements(), 1);
+    assert!(got.is_empty());
+    read_for(
+        &mut reader,
+        &mut marks,
+        &mut got,
+        500,
+        Duration::from_secs(60),
+        |_, g| g.len() >= 300,
+    );
+    read_for(
+        &mut reader,
+        &mut marks,
+        &mut got,
+        500,
+        Duration::from_secs(1),
+        |_, _| false,
+    );
+    let mut next = vec![100u64; PARTS as usize];
+    for r in &got {
+        let p = r.partition as usize;
+        assert_eq!(
+            r.offset, next[p],
+            "partition {p}: offset {} where {} was due",
+            r.offset, next[p]
+        );
+        next[p] += 1;
+    }
+    assert_eq!(next, vec![250; PARTS as usize], "read {} of 300", got.len());
 }
 
 #[test]
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
 fn a_connected_consumer_is_never_taken_for_a_stranded_one() {
     // librdkafka's real reports, once a second: they list the broker it learned.
-    let mut reader = KafkaReader::connect(&source_config(true), 0, 1).unwrap();
+    let mut reader = KafkaReader::connect(&source_config(true, 1), 0, 1).unwrap();
+    let mut marks = Watermarks::new(60_000, 5_000, &reader.partitions());
+    let mut got = Vec::new();
     let within = STRANDED_AFTER + Duration::from_secs(3);
-    assert_eq!(read_until_error(&mut reader, within), None);
+    read_for(&mut reader, &mut marks, &mut got, 100, within, |_, _| false);
+    assert_eq!(reader.replacements(), 0);
 }

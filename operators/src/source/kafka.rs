@@ -39,6 +39,12 @@
 //!   committed offsets, watermarks) is retried with backoff until `connect_timeout_ms`, each
 //!   failure logged on stderr; then a clear error. Once running, librdkafka reconnects by itself
 //!   (its errors are logged, rate-limited); only fatal consumer errors stop the source.
+//! - One librdkafka fault is worked around (the Kafka sinks do the same for their producers,
+//!   see `sink::kafka`): a consumer whose statistics have listed no broker for
+//!   `STRANDED_AFTER` (a broker that shut down told it there are none, and it never
+//!   bootstraps again) is replaced by a new one with the same settings, assigned each
+//!   partition right after the last message the reader took; its commits go through the new
+//!   one too.
 //!
 //! The helpers here ([`client_config`], [`ClientLog`], [`retry`], [`block_on`],
 //! [`parse_option`]) are shared with the Kafka sinks.
@@ -431,6 +437,9 @@ struct Part {
     end: Option<u64>,
     ended: bool,
     last_data: Instant,
+    /// Where a new consumer resumes this partition: after the last message taken, else where
+    /// the first consumer started.
+    next: Offset,
     /// The partition's own message queue (split from the consumer's).
     queue: Option<PartitionQueue<SourceContext>>,
 }
@@ -476,6 +485,10 @@ pub struct KafkaReader {
     topic: String,
     log: Arc<ClientLog>,
     consumer: Option<Arc<SourceConsumer>>,
+    /// The consumer's settings, for a replacement (`None` without a consumer).
+    client_cfg: Option<ClientConfig>,
+    /// Consumers replaced so far (count).
+    replacements: u64,
     parts: Vec<Part>,
     resume: Vec<Cut>,
     activator: Arc<OnceLock<SyncActivator>>,
@@ -483,7 +496,8 @@ pub struct KafkaReader {
     final_commit_timeout: Duration,
     stop_at_end: bool,
     lag: Arc<AtomicI64>,
-    /// Since when the consumer's statistics show no broker (see [`KafkaReader::read`]).
+    /// Since when the current consumer's statistics show no broker (see
+    /// [`KafkaReader::replace_consumer`]).
     stranded: Arc<StrandedClock>,
     told_ended: bool,
     /// Commit state shared with the commit thread and [`KafkaCommitter`].
@@ -496,7 +510,8 @@ pub struct KafkaReader {
 struct CommitShared {
     topic: String,
     log: Arc<ClientLog>,
-    consumer: Arc<SourceConsumer>,
+    /// The reader's current consumer (swapped when it is replaced).
+    consumer: Mutex<Arc<SourceConsumer>>,
     /// 1 + the largest frontier the broker acknowledged (0: none).
     acked: AtomicU64,
     /// Per partition, the `(frontier, offset)` last stored: held while committing, so commits
@@ -516,9 +531,12 @@ impl CommitShared {
             .collect();
         if !fresh.is_empty() {
             let tpl = cut_list(&self.topic, &fresh)?;
-            self.consumer
-                .commit(&tpl, CommitMode::Sync)
-                .map_err(|e| e.to_string())?;
+            let consumer = self
+                .consumer
+                .lock()
+                .map_err(|_| "commit state poisoned".to_string())?
+                .clone();
+            consumer.commit(&tpl, CommitMode::Sync).map_err(|e| e.to_string())?;
             for c in &fresh {
                 stored.insert(c.partition, (c.frontier, c.offset));
             }
@@ -600,6 +618,25 @@ impl KafkaCommitter {
     }
 }
 
+/// A source consumer with `context`, whose own queue wakes the source through `activator`.
+fn new_consumer(
+    client_cfg: &ClientConfig,
+    context: SourceContext,
+    activator: &Arc<OnceLock<SyncActivator>>,
+) -> Result<SourceConsumer, String> {
+    let mut consumer: SourceConsumer = client_cfg
+        .create_with_context(context)
+        .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
+    let wake = Arc::clone(activator);
+    consumer.set_nonempty_callback(move || {
+        if let Some(a) = wake.get() {
+            // Fails only when the worker is gone; nothing left to wake then.
+            let _ = a.activate();
+        }
+    });
+    Ok(consumer)
+}
+
 fn cut_list(topic: &str, cuts: &[Cut]) -> Result<TopicPartitionList, String> {
     let mut tpl = TopicPartitionList::with_capacity(cuts.len());
     for cut in cuts {
@@ -654,23 +691,14 @@ impl KafkaReader {
         };
         ours.push(("statistics.interval.ms", stats_ms.to_string()));
         let client_cfg = client_config(&cfg.brokers, &ours, &cfg.options, ClientKind::Consumer);
+        let activator: Arc<OnceLock<SyncActivator>> = Arc::new(OnceLock::new());
         let context = SourceContext {
             log: Arc::clone(&log),
             topic: cfg.topic.clone(),
             lag: Arc::clone(&lag),
             stranded: Arc::clone(&stranded),
         };
-        let mut consumer: SourceConsumer = client_cfg
-            .create_with_context(context)
-            .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
-        let activator: Arc<OnceLock<SyncActivator>> = Arc::new(OnceLock::new());
-        let wake = Arc::clone(&activator);
-        consumer.set_nonempty_callback(move || {
-            if let Some(a) = wake.get() {
-                // Fails only when the worker is gone; nothing left to wake then.
-                let _ = a.activate();
-            }
-        });
+        let consumer = new_consumer(&client_cfg, context, &activator)?;
 
         let what = format!("cannot reach topic {} on {}", cfg.topic, cfg.brokers);
         let count = retry(log.label(), &what, deadline, || {
@@ -681,6 +709,8 @@ impl KafkaReader {
             topic: cfg.topic.clone(),
             log: Arc::clone(&log),
             consumer: None,
+            client_cfg: None,
+            replacements: 0,
             parts: Vec::new(),
             resume: Vec::new(),
             activator,
@@ -733,6 +763,7 @@ impl KafkaReader {
                 end: None,
                 ended: false,
                 last_data: now,
+                next: Offset::Beginning,
                 queue: None,
             };
             let mut from = match (start, cfg.start) {
@@ -741,7 +772,10 @@ impl KafkaReader {
                 (None, StartOffset::Latest) => Offset::End,
             };
             let mut first = start;
-            if cfg.stop_at_end || (start.is_none() && resume_frontier.is_some()) {
+            // `latest` as a number too: a replaced consumer (see `replace_consumer`) that read
+            // nothing yet must resume where this one started, not at the end of its own start.
+            let latest = start.is_none() && cfg.start == StartOffset::Latest;
+            if cfg.stop_at_end || latest || (start.is_none() && resume_frontier.is_some()) {
                 let what = format!("cannot read the end offset of partition {p}");
                 let (low, high) = retry(log.label(), &what, deadline, || {
                     consumer
@@ -774,6 +808,7 @@ impl KafkaReader {
                 };
                 reader.resume.push(point);
             }
+            part.next = from;
             if !part.ended {
                 assign
                     .add_partition_offset(&cfg.topic, p as i32, from)
@@ -787,14 +822,31 @@ impl KafkaReader {
                 .map_err(|e| format!("cannot assign partitions: {e}"))?;
         }
         let consumer = Arc::new(consumer);
-        // One queue per partition: the source reads the partitions in watermark order and
-        // leaves one that ran far ahead in librdkafka's queue (whose size bounds it) instead of
-        // pausing it, which would drop its prefetched messages and stall on a new fetch.
-        for part in reader.parts.iter_mut().filter(|p| !p.ended) {
+        reader.open_queues(&consumer)?;
+        reader.commits = Some(Arc::new(CommitShared {
+            topic: cfg.topic.clone(),
+            log: Arc::clone(&log),
+            consumer: Mutex::new(Arc::clone(&consumer)),
+            // Committed before the restart: acknowledged by definition.
+            acked: AtomicU64::new(resume_frontier.map_or(0, |d| d.saturating_add(1))),
+            stored: Mutex::new(BTreeMap::new()),
+        }));
+        reader.consumer = Some(consumer);
+        reader.client_cfg = Some(client_cfg);
+        Ok(reader)
+    }
+
+    /// Opens a queue per partition still read on `consumer`, each waking the source when it
+    /// becomes non-empty. One queue per partition: the source reads the partitions in
+    /// watermark order and leaves one that ran far ahead in librdkafka's queue (whose size
+    /// bounds it) instead of pausing it, which would drop its prefetched messages and stall on
+    /// a new fetch.
+    fn open_queues(&mut self, consumer: &Arc<SourceConsumer>) -> Result<(), String> {
+        for part in self.parts.iter_mut().filter(|p| !p.ended) {
             let mut queue = consumer
-                .split_partition_queue(&cfg.topic, part.id as i32)
+                .split_partition_queue(&self.topic, part.id as i32)
                 .ok_or_else(|| format!("cannot open the queue of partition {}", part.id))?;
-            let wake = Arc::clone(&reader.activator);
+            let wake = Arc::clone(&self.activator);
             queue.set_nonempty_callback(move || {
                 if let Some(a) = wake.get() {
                     // Fails only when the worker is gone; nothing left to wake then.
@@ -803,16 +855,70 @@ impl KafkaReader {
             });
             part.queue = Some(queue);
         }
-        reader.commits = Some(Arc::new(CommitShared {
-            topic: cfg.topic.clone(),
-            log: Arc::clone(&log),
-            consumer: Arc::clone(&consumer),
-            // Committed before the restart: acknowledged by definition.
-            acked: AtomicU64::new(resume_frontier.map_or(0, |d| d.saturating_add(1))),
-            stored: Mutex::new(BTreeMap::new()),
-        }));
-        reader.consumer = Some(consumer);
-        Ok(reader)
+        Ok(())
+    }
+
+    /// Replaces a stranded consumer (see [`KafkaReader::read`]) by a new one with the same
+    /// settings, assigned each partition at the offset after the last message this reader
+    /// took (else where the first consumer started): what the old one had fetched but not
+    /// handed over is dropped with it and fetched again, so no message is skipped or read
+    /// twice. Commits go through the new consumer from then on.
+    fn replace_consumer(&mut self) -> Result<(), String> {
+        let Some(client_cfg) = &self.client_cfg else {
+            return Ok(());
+        };
+        let stranded = Arc::new(StrandedClock::default());
+        let context = SourceContext {
+            log: Arc::clone(&self.log),
+            topic: self.topic.clone(),
+            lag: Arc::clone(&self.lag),
+            stranded: Arc::clone(&stranded),
+        };
+        let consumer = new_consumer(client_cfg, context, &self.activator)?;
+        let mut assign = TopicPartitionList::with_capacity(self.parts.len());
+        for part in self.parts.iter().filter(|p| !p.ended) {
+            assign
+                .add_partition_offset(&self.topic, part.id as i32, part.next)
+                .map_err(|e| e.to_string())?;
+        }
+        if assign.count() > 0 {
+            consumer
+                .assign(&assign)
+                .map_err(|e| format!("cannot assign partitions to the new consumer: {e}"))?;
+        }
+        let consumer = Arc::new(consumer);
+        // The old queues keep the old consumer alive; they go first.
+        for part in &mut self.parts {
+            part.queue = None;
+        }
+        self.open_queues(&consumer)?;
+        if let Some(shared) = &self.commits {
+            if let Ok(mut c) = shared.consumer.lock() {
+                *c = Arc::clone(&consumer);
+            }
+        }
+        self.stranded = stranded;
+        self.replacements += 1;
+        if let Some(old) = self.consumer.replace(consumer) {
+            // Destroying a client joins its threads: not on the worker.
+            std::thread::spawn(move || drop(old));
+        }
+        // Not rate-limited: it must show whatever librdkafka printed just before.
+        eprintln!(
+            "{}: the consumer of topic {} knew no broker for {} s (a librdkafka fault after a \
+             broker restart): replaced by a new one (replacement {}), which resumes after the \
+             last message read",
+            self.log.label(),
+            self.topic,
+            STRANDED_AFTER.as_secs(),
+            self.replacements
+        );
+        Ok(())
+    }
+
+    /// Consumers replaced so far because they were stranded (count).
+    pub fn replacements(&self) -> u64 {
+        self.replacements
     }
 
     /// A reader of no partition (its worker drops its capability at once).
@@ -821,6 +927,8 @@ impl KafkaReader {
             topic: topic.to_string(),
             log: Arc::new(ClientLog::new("kafka source")),
             consumer: None,
+            client_cfg: None,
+            replacements: 0,
             parts: Vec::new(),
             resume: Vec::new(),
             activator: Arc::new(OnceLock::new()),
@@ -836,7 +944,7 @@ impl KafkaReader {
     }
 
     /// Tells the reader its consumer's statistics show no broker, as librdkafka's report does
-    /// in the fault `read` stops on: for tests (set `statistics.interval.ms=0` so real reports
+    /// in the fault `read` replaces the consumer on: for tests (set `statistics.interval.ms=0` so real reports
     /// do not clear it).
     #[doc(hidden)]
     pub fn report_no_broker(&self) {
@@ -893,6 +1001,7 @@ impl KafkaReader {
                     offset,
                     bytes: payload.unwrap_or_default(),
                 });
+                part.next = Offset::Offset(offset.saturating_add(1) as i64);
                 part.last_data = now;
                 if part.end.is_some_and(|end| offset + 1 >= end) {
                     self.end_part(i, marks);
@@ -976,27 +1085,20 @@ impl PartitionReader for KafkaReader {
                 marks.end(p.id);
             }
         }
+        let now = Instant::now();
+        // The librdkafka fault the Kafka sinks work around (see `sink::kafka`) can strand a
+        // consumer too: it would wait forever. Replace it, resuming after what was read.
+        if self.stranded.stranded(now) {
+            self.replace_consumer()?;
+        }
         let Some(consumer) = self.consumer.clone() else {
             return Ok(ReadStatus::Done);
         };
-        let now = Instant::now();
         // The consumer's own queue carries only events now (errors, statistics, commit
         // results): serve them.
         while let Some(result) = consumer.poll(Duration::ZERO) {
             let item = result.map(|m| (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
             self.take(None, item, marks, out, now)?;
-        }
-        // The librdkafka fault the Kafka sinks work around (see `sink::kafka`) can strand a
-        // consumer too: it would wait forever. Stop with a clear error instead; a restart
-        // resumes from the committed offsets.
-        if self.stranded.stranded(now) {
-            return Err(format!(
-                "the Kafka consumer of topic {} has known no broker for {} s (a librdkafka fault \
-                 after a broker restart: it never bootstraps again); stopping: a restart resumes \
-                 from the committed offsets",
-                self.topic,
-                STRANDED_AFTER.as_secs()
-            ));
         }
         // Read the partitions laggard first, so they advance together in event time; leave
         // one that ran far past the sinks' frontier in its queue (watermark alignment: its
