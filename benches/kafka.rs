@@ -6,7 +6,8 @@
 //! 2. Raw consumption, the limit: one rdkafka `BaseConsumer` reads the whole topic, counting
 //!    bytes, nothing else.
 //! 3. The job end to end: `sessionflow run --stop-at-end` with 2 workers, output dropped (null
-//!    sink), then with the replay files written.
+//!    sink), then with the replay files written, then with snapshots and dead letters produced
+//!    to Kafka topics (the production shape without HBase; the broker shares the cores).
 //! 4. For scale, the engine alone: `sessionflow replay` of the same events from files (the
 //!    generator's files for the same seed), 2 workers, same outputs as 3.
 //!
@@ -16,6 +17,8 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -24,7 +27,7 @@ use sessionflow::commands::generate_kafka::{produce, KafkaGenerateArgs};
 use sessionflow::commands::replay::{self, ReplayArgs};
 use sessionflow::commands::run::{self, RunArgs};
 use sessionflow::generate::{write_files, GenerateArgs};
-use sessionflow_operators::source::kafka::wait_for_topic;
+use sessionflow_operators::source::kafka::{block_on, wait_for_topic};
 
 const PARTITIONS: u32 = 4;
 
@@ -130,8 +133,9 @@ fn bench() -> Result<(), String> {
         bytes as f64 / 1e6
     );
 
-    // 3. The job end to end, 2 workers: output dropped, then the replay files written.
-    for (label, files) in [("job/null", false), ("job/files", true)] {
+    // 3. The job end to end, 2 workers: output dropped, then the replay files written, then
+    // snapshots and dead letters to Kafka topics.
+    for (label, files) in [("job/null", false), ("job/files", true), ("job/kafka", false)] {
         let group = format!("{topic}-{}", label.replace('/', "-"));
         let mut argv: Vec<String> = ["x", "--brokers", &brokers, "--topic", &topic, "--group", &group]
             .iter()
@@ -140,6 +144,14 @@ fn bench() -> Result<(), String> {
         argv.extend(["--stop-at-end", "--workers", "2", "--progress", "0"].map(String::from));
         if files {
             argv.extend(file_flags(&dir));
+        }
+        if label == "job/kafka" {
+            argv.extend([
+                "--snapshot-topic".to_string(),
+                format!("{topic}-snapshots"),
+                "--dead-letter-topic".to_string(),
+                format!("{topic}-dead"),
+            ]);
         }
         let args = Cli::try_parse_from(&argv).map_err(|e| e.to_string())?.run;
         settle(&dir);
@@ -185,7 +197,25 @@ fn bench() -> Result<(), String> {
         100.0 * rate / raw
     );
     let _ = std::fs::remove_dir_all(&dir);
+    delete_topics(
+        &brokers,
+        &[&topic, &format!("{topic}-snapshots"), &format!("{topic}-dead")],
+    );
     Ok(())
+}
+
+/// Deletes the bench's topics (~1 GB on the broker's disk per 1M-event run); a failure is only
+/// reported.
+fn delete_topics(brokers: &str, topics: &[&str]) {
+    let admin: Result<AdminClient<DefaultClientContext>, _> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create();
+    let result = admin.map_err(|e| e.to_string()).and_then(|admin| {
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        block_on(admin.delete_topics(topics, &opts)).map_err(|e| e.to_string())
+    });
+    if let Err(e) = result {
+        eprintln!("cannot delete the bench topics {topics:?}: {e}");
+    }
 }
 
 /// Reads every message of `topic` with one consumer: (messages, payload bytes, seconds).
