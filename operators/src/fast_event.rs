@@ -9,8 +9,6 @@
 //! for invalid input, the reason. The property tests in [`crate::event`] check that both
 //! agree on valid, mutated and random lines.
 
-use smallvec::SmallVec;
-
 use crate::event::{AttrValue, CompactString, Event, Experiment, END_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
 use crate::json;
 
@@ -169,11 +167,13 @@ impl<'a> Cursor<'a> {
     /// An object of scalars, as pairs sorted by key (duplicate keys fall back). `{}` is an
     /// empty list.
     ///
-    /// The pairs are collected on the stack and allocated once at their number: an event waits
-    /// for its window with its maps (a minute or more), so their slack is resident memory.
+    /// The pairs are collected in a roomy vector, then moved (one `memcpy`, `Vec::append`)
+    /// into one of their size: an event waits for its window with its maps (a minute or more),
+    /// so their slack would be resident memory. (A `SmallVec` on the stack cost more: its
+    /// `into_vec` moves the pairs one by one.)
     fn object<V>(&mut self, value: impl Fn(Scalar<'a>) -> Option<V>) -> Option<Vec<(CompactString, V)>> {
         self.eat(b'{')?;
-        let mut pairs: SmallVec<[(CompactString, V); 16]> = SmallVec::new();
+        let mut pairs: Vec<(CompactString, V)> = Vec::with_capacity(16);
         if self.peek()? == b'}' {
             self.at += 1;
             return Some(Vec::new());
@@ -197,7 +197,9 @@ impl<'a> Cursor<'a> {
                 return None;
             }
         }
-        Some(pairs.into_vec())
+        let mut exact = Vec::with_capacity(pairs.len());
+        exact.append(&mut pairs);
+        Some(exact)
     }
 
     /// `[{"experiment_id":u64,"variation_id":u64}, ...]`, each entry with exactly those two
