@@ -7,6 +7,8 @@
 //!   passes every window. The first producer bootstraps from a port where nothing listens, so
 //!   every message it gets stays queued, as in the stranded producer; the replacement
 //!   bootstraps from the real broker (a hidden hook: the fault cannot be caused at will).
+//! - The Kafka source stops with a clear error when partitions are added to its topic (it
+//!   reads the partitions it started with; a restart reads them all).
 //! - The Kafka source replaces a stranded consumer by one that resumes right after the last
 //!   message read (every message once, in order; commits on the new one), and never replaces
 //!   one that is not stranded.
@@ -20,11 +22,13 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use kafka_support::*;
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use sessionflow_operators::record::DeadLetter;
 use sessionflow_operators::sink::kafka::{ensure_topic, KafkaSink, KafkaSinkConfig, SinkKafka, STRANDED_AFTER};
-use sessionflow_operators::source::kafka::{KafkaReader, KafkaSourceConfig, StartOffset};
+use sessionflow_operators::source::kafka::{block_on, KafkaReader, KafkaSourceConfig, StartOffset};
 use sessionflow_operators::source::{Cut, PartitionReader, RawRecord, Watermarks};
 use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::InputHandle;
@@ -314,6 +318,54 @@ fn a_consumer_started_at_latest_and_replaced_before_reading_resumes_where_it_sta
         next[p] += 1;
     }
     assert_eq!(next, vec![250; PARTS as usize], "read {} of 300", got.len());
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn partitions_added_while_running_stop_the_source_with_a_clear_error() {
+    let mut cfg = source_config(true, 2);
+    // Metadata refreshed every second (5 min by default): the new partitions show soon.
+    cfg.options
+        .push(("topic.metadata.refresh.interval.ms".to_string(), "1000".to_string()));
+    let mut reader = KafkaReader::connect(&cfg, 0, 1).unwrap();
+    let mut marks = Watermarks::new(60_000, 5_000, &reader.partitions());
+    let mut got = Vec::new();
+    // Unchanged: no error for a while (statistics arrive every second).
+    read_for(
+        &mut reader,
+        &mut marks,
+        &mut got,
+        100,
+        Duration::from_secs(3),
+        |_, _| false,
+    );
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let grow = [NewPartitions::new(&cfg.topic, 3)];
+    for r in block_on(admin.create_partitions(&grow, &opts)).unwrap() {
+        r.unwrap();
+    }
+    let started = Instant::now();
+    let error = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no error 30 s after the growth"
+        );
+        let mut batch = Vec::new();
+        if let Err(e) = reader.read(&mut marks, 100, &mut batch) {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        error.contains("now has 3 partitions, 2 when the job started"),
+        "{error}"
+    );
+    assert!(error.contains("a restart reads the new ones"), "{error}");
+    eprintln!("stopped {:?} after the growth: {error}", started.elapsed());
 }
 
 #[test]

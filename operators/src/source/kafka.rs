@@ -39,6 +39,12 @@
 //!   committed offsets, watermarks) is retried with backoff until `connect_timeout_ms`, each
 //!   failure logged on stderr; then a clear error. Once running, librdkafka reconnects by itself
 //!   (its errors are logged, rate-limited); only fatal consumer errors stop the source.
+//! - Partitions added to the topic while the job runs stop it with an error that says so (each
+//!   worker's partitions are fixed at the start; leaving new ones unread would lose their
+//!   events silently, with `latest` for good): a restart reads them, from `start`. The
+//!   consumer learns of them with its metadata refresh (`topic.metadata.refresh.interval.ms`,
+//!   5 min by default) and its statistics report them. Not with `stop_at_end`, which reads
+//!   what the topic held at the start.
 //! - One librdkafka fault is worked around (the Kafka sinks do the same for their producers,
 //!   see `sink::kafka`): a consumer whose statistics have listed no broker for
 //!   `STRANDED_AFTER` (a broker that shut down told it there are none, and it never
@@ -51,7 +57,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::JoinHandle;
@@ -401,6 +407,8 @@ struct SourceContext {
     lag: Arc<AtomicI64>,
     /// Since when the consumer's statistics show no broker.
     stranded: Arc<StrandedClock>,
+    /// The most partitions of the topic its statistics listed (count; 0 until the first).
+    partitions_seen: Arc<AtomicU32>,
 }
 
 impl ClientContext for SourceContext {
@@ -415,6 +423,10 @@ impl ClientContext for SourceContext {
     fn stats(&self, statistics: Statistics) {
         self.stranded.report(knows_a_broker(&statistics));
         if let Some(t) = statistics.topics.get(&self.topic) {
+            // Partitions the metadata shows (not the ones only asked for, nor the internal -1).
+            let known = t.partitions.values().filter(|p| p.partition >= 0 && !p.unknown).count();
+            self.partitions_seen
+                .fetch_max(u32::try_from(known).unwrap_or(u32::MAX), Ordering::Relaxed);
             // Messages not read yet: last stable offset (or high watermark) minus the position.
             let lag: i64 = t
                 .partitions
@@ -499,6 +511,10 @@ pub struct KafkaReader {
     /// Since when the current consumer's statistics show no broker (see
     /// [`KafkaReader::replace_consumer`]).
     stranded: Arc<StrandedClock>,
+    /// The topic's partitions when the job started (count).
+    topic_partitions: u32,
+    /// The most partitions the consumer's statistics have listed since (count).
+    partitions_seen: Arc<AtomicU32>,
     told_ended: bool,
     /// Commit state shared with the commit thread and [`KafkaCommitter`].
     commits: Option<Arc<CommitShared>>,
@@ -656,6 +672,7 @@ impl KafkaReader {
         let log = Arc::new(ClientLog::new(format!("kafka source (worker {index})")));
         let lag = Arc::new(AtomicI64::new(-1));
         let stranded = Arc::new(StrandedClock::default());
+        let partitions_seen = Arc::new(AtomicU32::new(0));
         let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
         let mut ours = vec![
             // Offsets are committed under this group; partitions are assigned, never
@@ -697,6 +714,7 @@ impl KafkaReader {
             topic: cfg.topic.clone(),
             lag: Arc::clone(&lag),
             stranded: Arc::clone(&stranded),
+            partitions_seen: Arc::clone(&partitions_seen),
         };
         let consumer = new_consumer(&client_cfg, context, &activator)?;
 
@@ -719,6 +737,8 @@ impl KafkaReader {
             stop_at_end: cfg.stop_at_end,
             lag,
             stranded,
+            topic_partitions: count,
+            partitions_seen,
             told_ended: false,
             commits: None,
             commit_thread: None,
@@ -873,6 +893,7 @@ impl KafkaReader {
             topic: self.topic.clone(),
             lag: Arc::clone(&self.lag),
             stranded: Arc::clone(&stranded),
+            partitions_seen: Arc::clone(&self.partitions_seen),
         };
         let consumer = new_consumer(client_cfg, context, &self.activator)?;
         let mut assign = TopicPartitionList::with_capacity(self.parts.len());
@@ -937,6 +958,8 @@ impl KafkaReader {
             stop_at_end: true,
             lag: Arc::new(AtomicI64::new(-1)),
             stranded: Arc::new(StrandedClock::default()),
+            topic_partitions: 0,
+            partitions_seen: Arc::new(AtomicU32::new(0)),
             told_ended: false,
             commits: None,
             commit_thread: None,
@@ -1094,6 +1117,17 @@ impl PartitionReader for KafkaReader {
         let Some(consumer) = self.consumer.clone() else {
             return Ok(ReadStatus::Done);
         };
+        // Partitions are assigned once, at the start: stop rather than leave new ones unread
+        // (a bounded run reads what the topic held when it started, new partitions aside).
+        let seen = self.partitions_seen.load(Ordering::Relaxed);
+        if seen > self.topic_partitions && !self.stop_at_end {
+            return Err(format!(
+                "topic {} now has {seen} partitions, {} when the job started: a job reads the \
+                 partitions it started with; stopping so that a restart reads the new ones too \
+                 (from the committed offsets; the new ones from --start)",
+                self.topic, self.topic_partitions
+            ));
+        }
         // The consumer's own queue carries only events now (errors, statistics, commit
         // results): serve them.
         while let Some(result) = consumer.poll(Duration::ZERO) {
