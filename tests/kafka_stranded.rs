@@ -1,6 +1,7 @@
-//! On the real broker, the workarounds for a librdkafka fault that strands a client: a broker
-//! shutting down answers a metadata request with no brokers, and a client that gets it while
-//! still connected forgets every broker and never bootstraps again (see `sink::kafka`).
+//! On the real broker, how the Kafka clients meet a changing cluster: the workarounds for a
+//! librdkafka fault that strands a client (a broker shutting down answers a metadata request
+//! with no brokers, and a client that gets it while still connected forgets every broker and
+//! never bootstraps again, see `sink::kafka`), and partitions added to the input topic.
 //!
 //! - The Kafka sink replaces such a producer: the old one's unsent messages go to the new one,
 //!   which sends them once and in order, before anything newer; the acknowledged frontier then

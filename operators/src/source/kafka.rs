@@ -967,8 +967,8 @@ impl KafkaReader {
     }
 
     /// Tells the reader its consumer's statistics show no broker, as librdkafka's report does
-    /// in the fault `read` replaces the consumer on: for tests (set `statistics.interval.ms=0` so real reports
-    /// do not clear it).
+    /// in the fault on which `read` replaces the consumer: for tests (set
+    /// `statistics.interval.ms=0` so real reports do not clear it).
     #[doc(hidden)]
     pub fn report_no_broker(&self) {
         self.stranded.report(false);
