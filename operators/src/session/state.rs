@@ -7,6 +7,7 @@
 //! case that an earlier-timestamped event changes a session attribute's value. Events past the
 //! cap keep only what exact counting and merging need (id, timestamp, revenue).
 
+use std::cell::RefCell;
 use std::cmp::Ordering;
 
 use hashbrown::HashMap;
@@ -294,6 +295,12 @@ struct Incoming<'a> {
     exps: Option<&'a [(u64, u64)]>,
 }
 
+thread_local! {
+    /// The scratch buffers of [`Session::accept`] (an event's body and attribute tail, copied
+    /// into the session's arena from there): reused instead of allocated for every event.
+    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
 fn id_hash(id: &str) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
@@ -423,8 +430,20 @@ impl Session {
 
     /// Accepts an event (the caller checked it is not a duplicate).
     pub fn accept(&mut self, e: &Event, cfg: &SessionConfig) {
-        let mut body = Vec::with_capacity(96);
-        event_body(e, &mut body);
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut bufs) => {
+                let (body, tail) = &mut *bufs;
+                self.accept_with(e, cfg, body, tail);
+            }
+            // Not reentrant, so never taken; fresh buffers would do as well.
+            Err(_) => self.accept_with(e, cfg, &mut Vec::new(), &mut Vec::new()),
+        });
+    }
+
+    /// [`Session::accept`] with scratch buffers for the event's body and attribute tail.
+    fn accept_with(&mut self, e: &Event, cfg: &SessionConfig, body: &mut Vec<u8>, tail: &mut Vec<u8>) {
+        body.clear();
+        event_body(e, body);
         let attrs = self.intern_attrs(e.attributes.as_deref().filter(|a| !a.is_empty()));
         self.offer_first(e.timestamp, &e.event_id, &e.visitor_id, e.project_id);
         let changed = self.count_in(e.timestamp, &e.event_id, e.revenue.unwrap_or(0), attrs);
@@ -444,11 +463,11 @@ impl Session {
             ts: e.timestamp,
             id: &e.event_id,
             revenue: e.revenue.unwrap_or(0),
-            body: &body,
+            body,
             attrs,
             exps,
         };
-        self.list(inc, cfg);
+        self.list(inc, cfg, tail);
         if changed {
             self.rebuild_tails();
         }
@@ -627,8 +646,8 @@ impl Session {
         out.push(b'}');
     }
 
-    /// Puts an accepted event into the list (or past the cap).
-    fn list(&mut self, inc: Incoming<'_>, cfg: &SessionConfig) {
+    /// Puts an accepted event into the list (or past the cap); `tail` is scratch space.
+    fn list(&mut self, inc: Incoming<'_>, cfg: &SessionConfig, tail: &mut Vec<u8>) {
         let pos = self
             .listed
             .partition_point(|l| self.cmp_listed(l, inc.ts, inc.id) == Ordering::Less);
@@ -646,8 +665,8 @@ impl Session {
             );
             return;
         }
-        let mut tail = Vec::with_capacity(32);
-        self.write_tail(attrs, &mut tail);
+        tail.clear();
+        self.write_tail(attrs, tail);
         // Grow by a quarter, not by doubling: sessions are small and many, so slack is memory.
         let need = inc.id.len() + inc.body.len() + tail.len();
         if self.arena.capacity() - self.arena.len() < need {
@@ -660,7 +679,7 @@ impl Session {
         self.arena.extend_from_slice(inc.id.as_bytes());
         self.arena.extend_from_slice(inc.body);
         let before = self.arena.len();
-        self.arena.extend_from_slice(&tail);
+        self.arena.extend_from_slice(tail);
         let entry = Listed {
             ts: inc.ts,
             revenue: inc.revenue,
@@ -744,6 +763,7 @@ impl Session {
         // `other`'s sets, read in place (interning copies a set only when it is new here).
         let set = |i: u32| (i != NO_ATTRS).then(|| other.attr_sets.get(i));
         let xset = |i: u32| (i != NO_ATTRS).then(|| other.exp_sets.get(i));
+        let mut tail = Vec::new();
         for l in &other.listed {
             let id = std::str::from_utf8(other.listed_id(l)).unwrap_or_default();
             if self.has_event(id) {
@@ -762,7 +782,7 @@ impl Session {
                 attrs,
                 exps,
             };
-            self.list(inc, cfg);
+            self.list(inc, cfg, &mut tail);
         }
         for (id, u) in other.unlisted.iter().flat_map(|u| u.iter()) {
             if self.has_event(id) {
