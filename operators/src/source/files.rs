@@ -63,6 +63,35 @@ impl FileReader {
     }
 }
 
+/// `BufRead::read_until(b'\n', buf)`, with a SIMD search for the newline (`read_until`
+/// looks at one byte at a time): appends the next line, newline included, to `buf` and returns
+/// its length (0 at the end of the input).
+fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let (done, used) = match memchr::memchr(b'\n', available) {
+            Some(i) => {
+                buf.extend_from_slice(&available[..=i]);
+                (true, i + 1)
+            }
+            None => {
+                buf.extend_from_slice(available);
+                (available.is_empty(), available.len())
+            }
+        };
+        reader.consume(used);
+        total += used;
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
 impl PartitionReader for FileReader {
     fn partitions(&self) -> Vec<u32> {
         self.parts.iter().map(|p| p.id).collect()
@@ -84,8 +113,7 @@ impl PartitionReader for FileReader {
         let mut read = 0;
         while read < budget {
             self.buf.clear();
-            let n = reader
-                .read_until(b'\n', &mut self.buf)
+            let n = read_line(reader, &mut self.buf)
                 .map_err(|e| format!("cannot read input {}: {e}", part.path.display()))?;
             if n == 0 {
                 part.reader = None;
@@ -117,6 +145,40 @@ impl PartitionReader for FileReader {
             Ok(ReadStatus::Idle(Duration::ZERO))
         } else {
             Ok(ReadStatus::More)
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Every line as `read_until` gives it, whatever the buffer size (lines cut across
+    /// refills), with and without a final newline, with empty lines and `\r`.
+    #[test]
+    fn read_line_splits_like_read_until() {
+        let inputs: [&[u8]; 5] = [
+            b"",
+            b"\n",
+            b"one\ntwo\r\n\nthree",
+            b"a long line that spans several small buffers\nshort\n",
+            b"\n\nx\n\n",
+        ];
+        for input in inputs {
+            for capacity in [1, 2, 3, 7, 64] {
+                let mut ours = BufReader::with_capacity(capacity, input);
+                let mut std = BufReader::with_capacity(capacity, input);
+                loop {
+                    let (mut a, mut b) = (Vec::new(), Vec::new());
+                    let n = read_line(&mut ours, &mut a).unwrap();
+                    let m = std.read_until(b'\n', &mut b).unwrap();
+                    assert_eq!((n, &a), (m, &b), "{input:?} with a {capacity}-byte buffer");
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
         }
     }
 }
