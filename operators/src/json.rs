@@ -40,8 +40,36 @@ pub(crate) fn first_special(bytes: &[u8]) -> Option<usize> {
         .map(|p| i + p)
 }
 
+/// Strings up to this long take [`write_str`]'s short path (bytes).
+const SHORT: usize = 32;
+
 /// Appends `s` as a JSON string literal (with quotes).
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    if bytes.len() <= SHORT {
+        // Most strings (ids, names, attribute keys and values) are short: the literal is put
+        // together in a stack buffer padded with a byte that needs no escape, checked whole
+        // words at a time (no byte-by-byte tail), and appended with one copy.
+        let mut buf = [b'a'; SHORT + 16];
+        buf[8..8 + bytes.len()].copy_from_slice(bytes);
+        let mut special = 0;
+        for w in buf[8..8 + bytes.len().div_ceil(8) * 8].chunks_exact(8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(w);
+            special |= special_bytes(u64::from_le_bytes(word));
+        }
+        if special == 0 {
+            buf[7] = b'"';
+            buf[8 + bytes.len()] = b'"';
+            out.extend_from_slice(&buf[7..9 + bytes.len()]);
+            return;
+        }
+    }
+    write_str_escaped(out, s);
+}
+
+/// [`write_str`] of any string: checks it word by word, escapes what needs it.
+fn write_str_escaped(out: &mut Vec<u8>, s: &str) {
     out.reserve(s.len() + 2);
     out.push(b'"');
     let bytes = s.as_bytes();
@@ -114,6 +142,21 @@ pub fn write_attr(out: &mut Vec<u8>, v: &AttrValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_escape_like_serde_json_at_every_length_and_position() {
+        // Both paths of `write_str` (short: up to `SHORT` bytes) and their boundary.
+        for len in 0..=SHORT + 9 {
+            for special in ["\"", "\\", "\n", "\u{1}", "é"] {
+                for pos in 0..=len {
+                    let s = format!("{}{special}{}", "x".repeat(pos), "y".repeat(len - pos));
+                    let mut out = Vec::new();
+                    write_str(&mut out, &s);
+                    assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
+                }
+            }
+        }
+    }
 
     #[test]
     fn strings_escape_like_serde_json() {
