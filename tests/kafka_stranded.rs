@@ -140,6 +140,34 @@ fn read_for(
     }
 }
 
+/// Reads on until `got` holds `total` messages (60 s at most), and for 1 s more so that any
+/// extra message shows; checks that each of the `parts` partitions' offsets run from `first`
+/// with no gap or repeat. Returns each partition's next offset.
+fn read_rest_in_order(
+    reader: &mut KafkaReader,
+    marks: &mut Watermarks,
+    got: &mut Vec<RawRecord>,
+    total: usize,
+    first: u64,
+    parts: u32,
+) -> Vec<u64> {
+    read_for(reader, marks, got, 500, Duration::from_secs(60), |_, g| {
+        g.len() >= total
+    });
+    read_for(reader, marks, got, 500, Duration::from_secs(1), |_, _| false);
+    let mut next = vec![first; parts as usize];
+    for r in got.iter() {
+        let p = r.partition as usize;
+        assert_eq!(
+            r.offset, next[p],
+            "partition {p}: offset {} where {} was due",
+            r.offset, next[p]
+        );
+        next[p] += 1;
+    }
+    next
+}
+
 fn source_config(statistics: bool, partitions: u32) -> KafkaSourceConfig {
     let topic = unique("stranded-source");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -220,33 +248,10 @@ fn a_stranded_consumer_is_replaced_and_the_source_reads_on_without_gap_or_repeat
     );
     // The new consumer delivers the rest: every message once, per partition in order.
     let total = (PARTS * EACH) as usize;
-    read_for(
-        &mut reader,
-        &mut marks,
-        &mut got,
-        500,
-        Duration::from_secs(60),
-        |_, g| g.len() >= total,
-    );
-    read_for(
-        &mut reader,
-        &mut marks,
-        &mut got,
-        500,
-        Duration::from_secs(1),
-        |_, _| false,
-    );
+    let next = read_rest_in_order(&mut reader, &mut marks, &mut got, total, 0, PARTS);
     assert_eq!(reader.replacements(), 1);
-    let mut next = vec![0u64; PARTS as usize];
     for r in &got {
-        let p = r.partition as usize;
-        assert_eq!(
-            r.offset, next[p],
-            "partition {p}: offset {} where {} was due",
-            r.offset, next[p]
-        );
-        assert_eq!(r.bytes, format!("{p}/{}", r.offset).into_bytes());
-        next[p] += 1;
+        assert_eq!(r.bytes, format!("{}/{}", r.partition, r.offset).into_bytes());
     }
     assert_eq!(
         next,
@@ -292,32 +297,7 @@ fn a_consumer_started_at_latest_and_replaced_before_reading_resumes_where_it_sta
     });
     assert_eq!(reader.replacements(), 1);
     assert!(got.is_empty());
-    read_for(
-        &mut reader,
-        &mut marks,
-        &mut got,
-        500,
-        Duration::from_secs(60),
-        |_, g| g.len() >= 300,
-    );
-    read_for(
-        &mut reader,
-        &mut marks,
-        &mut got,
-        500,
-        Duration::from_secs(1),
-        |_, _| false,
-    );
-    let mut next = vec![100u64; PARTS as usize];
-    for r in &got {
-        let p = r.partition as usize;
-        assert_eq!(
-            r.offset, next[p],
-            "partition {p}: offset {} where {} was due",
-            r.offset, next[p]
-        );
-        next[p] += 1;
-    }
+    let next = read_rest_in_order(&mut reader, &mut marks, &mut got, 300, 100, PARTS);
     assert_eq!(next, vec![250; PARTS as usize], "read {} of 300", got.len());
 }
 
