@@ -135,6 +135,7 @@ fn bench() -> Result<(), String> {
 
     // 3. The job end to end, 2 workers: output dropped, then the replay files written, then
     // snapshots and dead letters to Kafka topics.
+    let (snap_topic, dead_topic) = (format!("{topic}-snapshots"), format!("{topic}-dead"));
     for (label, files) in [("job/null", false), ("job/files", true), ("job/kafka", false)] {
         let group = format!("{topic}-{}", label.replace('/', "-"));
         let mut argv: Vec<String> = ["x", "--brokers", &brokers, "--topic", &topic, "--group", &group]
@@ -148,9 +149,9 @@ fn bench() -> Result<(), String> {
         if label == "job/kafka" {
             argv.extend([
                 "--snapshot-topic".to_string(),
-                format!("{topic}-snapshots"),
+                snap_topic.clone(),
                 "--dead-letter-topic".to_string(),
-                format!("{topic}-dead"),
+                dead_topic.clone(),
             ]);
         }
         let args = Cli::try_parse_from(&argv).map_err(|e| e.to_string())?.run;
@@ -197,10 +198,7 @@ fn bench() -> Result<(), String> {
         100.0 * rate / raw
     );
     let _ = std::fs::remove_dir_all(&dir);
-    delete_topics(
-        &brokers,
-        &[&topic, &format!("{topic}-snapshots"), &format!("{topic}-dead")],
-    );
+    delete_topics(&brokers, &[&topic, &snap_topic, &dead_topic]);
     Ok(())
 }
 
