@@ -86,7 +86,9 @@ pub struct SessionStore {
     pending: BTreeMap<u64, Vec<Vec<Sourced>>>,
     /// Events in `pending`.
     pending_count: usize,
-    sessions: HashMap<Rc<str>, Session>,
+    /// Open sessions by id. Boxed: the table holds 24-byte entries, not ~450-byte sessions,
+    /// so it stays small and dense, and growing it moves pointers, not sessions.
+    sessions: HashMap<Rc<str>, Box<Session>>,
     gaps: HashMap<Pair, GapGroup>,
     closed: HashMap<Rc<str>, u64>,
     close_index: BTreeMap<u64, Vec<SessionRef>>,
@@ -252,7 +254,7 @@ impl SessionStore {
                 .entry(session.close_at)
                 .or_default()
                 .push(SessionRef::Id(key.clone()));
-            if self.sessions.insert(key, session).is_some() {
+            if self.sessions.insert(key, Box::new(session)).is_some() {
                 self.open -= 1;
             }
         }
@@ -285,7 +287,7 @@ impl SessionStore {
 
     fn get(&self, r: &SessionRef) -> Option<&Session> {
         match r {
-            SessionRef::Id(k) => self.sessions.get(k),
+            SessionRef::Id(k) => self.sessions.get(k).map(|s| &**s),
             SessionRef::Gap(p, v, id) => {
                 let g = self.gaps.get(&(*p, v.clone()))?;
                 g.open.iter().find(|s| s.id() == id.as_ref())
@@ -341,7 +343,10 @@ impl SessionStore {
                 self.counters.sessions_opened += 1;
                 self.open += 1;
                 let key: Rc<str> = sid.into();
-                (Rc::clone(&key), v.insert_with_key(key, Session::open(sid, e, m)))
+                (
+                    Rc::clone(&key),
+                    v.insert_with_key(key, Box::new(Session::open(sid, e, m))),
+                )
             }
         };
         if s.has_event(&e.event_id) {
@@ -445,7 +450,7 @@ impl SessionStore {
     fn close(&mut self, m: u64, r: &SessionRef, out: &mut impl FnMut(SessionOutput)) {
         let until = m + self.cfg.closed_windows();
         let session = match r {
-            SessionRef::Id(k) => self.sessions.get_mut(k.as_ref()),
+            SessionRef::Id(k) => self.sessions.get_mut(k.as_ref()).map(|s| &mut **s),
             SessionRef::Gap(p, v, id) => self
                 .gaps
                 .get_mut(&(*p, v.clone()))
@@ -465,6 +470,7 @@ impl SessionStore {
                 let Some(s) = self.sessions.remove(k.as_ref()) else {
                     return;
                 };
+                let s = *s;
                 self.closed.insert(Rc::clone(k), until);
                 self.expire_index
                     .entry(until)
