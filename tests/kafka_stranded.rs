@@ -9,7 +9,8 @@
 //!   every message it gets stays queued, as in the stranded producer; the replacement
 //!   bootstraps from the real broker (a hidden hook: the fault cannot be caused at will).
 //! - The Kafka source stops with a clear error when partitions are added to its topic (it
-//!   reads the partitions it started with; a restart reads them all).
+//!   reads the partitions it started with; a restart reads them all), and a live run then
+//!   stops without writing any window its failed sources held.
 //! - The Kafka source replaces a stranded consumer by one that resumes right after the last
 //!   message read (every message once, in order; commits on the new one), and never replaces
 //!   one that is not stranded.
@@ -20,6 +21,7 @@
 mod kafka_support;
 
 use std::collections::HashMap;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kafka_support::*;
@@ -27,6 +29,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
+use sessionflow::generate::GenerateArgs;
+use sessionflow_operators::event::parse_event;
 use sessionflow_operators::record::DeadLetter;
 use sessionflow_operators::sink::kafka::{ensure_topic, KafkaSink, KafkaSinkConfig, SinkKafka, STRANDED_AFTER};
 use sessionflow_operators::source::kafka::{block_on, KafkaReader, KafkaSourceConfig, StartOffset};
@@ -347,6 +351,119 @@ fn partitions_added_while_running_stop_the_source_with_a_clear_error() {
     );
     assert!(error.contains("a restart reads the new ones"), "{error}");
     eprintln!("stopped {:?} after the growth: {error}", started.elapsed());
+}
+
+/// The window of each snapshot in the messages `msgs` of a snapshot topic.
+fn snapshot_windows(msgs: &[Msg]) -> Vec<u64> {
+    msgs.iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(&m.value).unwrap();
+            v["window"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+/// A live 2-worker run whose topic grows stops with the error, and writes no window its
+/// failed sources held: every snapshot is below the smallest partition watermark's window.
+/// (Sources that let go of their windows would end the input: every open session would be
+/// written closed, at windows the input never reached.)
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_live_run_on_a_growing_topic_stops_without_writing_the_windows_it_held() {
+    let topic = unique("grow-run");
+    let snapshots = format!("{topic}-snapshots");
+    let dir = tempfile::tempdir().unwrap();
+    // 3,000 events over ~10 minutes of event time on 2 partitions.
+    let gen = GenerateArgs {
+        events: 3_000,
+        partitions: 2,
+        out_dir: dir.path().join("in"),
+        seed: 11,
+        rate: 5.0,
+        ..GenerateArgs::default()
+    };
+    let files = produce_generated(&gen, &topic);
+    // The window each partition's watermark reaches once all of it is read: the live run's
+    // frontier stops at the smallest, so only windows below it complete.
+    let floor = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read(f).unwrap();
+            let max_ts = text
+                .split(|b| *b == b'\n')
+                .filter_map(|l| parse_event(l).ok())
+                .map(|e| e.timestamp)
+                .max()
+                .unwrap();
+            (max_ts - 5_000) as u64 / 60_000
+        })
+        .min()
+        .unwrap();
+    let mut args = run_flags(&topic, &unique("grow-run"), 2);
+    args.extend(
+        [
+            "--snapshot-topic",
+            &snapshots,
+            "-X",
+            "topic.metadata.refresh.interval.ms=1000",
+        ]
+        .map(String::from),
+    );
+    let child = sessionflow(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the windows below the frontier to be written, then grow the topic.
+    let started = Instant::now();
+    let written = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no snapshot written in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        if partition_count(&snapshots) == 0 {
+            continue;
+        }
+        let parts = partition_count(&snapshots) as u32;
+        let n: i64 = end_offsets(&snapshots, parts).iter().sum();
+        if n > 0 {
+            break n;
+        }
+    };
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in block_on(admin.create_partitions(&[NewPartitions::new(&topic, 3)], &opts)).unwrap() {
+        r.unwrap();
+    }
+    let out = wait_timeout(child, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("now has 3 partitions, 2 when the job started"),
+        "{stderr}"
+    );
+    let msgs = consume_all(&snapshots, partition_count(&snapshots) as u32);
+    let windows = snapshot_windows(&msgs);
+    assert!(windows.len() as i64 >= written);
+    let past: Vec<u64> = windows.iter().copied().filter(|w| *w >= floor).collect();
+    assert!(
+        past.is_empty(),
+        "{} of {} snapshots at or past the frontier {floor}: {:?}",
+        past.len(),
+        windows.len(),
+        &past[..past.len().min(10)]
+    );
+    eprintln!(
+        "{} snapshots, windows {:?}..={:?}, frontier {floor}; stopped {:?} after the growth",
+        windows.len(),
+        windows.iter().min(),
+        windows.iter().max(),
+        started.elapsed()
+    );
 }
 
 #[test]

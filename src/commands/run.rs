@@ -210,6 +210,9 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
     let mut job = args.session.job()?;
     job.source.max_windows_ahead = args.max_windows_ahead;
     job.source.commit_interval_ms = args.commit_interval;
+    // A failed input (or commit) keeps the windows it held open until the loop below stops
+    // the run, so no sink gets a window without that input's events.
+    job.source.hold_on_error = true;
     // [hbase] Sink settings (turns emit_state on for SessionDB); the table is checked or
     // created, with logged retries, before any dataflow starts.
     let mut hbase = args.hbase.sink_config(&mut job)?;

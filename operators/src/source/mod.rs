@@ -303,6 +303,12 @@ pub struct SourceConfig {
     /// would otherwise wait for the interval: catching up on a backlog, hundreds of windows
     /// can become durable within one.
     pub commit_every_windows: u64,
+    /// Whether the source keeps its capability when its input fails (boolean). On: no window
+    /// the failed input could still have added to completes downstream, so no sink gets a
+    /// window that lacks its events; the job must watch [`SourceGauges::error`] and drop the
+    /// dataflow (`sessionflow run` does). Off, the default: the source releases its capability
+    /// and the dataflow completes, for a bounded run that reports the error at the end.
+    pub hold_on_error: bool,
 }
 
 impl Default for SourceConfig {
@@ -314,6 +320,7 @@ impl Default for SourceConfig {
             max_windows_ahead: 3,
             commit_interval_ms: 1_000,
             commit_every_windows: 2,
+            hold_on_error: false,
         }
     }
 }
@@ -429,6 +436,25 @@ impl CommitTrack {
 fn stop_source(cap: &mut Option<timely::dataflow::operators::Capability<u64>>, track: &RefCell<CommitTrack>) {
     *cap = None;
     track.borrow_mut().update(None, false);
+}
+
+/// Records a failure of the source's input (reading or committing) and stops the source: it
+/// releases its capability, or with `hold` keeps it (and its commit tracker's) and does
+/// nothing more, so the windows it holds never complete.
+fn fail_source(
+    e: String,
+    hold: bool,
+    failed: &mut bool,
+    cap: &mut Option<timely::dataflow::operators::Capability<u64>>,
+    track: &RefCell<CommitTrack>,
+    gauges: &RefCell<SourceGauges>,
+) {
+    gauges.borrow_mut().error = Some(e);
+    if hold {
+        *failed = true;
+    } else {
+        stop_source(cap, track);
+    }
 }
 
 /// The operator behind [`SourceStreams::committed`]: holds a capability at the worker's
@@ -626,7 +652,12 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
             // while not acknowledged: the sinks may wait for it).
             let mut issued: Option<u64> = shared.borrow().resume_frontier;
             let mut last_cuts: Vec<Cut> = Vec::new();
+            // Set when the input failed and the source holds its capability (`hold_on_error`).
+            let mut failed = false;
             move |output| {
+                if failed {
+                    return;
+                }
                 let Some(c) = cap.as_mut() else {
                     track.borrow_mut().update(None, false);
                     return;
@@ -665,8 +696,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                     }
                     if !cuts.is_empty() {
                         if let Err(e) = reader.commit(&cuts) {
-                            shared.borrow_mut().error = Some(e);
-                            stop_source(&mut cap, &track);
+                            fail_source(e, cfg.hold_on_error, &mut failed, &mut cap, &track, &shared);
                             return;
                         }
                         for cut in &cuts {
@@ -709,8 +739,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                     Ok(s) => s,
                     Err(e) => {
                         // A broken input stops this source; the job reports the error.
-                        shared.borrow_mut().error = Some(e);
-                        stop_source(&mut cap, &track);
+                        fail_source(e, cfg.hold_on_error, &mut failed, &mut cap, &track, &shared);
                         return;
                     }
                 };
@@ -1071,6 +1100,93 @@ mod tests {
                 worker.drop_dataflow(id);
             }
         });
+    }
+
+    /// [`Lines`] whose input fails after `fail_at` lines.
+    struct Failing {
+        lines: Lines,
+        fail_at: usize,
+    }
+
+    impl PartitionReader for Failing {
+        fn partitions(&self) -> Vec<u32> {
+            vec![0]
+        }
+
+        fn read(
+            &mut self,
+            marks: &mut Watermarks,
+            budget: usize,
+            out: &mut Vec<RawRecord>,
+        ) -> Result<ReadStatus, String> {
+            if self.lines.next >= self.fail_at {
+                return Err("the disk caught fire".into());
+            }
+            self.lines.read(marks, budget.min(self.fail_at - self.lines.next), out)
+        }
+    }
+
+    /// A source whose input fails after 200 of 500 records, with `hold_on_error` on and off:
+    /// the frontier of its output after the failure, and the gauges.
+    fn frontier_after_failure(hold: bool) -> (Option<u64>, SourceGauges) {
+        use timely::dataflow::operators::Probe;
+        let reader = Failing {
+            lines: Lines {
+                lines: sample(),
+                next: 0,
+                resume: Vec::new(),
+                commits: Arc::new(std::sync::Mutex::new(Vec::new())),
+            },
+            fail_at: 200,
+        };
+        timely::execute_directly(move |worker| {
+            let probe = ProbeHandle::new();
+            let gauges = worker.dataflow::<u64, _, _>(|scope| {
+                let cfg = SourceConfig {
+                    batch: 16,
+                    max_windows_ahead: 1_000,
+                    hold_on_error: hold,
+                    ..SourceConfig::default()
+                };
+                let s = partitioned_source(scope, "Source", cfg, reader, None, None);
+                s.events.probe_with(&probe);
+                s.dead_letters.probe_with(&probe);
+                s.gauges
+            });
+            step_until(worker, "the failure", &|| gauges.borrow().error.is_some());
+            for _ in 0..200 {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+            let at = frontier(&probe);
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
+            let g = gauges.borrow().clone();
+            (at, g)
+        })
+    }
+
+    /// With `hold_on_error` a failed input keeps the windows it could still add to open (no
+    /// sink gets them incomplete); without, the source lets the frontier pass.
+    #[test]
+    fn a_failed_input_holds_its_windows_only_when_asked() {
+        let lines = sample();
+        let last_ts = lines[..200]
+            .iter()
+            .filter_map(|l| crate::event::parse_event(l).ok())
+            .map(|e| e.timestamp)
+            .max()
+            .unwrap();
+        // The partition's watermark window after its 200th record.
+        let low = (last_ts - 5_000) as u64 / 60_000;
+        let (held, g) = frontier_after_failure(true);
+        assert_eq!(g.error.as_deref(), Some("the disk caught fire"));
+        assert_eq!(g.events_read, 200);
+        assert_eq!(held, Some(low), "the failed source did not hold its window");
+        assert_eq!(g.window, Some(low));
+        let (released, g) = frontier_after_failure(false);
+        assert_eq!(g.error.as_deref(), Some("the disk caught fire"));
+        assert_eq!(released, None, "the failed source kept the frontier");
     }
 
     impl PartitionReader for Lines {
