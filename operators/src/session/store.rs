@@ -12,6 +12,7 @@ use hashbrown::hash_map::EntryRef;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
+use super::operator::route_hash;
 use super::state::{Session, SessionConfig, Snapshot};
 use crate::record::{DeadLetter, Sourced, SESSION_CLOSED};
 
@@ -182,26 +183,32 @@ impl SessionStore {
     /// Processes window `m`: applies its events in order, emits the snapshots of the sessions
     /// it changed, and closes the sessions due. The caller guarantees that every event of `m`
     /// was inserted and that windows are processed in increasing order.
+    ///
+    /// The spec orders events per session key only, so the window's events are taken key by
+    /// key (grouped by the key's hash, each key's in `(timestamp, event_id, partition,
+    /// offset)` order), and a key's snapshots are emitted as soon as its events are applied:
+    /// each session is fetched from memory once per window, not once per event and again for
+    /// its snapshot. Keys are independent, so the output is the same in any key order.
     pub fn process(&mut self, m: u64, out: &mut impl FnMut(SessionOutput)) {
         self.expire(m);
         let mut touched: Vec<SessionRef> = Vec::new();
         if let Some(mut batches) = self.pending.remove(&m) {
             // Sort a permutation, not the records (each is a few hundred bytes to move).
-            let mut order: Vec<(i64, u32, u32)> = batches
+            let mut order: Vec<(u64, i64, u32, u32)> = batches
                 .iter()
                 .enumerate()
                 .flat_map(|(b, batch)| {
                     batch
                         .iter()
                         .enumerate()
-                        .map(move |(i, r)| (r.event.timestamp, b as u32, i as u32))
+                        .map(move |(i, r)| (route_hash(r), r.event.timestamp, b as u32, i as u32))
                 })
                 .collect();
             self.pending_count -= order.len();
             order.sort_unstable_by(|a, b| {
-                a.0.cmp(&b.0).then_with(|| {
-                    let x = &batches[a.1 as usize][a.2 as usize];
-                    let y = &batches[b.1 as usize][b.2 as usize];
+                (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
+                    let x = &batches[a.2 as usize][a.3 as usize];
+                    let y = &batches[b.2 as usize][b.3 as usize];
                     (x.event.event_id.as_bytes(), x.partition, x.offset).cmp(&(
                         y.event.event_id.as_bytes(),
                         y.partition,
@@ -209,7 +216,13 @@ impl SessionStore {
                     ))
                 })
             });
-            for (_, b, i) in order {
+            // Keys whose hashes collide share a group: each key's events stay in order.
+            let mut group = None;
+            for (hash, _, b, i) in order {
+                if group != Some(hash) {
+                    self.emit_touched(m, &mut touched, out);
+                    group = Some(hash);
+                }
                 let rec = &mut batches[b as usize][i as usize];
                 if rec.event.session_id.is_some() {
                     self.apply_keyed(m, rec, &mut touched, out);
@@ -217,22 +230,30 @@ impl SessionStore {
                     self.apply_gap(m, rec, &mut touched, out);
                 }
             }
+            self.emit_touched(m, &mut touched, out);
         }
         // Sessions due to close at m (stale index entries are skipped).
         let closing = self.close_index.remove(&m).unwrap_or_default();
         for r in &closing {
             self.close(m, r, out);
         }
-        for r in touched {
-            // Sessions that closed at m were emitted (closed) and removed above.
-            if let Some(s) = self.get(&r) {
-                let mut snap = s.snapshot(matches!(r, SessionRef::Gap(..)), m, false, None);
-                if self.cfg.emit_state {
-                    snap.state = Some(s.to_state());
-                }
-                out(SessionOutput::Snapshot(snap));
-                self.counters.snapshots += 1;
+    }
+
+    /// Emits the snapshots of the sessions in `touched` (changed in window `m`), and empties
+    /// it. A session that closes at `m` is left to the close pass, which emits its one
+    /// snapshot of the window, closed.
+    fn emit_touched(&mut self, m: u64, touched: &mut Vec<SessionRef>, out: &mut impl FnMut(SessionOutput)) {
+        for r in touched.drain(..) {
+            let Some(s) = self.get(&r) else { continue };
+            if s.close_at <= m {
+                continue;
             }
+            let mut snap = s.snapshot(matches!(r, SessionRef::Gap(..)), m, false, None);
+            if self.cfg.emit_state {
+                snap.state = Some(s.to_state());
+            }
+            out(SessionOutput::Snapshot(snap));
+            self.counters.snapshots += 1;
         }
     }
 
@@ -606,6 +627,23 @@ mod tests {
         assert_eq!(snaps(&out), [("s", 13, true, None, 1)]);
         assert_eq!(st.open_sessions(), 0);
         assert_eq!(st.counters().sessions_closed, 1);
+    }
+
+    #[test]
+    fn a_session_changed_in_its_closing_window_gets_one_closed_snapshot() {
+        let mut st = SessionStore::new(cfg());
+        st.insert(10, rec("a", Some("s"), "v", 10_000));
+        st.insert(10, rec("x", Some("t"), "v", 10_500));
+        run(&mut st, 12);
+        // Window 13 closes both (end + 3_000 < 14_000). A late event of `s` is applied first:
+        // `s` still gets one snapshot at 13, closed, with both events; `t` one too.
+        st.insert(13, rec("b", Some("s"), "v", 9_000));
+        let out = run(&mut st, 13);
+        let mut got = snaps(&out);
+        got.sort();
+        assert_eq!(got, [("s", 13, true, None, 2), ("t", 13, true, None, 1)]);
+        assert_eq!(st.counters().snapshots, 4);
+        assert_eq!(st.open_sessions(), 0);
     }
 
     #[test]
