@@ -9,6 +9,8 @@
 //! for invalid input, the reason. The property tests in [`crate::event`] check that both
 //! agree on valid, mutated and random lines.
 
+use std::cell::RefCell;
+
 use crate::event::{AttrValue, CompactString, Event, Experiment, END_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
 use crate::json;
 
@@ -167,13 +169,17 @@ impl<'a> Cursor<'a> {
     /// An object of scalars, as pairs sorted by key (duplicate keys fall back). `{}` is an
     /// empty list.
     ///
-    /// The pairs are collected in a roomy vector, then moved (one `memcpy`, `Vec::append`)
-    /// into one of their size: an event waits for its window with its maps (a minute or more),
-    /// so their slack would be resident memory. (A `SmallVec` on the stack cost more: its
-    /// `into_vec` moves the pairs one by one.)
-    fn object<V>(&mut self, value: impl Fn(Scalar<'a>) -> Option<V>) -> Option<Vec<(CompactString, V)>> {
+    /// The pairs are collected in `pairs`, a roomy buffer kept from line to line, then moved
+    /// (one `memcpy`, `Vec::append`) into a vector of their size: an event waits for its
+    /// window with its maps (a minute or more), so their slack would be resident memory.
+    /// (A `SmallVec` on the stack cost more: its `into_vec` moves the pairs one by one.)
+    fn object<V>(
+        &mut self,
+        pairs: &mut Vec<(CompactString, V)>,
+        value: impl Fn(Scalar<'a>) -> Option<V>,
+    ) -> Option<Vec<(CompactString, V)>> {
         self.eat(b'{')?;
-        let mut pairs: Vec<(CompactString, V)> = Vec::with_capacity(16);
+        pairs.clear();
         if self.peek()? == b'}' {
             self.at += 1;
             return Some(Vec::new());
@@ -198,7 +204,7 @@ impl<'a> Cursor<'a> {
             }
         }
         let mut exact = Vec::with_capacity(pairs.len());
-        exact.append(&mut pairs);
+        exact.append(pairs);
         Some(exact)
     }
 
@@ -265,6 +271,30 @@ fn number_of(s: &Scalar<'_>) -> Option<serde_json::Number> {
 /// Parses a line whose length and encoding were checked, when it is in the common shape;
 /// `None` leaves it to the reference parser (see the module docs).
 pub(crate) fn parse_fast(text: &str) -> Option<Event> {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (attrs, tags) = &mut *bufs;
+            parse_with(text, attrs, tags)
+        }
+        // Not reentrant, so never taken; fresh buffers would do as well.
+        Err(_) => parse_with(text, &mut Vec::new(), &mut Vec::new()),
+    })
+}
+
+thread_local! {
+    /// The roomy buffers [`Cursor::object`] collects `attributes` and `tags` in: reused from
+    /// line to line instead of allocated for each.
+    #[allow(clippy::type_complexity)]
+    static SCRATCH: RefCell<(Vec<(CompactString, AttrValue)>, Vec<(CompactString, CompactString)>)> =
+        const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// [`parse_fast`] with the scratch buffers of the attribute and tag maps.
+fn parse_with(
+    text: &str,
+    attr_pairs: &mut Vec<(CompactString, AttrValue)>,
+    tag_pairs: &mut Vec<(CompactString, CompactString)>,
+) -> Option<Event> {
     let mut c = Cursor {
         text,
         bytes: text.as_bytes(),
@@ -340,7 +370,7 @@ pub(crate) fn parse_fast(text: &str) -> Option<Event> {
             }
             "attributes" => {
                 attributes = c.nullable(|c| {
-                    c.object(|s| match s {
+                    c.object(attr_pairs, |s| match s {
                         Scalar::Null => Some(AttrValue::Null),
                         Scalar::Bool(b) => Some(AttrValue::Bool(b)),
                         Scalar::Str(s) => Some(AttrValue::Str(s.into())),
@@ -351,7 +381,7 @@ pub(crate) fn parse_fast(text: &str) -> Option<Event> {
             }
             "tags" => {
                 tags = c.nullable(|c| {
-                    c.object(|s| match s {
+                    c.object(tag_pairs, |s| match s {
                         Scalar::Str(s) => Some(s.into()),
                         _ => None,
                     })
