@@ -272,7 +272,9 @@ pub struct Session {
     listed: Vec<Listed>,
     arena: Vec<u8>,
     garbage: usize,
-    listed_hashes: Option<HashMap<u64, u32>>,
+    /// Listed ids' hashes (with counts) once there are more than `SCAN_LIMIT`. Boxed: most
+    /// sessions never have one, and a map inline would cost each session ~40 bytes.
+    listed_hashes: Option<Box<HashMap<u64, u32>>>,
     unlisted: Option<Box<HashMap<Box<str>, Unlisted>>>,
     /// Window at which the session is due to close (maintained by the store; `u64::MAX` until
     /// first indexed).
@@ -700,7 +702,7 @@ impl Session {
                 let id = std::str::from_utf8(self.listed_id(l)).unwrap_or_default();
                 *h.entry(id_hash(id)).or_insert(0u32) += 1;
             }
-            self.listed_hashes = Some(h);
+            self.listed_hashes = Some(Box::new(h));
         }
         if self.listed.len() > cfg.max_events {
             if let Some(last) = self.listed.pop() {
