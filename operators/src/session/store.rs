@@ -187,9 +187,9 @@ impl SessionStore {
     /// The spec orders events per session key only, so the window's events are taken key by
     /// key (grouped by the key's hash, each key's in `(timestamp, event_id, partition,
     /// offset)` order, keys by their first event's time), and a key's snapshots are emitted
-    /// as soon as its events are applied:
-    /// each session is fetched from memory once per window, not once per event and again for
-    /// its snapshot. Keys are independent, so the output is the same in any key order.
+    /// as soon as its events are applied: each session is fetched from memory once per
+    /// window, not once per event and again for its snapshot. Keys are independent, so the
+    /// output is the same in any key order.
     pub fn process(&mut self, m: u64, out: &mut impl FnMut(SessionOutput)) {
         self.expire(m);
         let mut touched: Vec<SessionRef> = Vec::new();
