@@ -1,6 +1,7 @@
 //! Timely execution settings from our own flags (timely's getopts parser clashes with clap).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args;
 
@@ -76,4 +77,38 @@ impl ClusterArgs {
     pub fn writes_outputs(&self) -> bool {
         self.process_id == 0
     }
+}
+
+/// Exit status of a process whose cluster connection broke.
+pub const LOST_PEER_EXIT: i32 = 1;
+
+/// Turns the loss of another process of the cluster into one clear line and exit status
+/// [`LOST_PEER_EXIT`], instead of timely's cascade of panics (its network thread panics on
+/// the broken connection, then every thread that shares its queues) and status 101.
+///
+/// Such a process cannot go on: its workers wait for progress from the lost one. What it
+/// wrote is safe: a `run` resumes from its committed offsets when the cluster is restarted,
+/// and writes again what was not committed. Any other panic is reported as before.
+pub fn exit_on_lost_peer() {
+    static LOST: AtomicBool = AtomicBool::new(false);
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("timely communication error") {
+            if !LOST.swap(true, Ordering::SeqCst) {
+                eprintln!(
+                    "sessionflow: error: the connection to another process of the cluster broke \
+                     ({message}); this process stops too: restart every process of the cluster \
+                     (a run resumes from its committed offsets)"
+                );
+            }
+            std::process::exit(LOST_PEER_EXIT);
+        }
+        default(info);
+    }));
 }

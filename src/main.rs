@@ -29,6 +29,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    sessionflow::cluster::exit_on_lost_peer();
     let result = match cli.command {
         Command::Replay(args) => commands::replay::run(args).map(|stats| {
             if let Some(s) = stats {

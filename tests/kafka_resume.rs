@@ -17,6 +17,9 @@
 //! The same with SIGTERM: the graceful stop commits everything it made durable before it
 //! exits, so nothing the first run wrote lies at or past `D`.
 //!
+//! A cluster that loses a process (SIGKILL) stops: the other process exits 1 with one clear
+//! line.
+//!
 //! `#[ignore]`d: needs Kafka (`scripts/test.sh` starts it; `KAFKA_BROKERS`).
 #![allow(clippy::unwrap_used)]
 
@@ -76,6 +79,102 @@ fn terminated_live_run_commits_what_it_wrote_and_exits_cleanly() {
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
 fn a_signal_to_one_process_stops_the_whole_cluster_gracefully() {
     killed_live_run_resumes(2, 13, Stop::TermOneOfTwoProcesses);
+}
+
+/// A two-process cluster where process 1 is killed (SIGKILL): process 0 cannot go on without
+/// it and exits 1 at once with one line that says so, not timely's cascade of panics (101).
+/// Nothing is lost: neither committed past what its sinks acknowledged (see above).
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_process_of_the_cluster_killed_stops_the_other_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("lost-peer");
+    let args = GenerateArgs {
+        events: 5_000,
+        partitions: PARTITIONS,
+        seed: 17,
+        out_dir: dir.path().join("in"),
+        rate: 10.0,
+        ..GenerateArgs::default()
+    };
+    produce_generated(&args, &topic);
+    let ports: Vec<u16> = (0..2)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let hostfile = dir.path().join("hosts");
+    std::fs::write(
+        &hostfile,
+        ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let group = unique("lost-peer-g");
+    let log_path = |id: usize| dir.path().join(format!("live{id}.log"));
+    let read_log = |id: usize| std::fs::read_to_string(log_path(id)).unwrap();
+    let mut guards: Vec<KillOnDrop> = (0..2)
+        .map(|id| {
+            let mut live = run_flags(&topic, &group, 1);
+            // Progress lines show when the dataflow runs (both processes connected).
+            if let Some(at) = live.iter().position(|a| a == "--progress") {
+                live[at + 1] = "100ms".into();
+            }
+            live.extend([
+                "--processes".to_string(),
+                "2".into(),
+                "--process-id".into(),
+                id.to_string(),
+                "--hostfile".into(),
+                hostfile.display().to_string(),
+            ]);
+            let log = std::fs::File::create(log_path(id)).unwrap();
+            KillOnDrop(Some(
+                sessionflow(&live).stdout(Stdio::null()).stderr(log).spawn().unwrap(),
+            ))
+        })
+        .collect();
+    let started = Instant::now();
+    while !read_log(0)
+        .lines()
+        .any(|l| l.starts_with("run [") && !l.contains("] 0 events"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "not running after 60 s: {}",
+            read_log(0)
+        );
+        for (id, g) in guards.iter_mut().enumerate() {
+            if let Some(status) = g.0.as_mut().unwrap().try_wait().unwrap() {
+                panic!("process {id} exited ({status}): {}", read_log(id));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let killed = Instant::now();
+    let peer = guards[1].0.as_mut().unwrap();
+    peer.kill().unwrap();
+    peer.wait().unwrap();
+    let survivor = guards[0].0.as_mut().unwrap();
+    let status = loop {
+        if let Some(status) = survivor.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "process 0 still running 30 s after process 1 was killed: {}",
+            read_log(0)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = read_log(0);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("sessionflow: error: the connection to another process of the cluster broke"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    eprintln!("process 0 exited {:?} after process 1 was killed", killed.elapsed());
 }
 
 /// How the first run ends.
