@@ -39,8 +39,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::operators::OkErr;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use timely::scheduling::SyncActivator;
 
@@ -431,9 +433,12 @@ impl CommitTrack {
     }
 }
 
+/// A partitioned source's capabilities: for its events and for its invalid records.
+type Caps = [Capability<u64>; 2];
+
 /// Stops a partitioned source: drops its capability (so the frontier can pass) and closes its
 /// commit tracker (so the sinks no longer wait for its acknowledgements).
-fn stop_source(cap: &mut Option<timely::dataflow::operators::Capability<u64>>, track: &RefCell<CommitTrack>) {
+fn stop_source(cap: &mut Option<Caps>, track: &RefCell<CommitTrack>) {
     *cap = None;
     track.borrow_mut().update(None, false);
 }
@@ -445,7 +450,7 @@ fn fail_source(
     e: String,
     hold: bool,
     failed: &mut bool,
-    cap: &mut Option<timely::dataflow::operators::Capability<u64>>,
+    cap: &mut Option<Caps>,
     track: &RefCell<CommitTrack>,
     gauges: &RefCell<SourceGauges>,
 ) {
@@ -624,216 +629,225 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
     let committed = commit_tracker(scope, &format!("{name}Commits"), Rc::clone(&track));
     let control = SourceControl::default();
     let stop = control.clone();
-    type Item = Result<(u64, Sourced), (u64, DeadLetter)>;
-    let out: StreamVec<'scope, u64, Item> =
-        source::<_, CapacityContainerBuilder<Vec<Item>>, _, _>(scope, name, move |cap, info| {
-            reader.set_activator(scope.worker().sync_activator_for(info.address.to_vec()));
-            let _ = stop.activator.set(scope.activator_for(info.address.clone()));
-            let activator = scope.activator_for(info.address);
-            let partitions = reader.partitions();
-            let mut marks = Watermarks::new(cfg.window_ms, cfg.lateness_ms, &partitions);
-            let mut tracks: Vec<OffsetTrack> = partitions.iter().map(|&p| OffsetTrack::new(p)).collect();
-            for point in reader.resume_points() {
-                let Some(t) = tracks.iter_mut().find(|t| t.partition == point.partition) else {
-                    continue;
-                };
-                marks.restore(point.partition, point.max_ts);
-                t.next = Some(point.offset);
-                t.committed = Some((point.offset, point.frontier));
-                let mut g = shared.borrow_mut();
-                g.resume_frontier = Some(g.resume_frontier.map_or(point.frontier, |f| f.min(point.frontier)));
-                t.resume = Some(point);
+    // One operator, two outputs: events and invalid records leave it apart (no `ok_err` step
+    // that would move every record once more).
+    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let info = builder.operator_info();
+    let (events_out, events) = builder.new_output::<Vec<Sourced>>();
+    let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
+    let mut events_out: OutputBuilder<u64, CapacityContainerBuilder<Vec<Sourced>>> = OutputBuilder::from(events_out);
+    let mut dead_out: OutputBuilder<u64, CapacityContainerBuilder<Vec<DeadLetter>>> = OutputBuilder::from(dead_out);
+    builder.build(move |caps| {
+        // One capability per output, always moved together.
+        let caps: Option<Caps> = caps.try_into().ok();
+        reader.set_activator(scope.worker().sync_activator_for(info.address.to_vec()));
+        let _ = stop.activator.set(scope.activator_for(info.address.clone()));
+        let activator = scope.activator_for(info.address);
+        let partitions = reader.partitions();
+        let mut marks = Watermarks::new(cfg.window_ms, cfg.lateness_ms, &partitions);
+        let mut tracks: Vec<OffsetTrack> = partitions.iter().map(|&p| OffsetTrack::new(p)).collect();
+        for point in reader.resume_points() {
+            let Some(t) = tracks.iter_mut().find(|t| t.partition == point.partition) else {
+                continue;
+            };
+            marks.restore(point.partition, point.max_ts);
+            t.next = Some(point.offset);
+            t.committed = Some((point.offset, point.frontier));
+            let mut g = shared.borrow_mut();
+            g.resume_frontier = Some(g.resume_frontier.map_or(point.frontier, |f| f.min(point.frontier)));
+            t.resume = Some(point);
+        }
+        let mut cap = if partitions.is_empty() { None } else { caps };
+        let mut raw = Vec::with_capacity(cfg.batch);
+        // The records read in one activation, by window (events and invalid records apart),
+        // each window's in the order read (no sort: a record is a few hundred bytes to
+        // move). The buffers are kept for the next activations, so they grow once.
+        let mut by_window: Vec<(u64, Vec<Sourced>, Vec<DeadLetter>)> = Vec::new();
+        let mut spare: Vec<(Vec<Sourced>, Vec<DeadLetter>)> = Vec::new();
+        let mut last_commit: Option<(Instant, u64)> = None;
+        // Frontier of the last commit issued (or resumed from), and its cuts (issued again
+        // while not acknowledged: the sinks may wait for it).
+        let mut issued: Option<u64> = shared.borrow().resume_frontier;
+        let mut last_cuts: Vec<Cut> = Vec::new();
+        // Set when the input failed and the source holds its capability (`hold_on_error`).
+        let mut failed = false;
+        move |_frontiers| {
+            if failed {
+                return;
             }
-            let mut cap = if partitions.is_empty() { None } else { Some(cap) };
-            let mut raw = Vec::with_capacity(cfg.batch);
-            // The records read in one activation, by window, each window's in the order read
-            // (no sort: a record is a few hundred bytes to move). The buffers are kept for
-            // the next activations, so they grow once.
-            let mut by_window: Vec<(u64, Vec<Item>)> = Vec::new();
-            let mut spare: Vec<Vec<Item>> = Vec::new();
-            let mut last_commit: Option<(Instant, u64)> = None;
-            // Frontier of the last commit issued (or resumed from), and its cuts (issued again
-            // while not acknowledged: the sinks may wait for it).
-            let mut issued: Option<u64> = shared.borrow().resume_frontier;
-            let mut last_cuts: Vec<Cut> = Vec::new();
-            // Set when the input failed and the source holds its capability (`hold_on_error`).
-            let mut failed = false;
-            move |output| {
-                if failed {
-                    return;
-                }
-                let Some(c) = cap.as_mut() else {
-                    track.borrow_mut().update(None, false);
-                    return;
-                };
-                let floor = *c.time();
-                if let Some(probe) = &durable {
-                    let acked = reader.acknowledged(issued);
-                    shared.borrow_mut().acknowledged = acked;
-                    track.borrow_mut().update(acked, true);
-                    let frontier = probe.with_frontier(|f| f.first().copied());
-                    let interval = Duration::from_millis(cfg.commit_interval_ms);
-                    let due = last_commit.is_none_or(|(at, last)| {
-                        at.elapsed() >= interval
-                            || (cfg.commit_every_windows > 0
-                                && frontier.is_some_and(|f| f >= last.saturating_add(cfg.commit_every_windows)))
-                    });
-                    let mut cuts: Vec<Cut> = Vec::new();
-                    let mut retry = false;
-                    if let (true, Some(f)) = (due, frontier) {
-                        if last_commit.is_none_or(|(_, last)| f > last) {
-                            cuts = tracks
-                                .iter_mut()
-                                .filter_map(|t| t.cut(f, marks.max_ts(t.partition)))
-                                .collect();
-                            last_commit = Some((Instant::now(), f));
-                        } else if acked < issued
-                            && !last_cuts.is_empty()
-                            && last_commit.is_some_and(|(at, _)| at.elapsed() >= interval)
-                        {
-                            // Not acknowledged within an interval (it failed, or the broker
-                            // is away): issue it again, nothing else would.
-                            cuts = last_cuts.clone();
-                            retry = true;
-                            last_commit = last_commit.map(|(_, last)| (Instant::now(), last));
-                        }
-                    }
-                    if !cuts.is_empty() {
-                        if let Err(e) = reader.commit(&cuts) {
-                            fail_source(e, cfg.hold_on_error, &mut failed, &mut cap, &track, &shared);
-                            return;
-                        }
-                        for cut in &cuts {
-                            if let Some(t) = tracks.iter_mut().find(|t| t.partition == cut.partition) {
-                                t.committed = Some((cut.offset, cut.frontier));
-                            }
-                        }
-                        issued = cuts.iter().map(|c| c.frontier).max().max(issued);
-                        let mut g = shared.borrow_mut();
-                        if retry {
-                            g.commit_retries += 1;
-                        } else {
-                            g.commits += 1;
-                        }
-                        g.committed = cuts.clone();
-                        last_cuts = cuts;
-                    }
-                } else {
-                    track.borrow_mut().update(None, false);
-                }
-                if stop.stopped() {
-                    // Read nothing more, but look again soon: the commits above follow the
-                    // sinks as they catch up with what was read.
-                    activator.activate_after(STOPPED_RECHECK);
-                    return;
-                }
-                if let Some(probe) = &throttle {
-                    if probe.less_than(&floor.saturating_sub(cfg.max_windows_ahead)) {
-                        shared.borrow_mut().throttled += 1;
-                        activator.activate_after(Duration::from_millis(1));
-                        return;
+            let Some(c) = cap.as_mut() else {
+                track.borrow_mut().update(None, false);
+                return;
+            };
+            let floor = *c[0].time();
+            if let Some(probe) = &durable {
+                let acked = reader.acknowledged(issued);
+                shared.borrow_mut().acknowledged = acked;
+                track.borrow_mut().update(acked, true);
+                let frontier = probe.with_frontier(|f| f.first().copied());
+                let interval = Duration::from_millis(cfg.commit_interval_ms);
+                let due = last_commit.is_none_or(|(at, last)| {
+                    at.elapsed() >= interval
+                        || (cfg.commit_every_windows > 0
+                            && frontier.is_some_and(|f| f >= last.saturating_add(cfg.commit_every_windows)))
+                });
+                let mut cuts: Vec<Cut> = Vec::new();
+                let mut retry = false;
+                if let (true, Some(f)) = (due, frontier) {
+                    if last_commit.is_none_or(|(_, last)| f > last) {
+                        cuts = tracks
+                            .iter_mut()
+                            .filter_map(|t| t.cut(f, marks.max_ts(t.partition)))
+                            .collect();
+                        last_commit = Some((Instant::now(), f));
+                    } else if acked < issued
+                        && !last_cuts.is_empty()
+                        && last_commit.is_some_and(|(at, _)| at.elapsed() >= interval)
+                    {
+                        // Not acknowledged within an interval (it failed, or the broker
+                        // is away): issue it again, nothing else would.
+                        cuts = last_cuts.clone();
+                        retry = true;
+                        last_commit = last_commit.map(|(_, last)| (Instant::now(), last));
                     }
                 }
-                let sinks = throttle
-                    .as_ref()
-                    .and_then(|probe| probe.with_frontier(|f| f.first().copied()));
-                marks.set_alignment(sinks.map(|f| (f, cfg.max_windows_ahead)));
-                raw.clear();
-                let status = match reader.read(&mut marks, cfg.batch, &mut raw) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // A broken input stops this source; the job reports the error.
+                if !cuts.is_empty() {
+                    if let Err(e) = reader.commit(&cuts) {
                         fail_source(e, cfg.hold_on_error, &mut failed, &mut cap, &track, &shared);
                         return;
                     }
-                };
-                let mut g = shared.borrow_mut();
-                for rec in raw.drain(..) {
-                    let (p, offset) = (rec.partition, rec.offset);
-                    let i = match tracks.iter().position(|t| t.partition == p) {
-                        Some(i) => i,
-                        None => {
-                            tracks.push(OffsetTrack::new(p));
-                            tracks.len() - 1
-                        }
-                    };
-                    let before = marks.max_ts(p);
-                    let (w, item) = match parse_record(rec) {
-                        Ok(s) => {
-                            let w = marks.observe(p, s.event.timestamp, floor);
-                            (w, Ok((w, s)))
-                        }
-                        // Invalid input does not move the watermark; it goes out at the
-                        // partition's own window, which a restarted source derives the same.
-                        Err(d) => {
-                            let w = marks.low_of(p).max(floor);
-                            (w, Err((w, d)))
-                        }
-                    };
-                    let t = &mut tracks[i];
-                    t.next = Some(offset + 1);
-                    if t.reflected(w) {
-                        g.skipped_on_resume += 1;
-                        continue;
-                    }
-                    g.events_read += 1;
-                    g.invalid += u64::from(item.is_err());
-                    t.emitted(offset, w, before);
-                    // Usually the window of the record before; a batch spans few windows.
-                    let at = match by_window.iter().rposition(|(x, _)| *x == w) {
-                        Some(at) => at,
-                        None => {
-                            by_window.push((w, spare.pop().unwrap_or_default()));
-                            by_window.len() - 1
-                        }
-                    };
-                    by_window[at].1.push(item);
-                }
-                by_window.sort_unstable_by_key(|(w, _)| *w);
-                for (w, mut items) in by_window.drain(..) {
-                    output.session(&c.delayed(&w)).give_iterator(items.drain(..));
-                    spare.push(items);
-                }
-                g.positions = marks
-                    .clocks()
-                    .iter()
-                    .map(|(p, c)| {
-                        (
-                            *p,
-                            tracks
-                                .iter()
-                                .find(|t| t.partition == *p)
-                                .and_then(|t| t.next)
-                                .unwrap_or(0),
-                            c.low,
-                        )
-                    })
-                    .collect();
-                let ended = matches!(status, ReadStatus::Done) || marks.clocks().iter().all(|(_, c)| c.ended);
-                if ended {
-                    let low = marks.clocks().iter().map(|(_, c)| c.low).min().unwrap_or(0);
-                    g.end_cuts = tracks
-                        .iter()
-                        .filter_map(|t| t.end_cut(marks.max_ts(t.partition), low))
-                        .collect();
-                    stop_source(&mut cap, &track);
-                } else {
-                    if let Some(low) = marks.hold() {
-                        if low > floor {
-                            c.downgrade(&low);
+                    for cut in &cuts {
+                        if let Some(t) = tracks.iter_mut().find(|t| t.partition == cut.partition) {
+                            t.committed = Some((cut.offset, cut.frontier));
                         }
                     }
-                    match status {
-                        ReadStatus::Idle(d) => activator.activate_after(d),
-                        _ => activator.activate(),
+                    issued = cuts.iter().map(|c| c.frontier).max().max(issued);
+                    let mut g = shared.borrow_mut();
+                    if retry {
+                        g.commit_retries += 1;
+                    } else {
+                        g.commits += 1;
                     }
+                    g.committed = cuts.clone();
+                    last_cuts = cuts;
                 }
-                g.window = cap.as_ref().map(|c| *c.time());
+            } else {
+                track.borrow_mut().update(None, false);
             }
-        });
-    let (events, dead_letters) = out.ok_err(|item: Item| match item {
-        Ok((_, s)) => Ok(s),
-        Err((_, d)) => Err(d),
+            if stop.stopped() {
+                // Read nothing more, but look again soon: the commits above follow the
+                // sinks as they catch up with what was read.
+                activator.activate_after(STOPPED_RECHECK);
+                return;
+            }
+            if let Some(probe) = &throttle {
+                if probe.less_than(&floor.saturating_sub(cfg.max_windows_ahead)) {
+                    shared.borrow_mut().throttled += 1;
+                    activator.activate_after(Duration::from_millis(1));
+                    return;
+                }
+            }
+            let sinks = throttle
+                .as_ref()
+                .and_then(|probe| probe.with_frontier(|f| f.first().copied()));
+            marks.set_alignment(sinks.map(|f| (f, cfg.max_windows_ahead)));
+            raw.clear();
+            let status = match reader.read(&mut marks, cfg.batch, &mut raw) {
+                Ok(s) => s,
+                Err(e) => {
+                    // A broken input stops this source; the job reports the error.
+                    fail_source(e, cfg.hold_on_error, &mut failed, &mut cap, &track, &shared);
+                    return;
+                }
+            };
+            let mut g = shared.borrow_mut();
+            for rec in raw.drain(..) {
+                let (p, offset) = (rec.partition, rec.offset);
+                let i = match tracks.iter().position(|t| t.partition == p) {
+                    Some(i) => i,
+                    None => {
+                        tracks.push(OffsetTrack::new(p));
+                        tracks.len() - 1
+                    }
+                };
+                let before = marks.max_ts(p);
+                let (w, item) = match parse_record(rec) {
+                    Ok(s) => (marks.observe(p, s.event.timestamp, floor), Ok(s)),
+                    // Invalid input does not move the watermark; it goes out at the
+                    // partition's own window, which a restarted source derives the same.
+                    Err(d) => (marks.low_of(p).max(floor), Err(d)),
+                };
+                let t = &mut tracks[i];
+                t.next = Some(offset + 1);
+                if t.reflected(w) {
+                    g.skipped_on_resume += 1;
+                    continue;
+                }
+                g.events_read += 1;
+                g.invalid += u64::from(item.is_err());
+                t.emitted(offset, w, before);
+                // Usually the window of the record before; a batch spans few windows.
+                let at = match by_window.iter().rposition(|(x, _, _)| *x == w) {
+                    Some(at) => at,
+                    None => {
+                        let (ev, dl) = spare.pop().unwrap_or_default();
+                        by_window.push((w, ev, dl));
+                        by_window.len() - 1
+                    }
+                };
+                match item {
+                    Ok(s) => by_window[at].1.push(s),
+                    Err(d) => by_window[at].2.push(d),
+                }
+            }
+            by_window.sort_unstable_by_key(|(w, _, _)| *w);
+            let (mut ev, mut dl) = (events_out.activate(), dead_out.activate());
+            for (w, mut events, mut dead) in by_window.drain(..) {
+                if !events.is_empty() {
+                    ev.session(&c[0].delayed(&w)).give_iterator(events.drain(..));
+                }
+                if !dead.is_empty() {
+                    dl.session(&c[1].delayed(&w)).give_iterator(dead.drain(..));
+                }
+                spare.push((events, dead));
+            }
+            g.positions = marks
+                .clocks()
+                .iter()
+                .map(|(p, c)| {
+                    (
+                        *p,
+                        tracks
+                            .iter()
+                            .find(|t| t.partition == *p)
+                            .and_then(|t| t.next)
+                            .unwrap_or(0),
+                        c.low,
+                    )
+                })
+                .collect();
+            let ended = matches!(status, ReadStatus::Done) || marks.clocks().iter().all(|(_, c)| c.ended);
+            if ended {
+                let low = marks.clocks().iter().map(|(_, c)| c.low).min().unwrap_or(0);
+                g.end_cuts = tracks
+                    .iter()
+                    .filter_map(|t| t.end_cut(marks.max_ts(t.partition), low))
+                    .collect();
+                stop_source(&mut cap, &track);
+            } else {
+                if let Some(low) = marks.hold() {
+                    if low > floor {
+                        c[0].downgrade(&low);
+                        c[1].downgrade(&low);
+                    }
+                }
+                match status {
+                    ReadStatus::Idle(d) => activator.activate_after(d),
+                    _ => activator.activate(),
+                }
+            }
+            g.window = cap.as_ref().map(|c| *c[0].time());
+        }
     });
     SourceStreams {
         events,
