@@ -443,21 +443,19 @@ fn stop_source(cap: &mut Option<Caps>, track: &RefCell<CommitTrack>) {
     track.borrow_mut().update(None, false);
 }
 
-/// Records a failure of the source's input (reading or committing) and stops the source: it
-/// releases its capability, or with `hold` keeps it (and its commit tracker's) and does
-/// nothing more, so the windows it holds never complete.
+/// Records a failure of the source's input (reading or committing) in `gauges.error` and
+/// stops the source: it releases its capability, or with `hold` keeps it (and its commit
+/// tracker's) and does nothing more (the recorded error says so), so the windows it holds
+/// never complete.
 fn fail_source(
     e: String,
     hold: bool,
-    failed: &mut bool,
     cap: &mut Option<Caps>,
     track: &RefCell<CommitTrack>,
     gauges: &RefCell<SourceGauges>,
 ) {
     gauges.borrow_mut().error = Some(e);
-    if hold {
-        *failed = true;
-    } else {
+    if !hold {
         stop_source(cap, track);
     }
 }
@@ -669,10 +667,9 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
         // while not acknowledged: the sinks may wait for it).
         let mut issued: Option<u64> = shared.borrow().resume_frontier;
         let mut last_cuts: Vec<Cut> = Vec::new();
-        // Set when the input failed and the source holds its capability (`hold_on_error`).
-        let mut failed = false;
         move |_frontiers| {
-            if failed {
+            // A failed input whose windows are held (`hold_on_error`): nothing more to do.
+            if shared.borrow().error.is_some() {
                 return;
             }
             let Some(c) = cap.as_mut() else {
@@ -713,7 +710,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                 }
                 if !cuts.is_empty() {
                     if let Err(e) = reader.commit(&cuts) {
-                        fail_source(e, cfg.hold_on_error, &mut failed, &mut cap, &track, &shared);
+                        fail_source(e, cfg.hold_on_error, &mut cap, &track, &shared);
                         return;
                     }
                     for cut in &cuts {
@@ -756,7 +753,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                 Ok(s) => s,
                 Err(e) => {
                     // A broken input stops this source; the job reports the error.
-                    fail_source(e, cfg.hold_on_error, &mut failed, &mut cap, &track, &shared);
+                    fail_source(e, cfg.hold_on_error, &mut cap, &track, &shared);
                     return;
                 }
             };
@@ -964,6 +961,18 @@ mod tests {
         commits: std::sync::Arc<std::sync::Mutex<Vec<Cut>>>,
     }
 
+    impl Lines {
+        /// `lines` read from line `next` on, resuming at `resume`, no commit yet.
+        fn new(lines: Vec<Vec<u8>>, next: usize, resume: Vec<Cut>) -> Lines {
+            Lines {
+                lines,
+                next,
+                resume,
+                commits: Arc::new(std::sync::Mutex::new(Vec::new())),
+            }
+        }
+    }
+
     /// [`Lines`] that stays open after its last line until `end` is set, and acknowledges
     /// commits only up to `ack_cap`.
     struct Held {
@@ -1006,12 +1015,7 @@ mod tests {
     /// `Held` over `sample()`: acknowledges commits up to `ack_cap`, live until `end`.
     fn held(ack_cap: &Arc<AtomicU64>, end: &Arc<AtomicBool>) -> Held {
         Held {
-            lines: Lines {
-                lines: sample(),
-                next: 0,
-                resume: Vec::new(),
-                commits: Arc::new(std::sync::Mutex::new(Vec::new())),
-            },
+            lines: Lines::new(sample(), 0, Vec::new()),
             ack_cap: Arc::clone(ack_cap),
             end: Arc::clone(end),
         }
@@ -1156,12 +1160,7 @@ mod tests {
     fn frontier_after_failure(hold: bool) -> (Option<u64>, SourceGauges) {
         use timely::dataflow::operators::Probe;
         let reader = Failing {
-            lines: Lines {
-                lines: sample(),
-                next: 0,
-                resume: Vec::new(),
-                commits: Arc::new(std::sync::Mutex::new(Vec::new())),
-            },
+            lines: Lines::new(sample(), 0, Vec::new()),
             fail_at: 200,
         };
         timely::execute_directly(move |worker| {
@@ -1331,12 +1330,7 @@ mod tests {
     #[test]
     fn commits_are_consistent_cuts_and_resuming_from_one_is_exact() {
         let lines = sample();
-        let fresh = |resume: Vec<Cut>, from: usize| Lines {
-            lines: lines.clone(),
-            next: from,
-            resume,
-            commits: std::sync::Arc::new(std::sync::Mutex::new(Vec::new())),
-        };
+        let fresh = |resume: Vec<Cut>, from: usize| Lines::new(lines.clone(), from, resume);
         let (full, gauges, commits) = run(fresh(Vec::new(), 0));
         assert_eq!(full.len(), lines.len());
         assert_eq!(gauges.events_read, lines.len() as u64);
