@@ -13,6 +13,7 @@ use std::cell::RefCell;
 
 use crate::event::{AttrValue, CompactString, Event, Experiment, END_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
 use crate::json;
+use crate::scratch::with_scratch;
 
 /// A JSON integer as `serde_json` reports it: non-negative as `u64`, negative as `i64`.
 #[derive(Clone, Copy)]
@@ -271,14 +272,7 @@ fn number_of(s: &Scalar<'_>) -> Option<serde_json::Number> {
 /// Parses a line whose length and encoding were checked, when it is in the common shape;
 /// `None` leaves it to the reference parser (see the module docs).
 pub(crate) fn parse_fast(text: &str) -> Option<Event> {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut bufs) => {
-            let (attrs, tags) = &mut *bufs;
-            parse_with(text, attrs, tags)
-        }
-        // Not reentrant, so never taken; fresh buffers would do as well.
-        Err(_) => parse_with(text, &mut Vec::new(), &mut Vec::new()),
-    })
+    with_scratch(&SCRATCH, |(attrs, tags)| parse_with(text, attrs, tags))
 }
 
 thread_local! {

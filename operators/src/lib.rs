@@ -12,6 +12,7 @@ pub mod event;
 mod fast_event;
 pub mod json;
 pub mod record;
+mod scratch;
 pub mod session;
 pub mod sink;
 pub mod source;

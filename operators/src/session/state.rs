@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{AttrValue, CompactString, Event};
 use crate::json;
+use crate::scratch::with_scratch;
 
 /// Session semantics parameters (see `shared/spec/sessions.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -432,14 +433,7 @@ impl Session {
 
     /// Accepts an event (the caller checked it is not a duplicate).
     pub fn accept(&mut self, e: &Event, cfg: &SessionConfig) {
-        SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut bufs) => {
-                let (body, tail) = &mut *bufs;
-                self.accept_with(e, cfg, body, tail);
-            }
-            // Not reentrant, so never taken; fresh buffers would do as well.
-            Err(_) => self.accept_with(e, cfg, &mut Vec::new(), &mut Vec::new()),
-        });
+        with_scratch(&SCRATCH, |(body, tail)| self.accept_with(e, cfg, body, tail));
     }
 
     /// [`Session::accept`] with scratch buffers for the event's body and attribute tail.
