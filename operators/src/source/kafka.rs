@@ -643,14 +643,19 @@ fn new_consumer(
     let mut consumer: SourceConsumer = client_cfg
         .create_with_context(context)
         .map_err(|e| format!("cannot create the Kafka consumer: {e}"))?;
+    consumer.set_nonempty_callback(waker(activator));
+    Ok(consumer)
+}
+
+/// A librdkafka queue's non-empty callback: wakes the source through `activator` (once set).
+fn waker(activator: &Arc<OnceLock<SyncActivator>>) -> impl Fn() + Send + Sync + 'static {
     let wake = Arc::clone(activator);
-    consumer.set_nonempty_callback(move || {
+    move || {
         if let Some(a) = wake.get() {
             // Fails only when the worker is gone; nothing left to wake then.
             let _ = a.activate();
         }
-    });
-    Ok(consumer)
+    }
 }
 
 fn cut_list(topic: &str, cuts: &[Cut]) -> Result<TopicPartitionList, String> {
@@ -866,13 +871,7 @@ impl KafkaReader {
             let mut queue = consumer
                 .split_partition_queue(&self.topic, part.id as i32)
                 .ok_or_else(|| format!("cannot open the queue of partition {}", part.id))?;
-            let wake = Arc::clone(&self.activator);
-            queue.set_nonempty_callback(move || {
-                if let Some(a) = wake.get() {
-                    // Fails only when the worker is gone; nothing left to wake then.
-                    let _ = a.activate();
-                }
-            });
+            queue.set_nonempty_callback(waker(&self.activator));
             part.queue = Some(queue);
         }
         Ok(())
