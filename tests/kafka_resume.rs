@@ -98,18 +98,8 @@ fn a_process_of_the_cluster_killed_stops_the_other_with_a_clear_error() {
         ..GenerateArgs::default()
     };
     produce_generated(&args, &topic);
-    let ports: Vec<u16> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect::<Vec<_>>()
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect();
     let hostfile = dir.path().join("hosts");
-    std::fs::write(
-        &hostfile,
-        ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>(),
-    )
-    .unwrap();
+    write_hostfile(&hostfile, 2);
     let group = unique("lost-peer-g");
     let log_path = |id: usize| dir.path().join(format!("live{id}.log"));
     let read_log = |id: usize| std::fs::read_to_string(log_path(id)).unwrap();
@@ -120,18 +110,8 @@ fn a_process_of_the_cluster_killed_stops_the_other_with_a_clear_error() {
             if let Some(at) = live.iter().position(|a| a == "--progress") {
                 live[at + 1] = "100ms".into();
             }
-            live.extend([
-                "--processes".to_string(),
-                "2".into(),
-                "--process-id".into(),
-                id.to_string(),
-                "--hostfile".into(),
-                hostfile.display().to_string(),
-            ]);
-            let log = std::fs::File::create(log_path(id)).unwrap();
-            KillOnDrop(Some(
-                sessionflow(&live).stdout(Stdio::null()).stderr(log).spawn().unwrap(),
-            ))
+            live.extend(cluster_flags(2, id, &hostfile));
+            spawn_logged(&live, &log_path(id))
         })
         .collect();
     let started = Instant::now();
@@ -177,6 +157,38 @@ fn a_process_of_the_cluster_killed_stops_the_other_with_a_clear_error() {
     eprintln!("process 0 exited {:?} after process 1 was killed", killed.elapsed());
 }
 
+/// Writes a hostfile of `processes` free local ports.
+fn write_hostfile(path: &std::path::Path, processes: usize) {
+    let ports: Vec<u16> = (0..processes)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect();
+    let hosts: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
+    std::fs::write(path, hosts).unwrap();
+}
+
+/// The flags of process `id` of a `processes`-process cluster on `hostfile`.
+fn cluster_flags(processes: usize, id: usize, hostfile: &std::path::Path) -> [String; 6] {
+    [
+        "--processes".to_string(),
+        processes.to_string(),
+        "--process-id".into(),
+        id.to_string(),
+        "--hostfile".into(),
+        hostfile.display().to_string(),
+    ]
+}
+
+/// Starts `sessionflow ARGS` with its stderr in the file `log` (killed when dropped).
+fn spawn_logged(args: &[String], log: &std::path::Path) -> KillOnDrop {
+    let log = std::fs::File::create(log).unwrap();
+    KillOnDrop(Some(
+        sessionflow(args).stdout(Stdio::null()).stderr(log).spawn().unwrap(),
+    ))
+}
+
 /// How the first run ends.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Stop {
@@ -213,14 +225,7 @@ fn killed_live_run_resumes(workers: usize, seed: u64, stop: Stop) {
     let processes = if stop == Stop::TermOneOfTwoProcesses { 2 } else { 1 };
     let hostfile = dir.path().join("hosts");
     if processes > 1 {
-        let ports: Vec<u16> = (0..processes)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect::<Vec<_>>()
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
-        let hosts: String = ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect();
-        std::fs::write(&hostfile, hosts).unwrap();
+        write_hostfile(&hostfile, processes);
     }
     let log_path = |id: usize| dir.path().join(format!("live{id}.log"));
     let read_log = |id: usize| std::fs::read_to_string(log_path(id)).unwrap();
@@ -245,19 +250,9 @@ fn killed_live_run_resumes(workers: usize, seed: u64, stop: Stop) {
                 live.extend(["-X", "producer:linger.ms=1000"].map(String::from));
             }
             if processes > 1 {
-                live.extend([
-                    "--processes".to_string(),
-                    processes.to_string(),
-                    "--process-id".into(),
-                    id.to_string(),
-                    "--hostfile".into(),
-                    hostfile.display().to_string(),
-                ]);
+                live.extend(cluster_flags(processes, id, &hostfile));
             }
-            let log = std::fs::File::create(log_path(id)).unwrap();
-            KillOnDrop(Some(
-                sessionflow(&live).stdout(Stdio::null()).stderr(log).spawn().unwrap(),
-            ))
+            spawn_logged(&live, &log_path(id))
         })
         .collect();
     let started = Instant::now();

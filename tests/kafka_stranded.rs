@@ -324,15 +324,7 @@ fn partitions_added_while_running_stop_the_source_with_a_clear_error() {
         Duration::from_secs(3),
         |_, _| false,
     );
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    let grow = [NewPartitions::new(&cfg.topic, 3)];
-    for r in block_on(admin.create_partitions(&grow, &opts)).unwrap() {
-        r.unwrap();
-    }
+    grow_topic(&cfg.topic, 3);
     let started = Instant::now();
     let error = loop {
         assert!(
@@ -351,6 +343,18 @@ fn partitions_added_while_running_stop_the_source_with_a_clear_error() {
     );
     assert!(error.contains("a restart reads the new ones"), "{error}");
     eprintln!("stopped {:?} after the growth: {error}", started.elapsed());
+}
+
+/// Grows `topic` to `partitions` partitions.
+fn grow_topic(topic: &str, partitions: usize) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in block_on(admin.create_partitions(&[NewPartitions::new(topic, partitions)], &opts)).unwrap() {
+        r.unwrap();
+    }
 }
 
 /// The window of each snapshot in the messages `msgs` of a snapshot topic.
@@ -422,23 +426,16 @@ fn a_live_run_on_a_growing_topic_stops_without_writing_the_windows_it_held() {
             "no snapshot written in 60 s"
         );
         std::thread::sleep(Duration::from_millis(200));
-        if partition_count(&snapshots) == 0 {
+        let parts = partition_count(&snapshots) as u32;
+        if parts == 0 {
             continue;
         }
-        let parts = partition_count(&snapshots) as u32;
         let n: i64 = end_offsets(&snapshots, parts).iter().sum();
         if n > 0 {
             break n;
         }
     };
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for r in block_on(admin.create_partitions(&[NewPartitions::new(&topic, 3)], &opts)).unwrap() {
-        r.unwrap();
-    }
+    grow_topic(&topic, 3);
     let out = wait_timeout(child, Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
