@@ -96,6 +96,22 @@ pub struct SessionStore {
     expire_index: BTreeMap<u64, Vec<ClosedRef>>,
     counters: SessionCounters,
     open: usize,
+    /// [`SessionStore::process`]'s working buffers (the window's event order and its key
+    /// groups), kept from window to window: a busy window's are megabytes, which allocated
+    /// afresh each window would be fresh pages to fault in (and copies as they grow).
+    order: Vec<(u64, i64, u32, u32)>,
+    groups: Vec<(i64, u64, usize, usize)>,
+}
+
+/// A working buffer emptied for the next window, and shrunk when this window used under a
+/// quarter of it: one burst does not pin its peak for the rest of the run.
+fn keep<T>(mut buf: Vec<T>) -> Vec<T> {
+    let used = buf.len();
+    buf.clear();
+    if buf.capacity() > 4 * used.max(1024) {
+        buf.shrink_to(2 * used);
+    }
+    buf
 }
 
 impl SessionStore {
@@ -112,6 +128,8 @@ impl SessionStore {
             expire_index: BTreeMap::new(),
             counters: SessionCounters::default(),
             open: 0,
+            order: Vec::new(),
+            groups: Vec::new(),
         }
     }
 
@@ -195,16 +213,19 @@ impl SessionStore {
         let mut touched: Vec<SessionRef> = Vec::new();
         if let Some(mut batches) = self.pending.remove(&m) {
             // Sort a permutation, not the records (each is a few hundred bytes to move).
-            let mut order: Vec<(u64, i64, u32, u32)> = batches
-                .iter()
-                .enumerate()
-                .flat_map(|(b, batch)| {
+            let mut order = std::mem::take(&mut self.order);
+            let mut groups = std::mem::take(&mut self.groups);
+            order.clear();
+            groups.clear();
+            order.reserve(batches.iter().map(Vec::len).sum());
+            for (b, batch) in batches.iter().enumerate() {
+                order.extend(
                     batch
                         .iter()
                         .enumerate()
-                        .map(move |(i, r)| (route_hash(r), r.event.timestamp, b as u32, i as u32))
-                })
-                .collect();
+                        .map(|(i, r)| (route_hash(r), r.event.timestamp, b as u32, i as u32)),
+                );
+            }
             self.pending_count -= order.len();
             order.sort_unstable_by(|a, b| {
                 (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
@@ -221,7 +242,6 @@ impl SessionStore {
             // in order), taken in the order of their first event's time: sessions active
             // together were mostly opened together, so this walks memory much as the events'
             // time order would (`(time, hash)`: a total order, the same for any batching).
-            let mut groups: Vec<(i64, u64, usize, usize)> = Vec::new();
             for (at, &(hash, ts, _, _)) in order.iter().enumerate() {
                 match groups.last_mut() {
                     Some(g) if g.1 == hash => g.3 = at + 1,
@@ -229,7 +249,7 @@ impl SessionStore {
                 }
             }
             groups.sort_unstable_by_key(|&(ts, hash, _, _)| (ts, hash));
-            for (_, _, from, to) in groups {
+            for &(_, _, from, to) in &groups {
                 for &(_, _, b, i) in &order[from..to] {
                     let rec = &mut batches[b as usize][i as usize];
                     if rec.event.session_id.is_some() {
@@ -240,6 +260,8 @@ impl SessionStore {
                 }
                 self.emit_touched(m, &mut touched, out);
             }
+            self.order = keep(order);
+            self.groups = keep(groups);
         }
         // Sessions due to close at m (stale index entries are skipped).
         let closing = self.close_index.remove(&m).unwrap_or_default();
@@ -622,6 +644,20 @@ mod tests {
                 SessionOutput::DeadLetter(_) => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_kept_buffer_is_emptied_and_shrinks_after_a_burst() {
+        let mut burst: Vec<u64> = (0..100_000).collect();
+        burst.truncate(10);
+        let kept = keep(burst);
+        assert!(kept.is_empty());
+        assert!(kept.capacity() < 100_000, "capacity {}", kept.capacity());
+        let mut busy: Vec<u64> = Vec::with_capacity(100_000);
+        busy.extend(0..60_000);
+        let kept = keep(busy);
+        assert!(kept.is_empty());
+        assert_eq!(kept.capacity(), 100_000);
     }
 
     #[test]
