@@ -2318,6 +2318,49 @@ mod tests {
             prop_assert_eq!(parse_reference(&line), Ok(event));
         }
 
+        /// Producers write map keys in any order: the fast path sorts them (by position up to
+        /// 16 keys, else the pairs), rejects repeated keys, and agrees with the reference.
+        #[test]
+        fn maps_in_any_key_order_parse_alike(
+            event in common_event(),
+            extra in proptest::collection::btree_map("(_shared_8+)?[a-z]{1,3}", any::<u32>(), 0..20),
+            seed in any::<u64>(),
+            repeat in any::<bool>(),
+        ) {
+            let mut json = serde_json::to_value(event.input_json()).unwrap_or_default();
+            let mut pairs: Vec<(String, serde_json::Value)> = json
+                .as_object_mut()
+                .and_then(|o| o.remove("attributes"))
+                .and_then(|a| a.as_object().cloned())
+                .map(|m| m.into_iter().collect())
+                .unwrap_or_default();
+            pairs.extend(extra.into_iter().map(|(k, v)| (format!("x{k}"), v.into())));
+            // Fisher-Yates with a small LCG from the seed.
+            let mut r = seed | 1;
+            for i in (1..pairs.len()).rev() {
+                r = r.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                pairs.swap(i, (r >> 33) as usize % (i + 1));
+            }
+            if repeat && !pairs.is_empty() {
+                let again = pairs[(seed % pairs.len() as u64) as usize].clone();
+                pairs.insert((seed / 7 % (pairs.len() as u64 + 1)) as usize, again);
+            }
+            let attrs: Vec<String> = pairs
+                .iter()
+                .map(|(k, v)| format!("{}:{v}", serde_json::Value::from(k.as_str())))
+                .collect();
+            let head = json.to_string();
+            let line = format!("{},\"attributes\":{{{}}}}}", &head[..head.len() - 1], attrs.join(","));
+            let reference = parse_reference(&line);
+            if repeat && !pairs.is_empty() {
+                prop_assert!(matches!(reference, Err(Invalid::DuplicateKey(_))), "{:?}", reference);
+                prop_assert_eq!(crate::fast_event::parse_fast(&line), None, "{}", line);
+            } else {
+                prop_assert!(reference.is_ok(), "{:?}", reference);
+                prop_assert_eq!(crate::fast_event::parse_fast(&line).map(Ok), Some(reference), "{}", line);
+            }
+        }
+
         #[test]
         fn valid_events_round_trip(event in event()) {
             let line = serde_json::to_vec(&event.input_json()).unwrap_or_default();

@@ -185,13 +185,21 @@ impl<'a> Cursor<'a> {
             self.at += 1;
             return Some(Vec::new());
         }
+        // Keys in input order, as the line's text (see `sort_pairs`), and whether they are
+        // already in order.
+        let mut keys: [&'a str; SORT_KEYS] = [""; SORT_KEYS];
         let mut sorted = true;
+        let mut last: Option<&'a str> = None;
         loop {
             let key = self.string()?;
             self.eat(b':')?;
             let v = value(self.scalar()?)?;
-            if let Some((last, _)) = pairs.last() {
-                sorted &= last.as_str() < key;
+            if let Some(last) = last {
+                sorted &= last < key;
+            }
+            last = Some(key);
+            if let Some(slot) = keys.get_mut(pairs.len()) {
+                *slot = key;
             }
             pairs.push((key.into(), v));
             if !self.more(b'}')? {
@@ -199,10 +207,7 @@ impl<'a> Cursor<'a> {
             }
         }
         if !sorted {
-            pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            if pairs.windows(2).any(|w| w[0].0 == w[1].0) {
-                return None;
-            }
+            sort_pairs(pairs, &keys)?;
         }
         let mut exact = Vec::with_capacity(pairs.len());
         exact.append(pairs);
@@ -248,6 +253,77 @@ impl<'a> Cursor<'a> {
             }
         }
         Some(out)
+    }
+}
+
+/// Maps of up to this many keys are sorted by position (see [`sort_pairs`]).
+const SORT_KEYS: usize = 16;
+
+/// Sorts the pairs of an object whose keys came out of order by key; `None` (fall back) on a
+/// duplicate key. `keys` holds the first [`SORT_KEYS`] keys in input order, as the line's
+/// text.
+///
+/// Up to [`SORT_KEYS`] pairs, it sorts positions (a byte each) by the borrowed keys, then puts
+/// each pair in its place with at most one swap, instead of sorting the pairs themselves:
+/// those are 48-56 bytes to move and their keys `CompactString`s to decode at every
+/// comparison.
+fn sort_pairs<V>(pairs: &mut [(CompactString, V)], keys: &[&str; SORT_KEYS]) -> Option<()> {
+    let n = pairs.len();
+    if n > SORT_KEYS {
+        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        return (!pairs.windows(2).any(|w| w[0].0 == w[1].0)).then_some(());
+    }
+    // Each key's first 8 bytes as a big-endian number, zero-padded: they order like the keys
+    // unless equal (a key of the fast path has no zero byte), so the full keys are compared
+    // only then.
+    let mut prefix = [0u64; SORT_KEYS];
+    for (p, key) in prefix.iter_mut().zip(&keys[..n]) {
+        *p = key_prefix(key.as_bytes());
+    }
+    let cmp = |a: u8, b: u8| {
+        let (a, b) = (a as usize, b as usize);
+        prefix[a].cmp(&prefix[b]).then_with(|| keys[a].cmp(keys[b]))
+    };
+    let mut order: [u8; SORT_KEYS] = std::array::from_fn(|i| i as u8);
+    let order = &mut order[..n];
+    // Insertion sort: maps are small.
+    for i in 1..n {
+        let mut j = i;
+        while j > 0 && cmp(order[j - 1], order[j]).is_gt() {
+            order.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+    if order.windows(2).any(|w| cmp(w[0], w[1]).is_eq()) {
+        return None;
+    }
+    // Put the pairs in that order in place, one swap per pair out of place: `at[k]` is where
+    // pair `k` (by input position) is now, `who[p]` which pair is at `p`.
+    let mut at: [u8; SORT_KEYS] = std::array::from_fn(|i| i as u8);
+    let mut who = at;
+    for (t, &k) in order.iter().enumerate() {
+        let p = at[k as usize] as usize;
+        if p != t {
+            pairs.swap(t, p);
+            let moved = who[t];
+            at[moved as usize] = p as u8;
+            who[p] = moved;
+            at[k as usize] = t as u8;
+            who[t] = k;
+        }
+    }
+    Some(())
+}
+
+/// The first 8 bytes of `key` as a big-endian number, zero-padded.
+#[inline]
+fn key_prefix(key: &[u8]) -> u64 {
+    match key.first_chunk::<8>() {
+        Some(word) => u64::from_be_bytes(*word),
+        None => key
+            .iter()
+            .enumerate()
+            .fold(0, |p, (i, &b)| p | (u64::from(b) << (56 - 8 * i))),
     }
 }
 
