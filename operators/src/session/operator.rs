@@ -4,6 +4,8 @@
 //! is processed once the input frontier has passed it. The operator holds a single capability,
 //! at the smallest window that still has work (buffered events or sessions due to close), so
 //! windows without data still close sessions and nothing downstream waits longer than needed.
+//! A window with many outputs is processed in slices, one per activation, so the operators
+//! downstream take each slice before the next is built (see [`SessionStore::process_some`]).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -118,6 +120,11 @@ pub fn key_hash(session_id: Option<&str>, project_id: u64, visitor_id: &str) -> 
     h ^ (h >> 31)
 }
 
+/// Outputs (snapshots, dead letters) the operator emits per activation at most, about: a
+/// larger window is processed in slices of this size (see [`SessionStore::process_some`]), so
+/// the snapshots of one window are not all in flight at once (~2 KB each: ~16 MB a slice).
+const EMIT_SLICE: usize = 8192;
+
 impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Sourced> {
     fn sessionize(self, cfg: SessionConfig) -> Sessionized<'scope> {
         self.sessionize_from(SessionStore::new(cfg))
@@ -126,11 +133,13 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Sourced> {
     fn sessionize_from(self, store: SessionStore) -> Sessionized<'scope> {
         let gauges = Rc::new(RefCell::new(SessionGauges::default()));
         let shared = Rc::clone(&gauges);
+        let scope = self.scope();
         let outputs: StreamVec<'scope, u64, SessionOutput> = self
             .unary_frontier::<CapacityContainerBuilder<Vec<SessionOutput>>, _, _, _>(
                 Exchange::new(route_hash),
                 "Sessionize",
-                move |initial, _info| {
+                move |initial, info| {
+                    let activator = scope.activator_for(info.address);
                     let mut store = store;
                     // One capability, at the smallest window with work (restored sessions due to close
                     // count as work from the start).
@@ -151,8 +160,14 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Sourced> {
                             let Some(c) = cap.as_ref() else { break };
                             let at = c.delayed(&m);
                             let mut session = output.session(&at);
-                            store.process(m, &mut |o| session.give(o));
+                            let done = store.process_some(m, EMIT_SLICE, &mut |o| session.give(o));
                             worked = true;
+                            if !done {
+                                // The rest of the window after the operators downstream took
+                                // this slice (the capability stays at `m` meanwhile).
+                                activator.activate();
+                                break;
+                            }
                         }
                         match store.next_window() {
                             Some(next) => {
@@ -182,5 +197,87 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Sourced> {
             dead_letters,
             gauges,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use timely::dataflow::operators::capture::Event as CaptureEvent;
+    use timely::dataflow::operators::{Capture, ToStream};
+
+    use super::*;
+    use crate::event::Event;
+
+    fn ev(i: u64) -> Sourced {
+        Sourced {
+            partition: 0,
+            offset: i,
+            raw: String::new(),
+            event: Event {
+                event_id: format!("e{i}").into(),
+                session_id: Some(format!("s{i}").into()),
+                visitor_id: "v".into(),
+                project_id: 7,
+                timestamp: 1_700_000_000_000 + i as i64,
+                kind: "pageview".into(),
+                name: None,
+                revenue: None,
+                value: None,
+                attributes: None,
+                tags: None,
+                experiments: None,
+            },
+        }
+    }
+
+    /// A window with more outputs than `EMIT_SLICE` is emitted over several activations (the
+    /// operator wakes itself for the rest): every snapshot arrives, as one `process` gives
+    /// them, and the dataflow completes.
+    #[test]
+    fn a_window_larger_than_a_slice_is_emitted_whole() {
+        let n = 2 * EMIT_SLICE as u64 + 100;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let captured = timely::example(move |scope| {
+                (0..n)
+                    .map(ev)
+                    .to_stream(scope)
+                    .sessionize(SessionConfig::default())
+                    .snapshots
+                    .capture()
+            });
+            let batches: Vec<(u64, Vec<Snapshot>)> = captured
+                .try_iter()
+                .filter_map(|e| match e {
+                    CaptureEvent::Messages(t, v) => Some((*t.expect_singleton(), v)),
+                    CaptureEvent::Progress(_) => None,
+                })
+                .collect();
+            let _ = tx.send(batches);
+        });
+        let got = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the dataflow did not complete: the operator stopped mid-window");
+        let mut store = SessionStore::new(SessionConfig::default());
+        for i in 0..n {
+            store.insert(0, ev(i));
+        }
+        let mut want: Vec<(u64, Snapshot)> = Vec::new();
+        while let Some(m) = store.next_window() {
+            store.process(m, &mut |o| {
+                if let SessionOutput::Snapshot(s) = o {
+                    want.push((m, s));
+                }
+            });
+        }
+        let got: Vec<(u64, Snapshot)> = got
+            .into_iter()
+            .flat_map(|(t, v)| v.into_iter().map(move |s| (t, s)))
+            .collect();
+        assert_eq!(got.len(), 2 * n as usize, "an open and a closed snapshot per session");
+        assert_eq!(got, want);
     }
 }

@@ -101,6 +101,22 @@ pub struct SessionStore {
     /// afresh each window would be fresh pages to fault in (and copies as they grow).
     order: Vec<(u64, i64, u32, u32)>,
     groups: Vec<(i64, u64, usize, usize)>,
+    /// The window [`SessionStore::process_some`] is in the middle of, if any.
+    current: Option<InProgress>,
+}
+
+/// Where [`SessionStore::process_some`] stopped in its window.
+#[derive(Debug)]
+struct InProgress {
+    m: u64,
+    /// The window's events (`order` indexes them).
+    batches: Vec<Vec<Sourced>>,
+    /// The next key group of `groups` to apply.
+    next_group: usize,
+    /// The sessions due to close at `m`, once every group is applied.
+    closing: Option<Vec<SessionRef>>,
+    /// The next of `closing` to close.
+    next_close: usize,
 }
 
 /// A working buffer emptied for the next window, and shrunk when this window used under a
@@ -130,6 +146,7 @@ impl SessionStore {
             open: 0,
             order: Vec::new(),
             groups: Vec::new(),
+            current: None,
         }
     }
 
@@ -160,6 +177,9 @@ impl SessionStore {
 
     /// The smallest window with work (events to apply or sessions due to close).
     pub fn next_window(&self) -> Option<u64> {
+        if let Some(cur) = &self.current {
+            return Some(cur.m);
+        }
         let a = self.pending.keys().next().copied();
         let b = self.close_index.keys().next().copied();
         match (a, b) {
@@ -209,64 +229,118 @@ impl SessionStore {
     /// window, not once per event and again for its snapshot. Keys are independent, so the
     /// output is the same in any key order.
     pub fn process(&mut self, m: u64, out: &mut impl FnMut(SessionOutput)) {
-        self.expire(m);
+        while !self.process_some(m, usize::MAX, out) {}
+    }
+
+    /// [`SessionStore::process`] in slices: processes window `m` until about `budget` outputs
+    /// were emitted (it stops between two keys, or two closing sessions), and tells whether
+    /// the window is done. Until it is, call it again with the same `m` before any other
+    /// window, and insert nothing for `m`; [`SessionStore::next_window`] stays at `m`.
+    ///
+    /// Slices bound a window's output in flight: an operator that yields between them lets
+    /// the operators downstream take (and free) each slice before the next one is built, so a
+    /// window that changes millions of sessions does not hold all their snapshots at once.
+    /// The outputs, and their order, are those of one [`SessionStore::process`] call.
+    pub fn process_some(&mut self, m: u64, budget: usize, out: &mut impl FnMut(SessionOutput)) -> bool {
+        let mut cur = match self.current.take() {
+            Some(cur) if cur.m == m => cur,
+            _ => self.start_window(m),
+        };
+        let emitted = std::cell::Cell::new(0usize);
+        let mut out = |o: SessionOutput| {
+            emitted.set(emitted.get() + 1);
+            out(o)
+        };
+        let (order, groups) = (std::mem::take(&mut self.order), std::mem::take(&mut self.groups));
         let mut touched: Vec<SessionRef> = Vec::new();
-        if let Some(mut batches) = self.pending.remove(&m) {
-            // Sort a permutation, not the records (each is a few hundred bytes to move).
-            let mut order = std::mem::take(&mut self.order);
-            let mut groups = std::mem::take(&mut self.groups);
-            order.clear();
-            groups.clear();
-            order.reserve(batches.iter().map(Vec::len).sum());
-            for (b, batch) in batches.iter().enumerate() {
-                order.extend(
-                    batch
-                        .iter()
-                        .enumerate()
-                        .map(|(i, r)| (route_hash(r), r.event.timestamp, b as u32, i as u32)),
-                );
+        while let Some(&(_, _, from, to)) = groups.get(cur.next_group) {
+            if emitted.get() >= budget {
+                break;
             }
-            self.pending_count -= order.len();
-            order.sort_unstable_by(|a, b| {
-                (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
-                    let x = &batches[a.2 as usize][a.3 as usize];
-                    let y = &batches[b.2 as usize][b.3 as usize];
-                    (x.event.event_id.as_bytes(), x.partition, x.offset).cmp(&(
-                        y.event.event_id.as_bytes(),
-                        y.partition,
-                        y.offset,
-                    ))
-                })
-            });
-            // The keys' groups (keys whose hashes collide share one: each key's events stay
-            // in order), taken in the order of their first event's time: sessions active
-            // together were mostly opened together, so this walks memory much as the events'
-            // time order would (`(time, hash)`: a total order, the same for any batching).
-            for (at, &(hash, ts, _, _)) in order.iter().enumerate() {
-                match groups.last_mut() {
-                    Some(g) if g.1 == hash => g.3 = at + 1,
-                    _ => groups.push((ts, hash, at, at + 1)),
+            for &(_, _, b, i) in &order[from..to] {
+                let rec = &mut cur.batches[b as usize][i as usize];
+                if rec.event.session_id.is_some() {
+                    self.apply_keyed(m, rec, &mut touched, &mut out);
+                } else {
+                    self.apply_gap(m, rec, &mut touched, &mut out);
                 }
             }
-            groups.sort_unstable_by_key(|&(ts, hash, _, _)| (ts, hash));
-            for &(_, _, from, to) in &groups {
-                for &(_, _, b, i) in &order[from..to] {
-                    let rec = &mut batches[b as usize][i as usize];
-                    if rec.event.session_id.is_some() {
-                        self.apply_keyed(m, rec, &mut touched, out);
-                    } else {
-                        self.apply_gap(m, rec, &mut touched, out);
-                    }
-                }
-                self.emit_touched(m, &mut touched, out);
-            }
-            self.order = keep(order);
-            self.groups = keep(groups);
+            self.emit_touched(m, &mut touched, &mut out);
+            cur.next_group += 1;
         }
-        // Sessions due to close at m (stale index entries are skipped).
-        let closing = self.close_index.remove(&m).unwrap_or_default();
-        for r in &closing {
-            self.close(m, r, out);
+        if cur.next_group < groups.len() {
+            (self.order, self.groups) = (order, groups);
+            self.current = Some(cur);
+            return false;
+        }
+        (self.order, self.groups) = (keep(order), keep(groups));
+        cur.batches = Vec::new();
+        // Then the sessions due to close at m (stale index entries are skipped), taken once
+        // every key's events are applied.
+        let closing = cur
+            .closing
+            .get_or_insert_with(|| self.close_index.remove(&m).unwrap_or_default());
+        while let Some(r) = closing.get(cur.next_close) {
+            if emitted.get() >= budget {
+                break;
+            }
+            self.close(m, r, &mut out);
+            cur.next_close += 1;
+        }
+        if cur.next_close < closing.len() {
+            self.current = Some(cur);
+            return false;
+        }
+        true
+    }
+
+    /// Starts window `m`: expires the closed-set entries due, takes the window's events and
+    /// orders them (see [`SessionStore::process`]) into the kept buffers.
+    fn start_window(&mut self, m: u64) -> InProgress {
+        self.expire(m);
+        let batches = self.pending.remove(&m).unwrap_or_default();
+        let (order, groups) = (&mut self.order, &mut self.groups);
+        order.clear();
+        groups.clear();
+        order.reserve(batches.iter().map(Vec::len).sum());
+        for (b, batch) in batches.iter().enumerate() {
+            order.extend(
+                batch
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (route_hash(r), r.event.timestamp, b as u32, i as u32)),
+            );
+        }
+        self.pending_count -= order.len();
+        // Sort a permutation, not the records (each is a few hundred bytes to move).
+        order.sort_unstable_by(|a, b| {
+            (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| {
+                let x = &batches[a.2 as usize][a.3 as usize];
+                let y = &batches[b.2 as usize][b.3 as usize];
+                (x.event.event_id.as_bytes(), x.partition, x.offset).cmp(&(
+                    y.event.event_id.as_bytes(),
+                    y.partition,
+                    y.offset,
+                ))
+            })
+        });
+        // The keys' groups (keys whose hashes collide share one: each key's events stay in
+        // order), taken in the order of their first event's time: sessions active together
+        // were mostly opened together, so this walks memory much as the events' time order
+        // would (`(time, hash)`: a total order, the same for any batching).
+        for (at, &(hash, ts, _, _)) in order.iter().enumerate() {
+            match groups.last_mut() {
+                Some(g) if g.1 == hash => g.3 = at + 1,
+                _ => groups.push((ts, hash, at, at + 1)),
+            }
+        }
+        groups.sort_unstable_by_key(|&(ts, hash, _, _)| (ts, hash));
+        InProgress {
+            m,
+            batches,
+            next_group: 0,
+            closing: None,
+            next_close: 0,
         }
     }
 
@@ -644,6 +718,64 @@ mod tests {
                 SessionOutput::DeadLetter(_) => None,
             })
             .collect()
+    }
+
+    proptest::proptest! {
+        /// A window processed in slices of any size gives the outputs of one `process` call,
+        /// in the same order, and the same counters: keyed and gap-based sessions, duplicates,
+        /// events for closed keys (dead letters), closes in windows without events.
+        #[test]
+        fn slices_of_any_size_give_the_outputs_of_one_pass(
+            events in proptest::collection::vec((0u8..12, 0u8..4, 0i64..20 * W as i64, 0u8..40), 1..300),
+            budget in 1usize..6,
+        ) {
+            let (mut whole, mut sliced) = (SessionStore::new(cfg()), SessionStore::new(cfg()));
+            for (key, visitor, ts, id) in &events {
+                let session = (*key < 9).then(|| format!("s{key}"));
+                let r = rec(&format!("e{id}"), session.as_deref(), &format!("v{visitor}"), *ts);
+                whole.insert(*ts as u64 / W, r.clone());
+                sliced.insert(*ts as u64 / W, r);
+            }
+            let expected = run(&mut whole, u64::MAX);
+            let mut got = Vec::new();
+            while let Some(m) = sliced.next_window() {
+                loop {
+                    let before = got.len();
+                    let done = sliced.process_some(m, budget, &mut |o| got.push(o));
+                    if done {
+                        break;
+                    }
+                    // A slice ends only once it used its budget, and the window stays next.
+                    proptest::prop_assert!(got.len() - before >= budget);
+                    proptest::prop_assert_eq!(sliced.next_window(), Some(m));
+                }
+            }
+            proptest::prop_assert_eq!(&got, &expected);
+            proptest::prop_assert_eq!(sliced.counters(), whole.counters());
+            proptest::prop_assert_eq!(sliced.open_sessions(), 0);
+        }
+    }
+
+    #[test]
+    fn a_window_of_many_sessions_is_processed_in_slices_of_the_budget() {
+        let mut store = SessionStore::new(cfg());
+        for i in 0..100 {
+            store.insert(5, rec(&format!("e{i}"), Some(&format!("s{i}")), "v", 5 * W as i64 + i));
+        }
+        let mut sizes = Vec::new();
+        loop {
+            let mut n = 0;
+            let done = store.process_some(5, 10, &mut |_| n += 1);
+            sizes.push(n);
+            if done {
+                break;
+            }
+        }
+        // One snapshot per session and key group: ten slices of ten, then an empty close pass.
+        assert_eq!(sizes.iter().sum::<usize>(), 100);
+        assert!(sizes.len() >= 10, "{sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= 10), "{sizes:?}");
+        assert_eq!(store.next_window(), Some(5 + 3), "the sessions close 3 windows on");
     }
 
     #[test]
