@@ -1253,6 +1253,90 @@ mod tests {
     const T0: i64 = 1_700_000_000_000;
 
     /// 500 records 5 s apart: every 7th 150 s late, every 13th invalid.
+    /// Backpressure: while the sinks' frontier stays behind, the source reads at most
+    /// `max_windows_ahead` windows past it and then stops reading (`throttled`), however much
+    /// input is waiting; as the sinks move on it reads on, to the end.
+    #[test]
+    fn the_source_stops_reading_while_the_sinks_lag_and_reads_on_as_they_advance() {
+        use std::cell::Cell;
+        use timely::dataflow::channels::pact::Pipeline;
+        use timely::dataflow::operators::generic::Operator;
+        use timely::dataflow::operators::Probe;
+        timely::execute_directly(move |worker| {
+            let sinks = ProbeHandle::new();
+            // The sink acknowledges nothing at or past `release` (a stalled writer).
+            let release = Rc::new(Cell::new(0u64));
+            let hold = Rc::clone(&release);
+            let gauges = worker.dataflow::<u64, _, _>(|scope| {
+                let cfg = SourceConfig {
+                    batch: 16,
+                    max_windows_ahead: 2,
+                    ..SourceConfig::default()
+                };
+                let s = partitioned_source(
+                    scope,
+                    "Source",
+                    cfg,
+                    Lines::new(sample(), 0, Vec::new()),
+                    Some(sinks.clone()),
+                    None,
+                );
+                s.events
+                    .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Sink", move |cap, info| {
+                        let wake = scope.activator_for(info.address);
+                        let mut cap = Some(cap);
+                        move |(input, frontier), _| {
+                            input.for_each(|_, _| {});
+                            let upto = frontier.frontier().first().copied().unwrap_or(u64::MAX).min(hold.get());
+                            if upto == u64::MAX {
+                                cap = None;
+                            } else if let Some(c) = cap.as_mut() {
+                                if *c.time() < upto {
+                                    c.downgrade(&upto);
+                                }
+                            }
+                            wake.activate();
+                        }
+                    })
+                    .probe_with(&sinks);
+                s.gauges
+            });
+            let w0 = (T0 / 60_000) as u64;
+            let read = || gauges.borrow().events_read;
+            // Let the source run against the stalled sink until it has paused many times.
+            let settle = |worker: &mut timely::worker::Worker, what: &str| {
+                let paused = gauges.borrow().throttled;
+                step_until(worker, what, &|| gauges.borrow().throttled > paused + 50);
+            };
+            // 1. The sink at 0: the source takes its first batch (it holds no window yet),
+            //    then reads nothing more.
+            settle(worker, "the source paused behind a sink at 0");
+            let first = read();
+            settle(worker, "more pauses");
+            assert_eq!(read(), first, "it read on while the sink was far behind");
+            assert!(first <= 16, "read {first}");
+            // 2. The sink at w0 + 10: the source reads while its window is at most 2 past it;
+            //    its last batch (16 lines, 5 s apart) can carry it up to 2 windows further.
+            release.set(w0 + 10);
+            settle(worker, "the source paused behind a sink at w0 + 10");
+            let second = read();
+            settle(worker, "more pauses");
+            assert_eq!(read(), second, "it read on while the sink was 2 windows behind");
+            let window = gauges.borrow().window.unwrap();
+            assert!(
+                (w0 + 13..=w0 + 14).contains(&window),
+                "source window {window}, sink {}",
+                w0 + 10
+            );
+            // 12 lines a window: far from all 500, but past the first batch.
+            assert!(second > first && second < 250, "read {second}");
+            // 3. The sink writes again: everything is read and the dataflow completes.
+            release.set(u64::MAX);
+            step_until(worker, "the end", &|| sinks.done());
+            assert_eq!(read(), 500);
+        });
+    }
+
     fn sample() -> Vec<Vec<u8>> {
         (0..500i64)
             .map(|i| {
