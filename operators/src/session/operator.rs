@@ -1,4 +1,5 @@
-//! The `sessionize` operator: thin `unary_frontier` glue around [`SessionStore`].
+//! The `sessionize` operator: thin operator glue around [`SessionStore`] (one input, two
+//! outputs: snapshots and `session_closed` dead letters).
 //!
 //! Events are exchanged by a hash of their session key, buffered per window, and each window
 //! is processed once the input frontier has passed it. The operator holds a single capability,
@@ -12,8 +13,9 @@ use std::rc::Rc;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::{Capability, OkErr};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 use super::state::{SessionConfig, Snapshot};
@@ -134,63 +136,71 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Sourced> {
         let gauges = Rc::new(RefCell::new(SessionGauges::default()));
         let shared = Rc::clone(&gauges);
         let scope = self.scope();
-        let outputs: StreamVec<'scope, u64, SessionOutput> = self
-            .unary_frontier::<CapacityContainerBuilder<Vec<SessionOutput>>, _, _, _>(
-                Exchange::new(route_hash),
-                "Sessionize",
-                move |initial, info| {
-                    let activator = scope.activator_for(info.address);
-                    let mut store = store;
-                    // One capability, at the smallest window with work (restored sessions due to close
-                    // count as work from the start).
-                    let mut cap: Option<Capability<u64>> = store.next_window().map(|w| initial.delayed(&w));
-                    move |(input, frontier), output| {
-                        input.for_each(|time, data| {
-                            let Some(&t) = time.least() else { return };
-                            if cap.as_ref().is_none_or(|c| t < *c.time()) {
-                                cap = Some(time.delayed(&t, output.output_index()));
+        // One operator, two outputs: snapshots and `session_closed` dead letters leave it
+        // apart (no `ok_err` step that would move every snapshot once more).
+        let mut builder = OperatorBuilder::new("Sessionize".to_owned(), scope);
+        let info = builder.operator_info();
+        let mut input = builder.new_input(self, Exchange::new(route_hash));
+        let (snap_out, snapshots) = builder.new_output::<Vec<Snapshot>>();
+        let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
+        let mut snap_out: OutputBuilder<u64, CapacityContainerBuilder<Vec<Snapshot>>> = OutputBuilder::from(snap_out);
+        let mut dead_out: OutputBuilder<u64, CapacityContainerBuilder<Vec<DeadLetter>>> = OutputBuilder::from(dead_out);
+        builder.build(move |initial| {
+            let activator = scope.activator_for(info.address);
+            let mut store = store;
+            // One capability per output, always moved together, at the smallest window with
+            // work (restored sessions due to close count as work from the start).
+            let initial: Option<Caps> = initial.try_into().ok();
+            let mut caps: Option<Caps> = initial.and_then(|c| store.next_window().map(|w| c.map(|c| c.delayed(&w))));
+            move |frontiers| {
+                let frontier = &frontiers[0];
+                input.for_each(|time, data| {
+                    let Some(&t) = time.least() else { return };
+                    if caps.as_ref().is_none_or(|c| t < *c[0].time()) {
+                        caps = Some([time.delayed(&t, 0), time.delayed(&t, 1)]);
+                    }
+                    store.insert_batch(t, data);
+                });
+                let mut worked = false;
+                let (mut snaps, mut dead) = (snap_out.activate(), dead_out.activate());
+                while let Some(m) = store.next_window() {
+                    if frontier.less_equal(&m) {
+                        break;
+                    }
+                    let Some(c) = caps.as_ref() else { break };
+                    let (at_snap, at_dead) = (c[0].delayed(&m), c[1].delayed(&m));
+                    let mut snap = snaps.session(&at_snap);
+                    let mut letter = dead.session(&at_dead);
+                    let done = store.process_some(m, EMIT_SLICE, &mut |o| match o {
+                        SessionOutput::Snapshot(s) => snap.give(s),
+                        SessionOutput::DeadLetter(d) => letter.give(d),
+                    });
+                    worked = true;
+                    if !done {
+                        // The rest of the window after the operators downstream took this
+                        // slice (the capabilities stay at `m` meanwhile).
+                        activator.activate();
+                        break;
+                    }
+                }
+                match store.next_window() {
+                    Some(next) => {
+                        if let Some(c) = caps.as_mut() {
+                            if *c[0].time() < next {
+                                c[0].downgrade(&next);
+                                c[1].downgrade(&next);
                             }
-                            store.insert_batch(t, data);
-                        });
-                        let mut worked = false;
-                        while let Some(m) = store.next_window() {
-                            if frontier.less_equal(&m) {
-                                break;
-                            }
-                            let Some(c) = cap.as_ref() else { break };
-                            let at = c.delayed(&m);
-                            let mut session = output.session(&at);
-                            let done = store.process_some(m, EMIT_SLICE, &mut |o| session.give(o));
-                            worked = true;
-                            if !done {
-                                // The rest of the window after the operators downstream took
-                                // this slice (the capability stays at `m` meanwhile).
-                                activator.activate();
-                                break;
-                            }
-                        }
-                        match store.next_window() {
-                            Some(next) => {
-                                if let Some(c) = cap.as_mut() {
-                                    if *c.time() < next {
-                                        c.downgrade(&next);
-                                    }
-                                }
-                            }
-                            None => cap = None,
-                        }
-                        if worked || shared.borrow().pending_events != store.pending_events() as u64 {
-                            let mut g = shared.borrow_mut();
-                            g.counters = *store.counters();
-                            g.open_sessions = store.open_sessions() as u64;
-                            g.pending_events = store.pending_events() as u64;
                         }
                     }
-                },
-            );
-        let (snapshots, dead_letters) = outputs.ok_err(|o: SessionOutput| match o {
-            SessionOutput::Snapshot(s) => Ok(s),
-            SessionOutput::DeadLetter(d) => Err(d),
+                    None => caps = None,
+                }
+                if worked || shared.borrow().pending_events != store.pending_events() as u64 {
+                    let mut g = shared.borrow_mut();
+                    g.counters = *store.counters();
+                    g.open_sessions = store.open_sessions() as u64;
+                    g.pending_events = store.pending_events() as u64;
+                }
+            }
         });
         Sessionized {
             snapshots,
@@ -199,6 +209,9 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Sourced> {
         }
     }
 }
+
+/// The operator's capabilities: snapshots, dead letters.
+type Caps = [Capability<u64>; 2];
 
 #[cfg(test)]
 mod tests {
