@@ -8,6 +8,7 @@
 //!
 //! Every operator is an extension trait named after its method, e.g. `stream.sessionize(cfg)`.
 
+mod caps;
 pub mod event;
 mod fast_event;
 pub mod json;

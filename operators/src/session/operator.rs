@@ -2,9 +2,10 @@
 //! outputs: snapshots and `session_closed` dead letters).
 //!
 //! Events are exchanged by a hash of their session key, buffered per window, and each window
-//! is processed once the input frontier has passed it. The operator holds a single capability,
-//! at the smallest window that still has work (buffered events or sessions due to close), so
-//! windows without data still close sessions and nothing downstream waits longer than needed.
+//! is processed once the input frontier has passed it. The operator holds its capabilities
+//! (one per output, moved together) at the smallest window that still has work (buffered
+//! events or sessions due to close), so windows without data still close sessions and nothing
+//! downstream waits longer than needed.
 //! A window with many outputs is processed in slices, one per activation, so the operators
 //! downstream take each slice before the next is built (see [`SessionStore::process_some`]).
 
@@ -15,11 +16,11 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 use super::state::{SessionConfig, Snapshot};
 use super::store::{SessionCounters, SessionOutput, SessionStore};
+use crate::caps::{self, Caps};
 use crate::record::{DeadLetter, Sourced};
 
 /// Live figures of one worker's sessionize operator.
@@ -187,8 +188,7 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Sourced> {
                     Some(next) => {
                         if let Some(c) = caps.as_mut() {
                             if *c[0].time() < next {
-                                c[0].downgrade(&next);
-                                c[1].downgrade(&next);
+                                caps::downgrade(c, &next);
                             }
                         }
                     }
@@ -209,9 +209,6 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Sourced> {
         }
     }
 }
-
-/// The operator's capabilities: snapshots, dead letters.
-type Caps = [Capability<u64>; 2];
 
 #[cfg(test)]
 mod tests {

@@ -42,10 +42,10 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::operators::Capability;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 use timely::scheduling::SyncActivator;
 
+use crate::caps::{self, Caps};
 use crate::event::parse_event_owned;
 use crate::record::{DeadLetter, Sourced};
 
@@ -432,9 +432,6 @@ impl CommitTrack {
         }
     }
 }
-
-/// A partitioned source's capabilities: for its events and for its invalid records.
-type Caps = [Capability<u64>; 2];
 
 /// Stops a partitioned source: drops its capability (so the frontier can pass) and closes its
 /// commit tracker (so the sinks no longer wait for its acknowledgements).
@@ -834,8 +831,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
             } else {
                 if let Some(low) = marks.hold() {
                     if low > floor {
-                        c[0].downgrade(&low);
-                        c[1].downgrade(&low);
+                        caps::downgrade(c, &low);
                     }
                 }
                 match status {
