@@ -218,6 +218,33 @@ pub struct Event {
     pub experiments: Option<Vec<Experiment>>,
 }
 
+#[cfg(test)]
+impl Event {
+    /// A `pageview` with the required fields only (tests).
+    pub(crate) fn minimal(
+        event_id: &str,
+        session_id: Option<&str>,
+        visitor_id: &str,
+        project_id: u64,
+        timestamp: i64,
+    ) -> Event {
+        Event {
+            event_id: event_id.into(),
+            session_id: session_id.map(Into::into),
+            visitor_id: visitor_id.into(),
+            project_id,
+            timestamp,
+            kind: "pageview".into(),
+            name: None,
+            revenue: None,
+            value: None,
+            attributes: None,
+            tags: None,
+            experiments: None,
+        }
+    }
+}
+
 /// Why a line is not a valid event. `Display` gives the dead-letter reason, which always
 /// starts with `invalid`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

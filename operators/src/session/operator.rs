@@ -226,20 +226,13 @@ mod tests {
             partition: 0,
             offset: i,
             raw: String::new(),
-            event: Event {
-                event_id: format!("e{i}").into(),
-                session_id: Some(format!("s{i}").into()),
-                visitor_id: "v".into(),
-                project_id: 7,
-                timestamp: 1_700_000_000_000 + i as i64,
-                kind: "pageview".into(),
-                name: None,
-                revenue: None,
-                value: None,
-                attributes: None,
-                tags: None,
-                experiments: None,
-            },
+            event: Event::minimal(
+                &format!("e{i}"),
+                Some(&format!("s{i}")),
+                "v",
+                7,
+                1_700_000_000_000 + i as i64,
+            ),
         }
     }
 

@@ -1038,20 +1038,7 @@ mod tests {
     use serde_json::{json, Value};
 
     fn ev(id: &str, ts: i64) -> Event {
-        Event {
-            event_id: id.into(),
-            session_id: Some("s1".into()),
-            visitor_id: "v1".into(),
-            project_id: 7,
-            timestamp: ts,
-            kind: "pageview".into(),
-            name: None,
-            revenue: None,
-            value: None,
-            attributes: None,
-            tags: None,
-            experiments: None,
-        }
+        Event::minimal(id, Some("s1"), "v1", 7, ts)
     }
 
     fn attrs(kv: &[(&str, &str)]) -> Option<Vec<(CompactString, AttrValue)>> {

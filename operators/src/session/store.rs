@@ -677,18 +677,8 @@ mod tests {
             offset: ts as u64,
             raw: format!("raw-{id}"),
             event: Event {
-                event_id: id.into(),
-                session_id: session.map(Into::into),
-                visitor_id: visitor.into(),
-                project_id: 1,
-                timestamp: ts,
-                kind: "pageview".into(),
-                name: None,
                 revenue: Some(1),
-                value: None,
-                attributes: None,
-                tags: None,
-                experiments: None,
+                ..Event::minimal(id, session, visitor, 1, ts)
             },
         }
     }
