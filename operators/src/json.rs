@@ -6,6 +6,50 @@
 
 use crate::event::AttrValue;
 
+/// Where JSON is written: a byte buffer, or a `String`. Everything written is a `&str` or an
+/// ASCII byte, so a `String` is filled without ever checking its bytes as UTF-8 (a snapshot is
+/// built in the session's `String` arena and handed out as is).
+pub trait JsonOut {
+    /// Appends `s`.
+    fn put(&mut self, s: &str);
+    /// Appends the ASCII byte `b` (`b < 0x80`).
+    fn put_ascii(&mut self, b: u8);
+    /// Reserves room for `n` more bytes.
+    fn reserve_bytes(&mut self, n: usize);
+}
+
+impl JsonOut for Vec<u8> {
+    #[inline]
+    fn put(&mut self, s: &str) {
+        self.extend_from_slice(s.as_bytes());
+    }
+    #[inline]
+    fn put_ascii(&mut self, b: u8) {
+        debug_assert!(b.is_ascii());
+        self.push(b);
+    }
+    #[inline]
+    fn reserve_bytes(&mut self, n: usize) {
+        self.reserve(n);
+    }
+}
+
+impl JsonOut for String {
+    #[inline]
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+    #[inline]
+    fn put_ascii(&mut self, b: u8) {
+        debug_assert!(b.is_ascii());
+        self.push(char::from(b));
+    }
+    #[inline]
+    fn reserve_bytes(&mut self, n: usize) {
+        self.reserve(n);
+    }
+}
+
 /// The bytes of the little-endian word `w` that end a plain JSON string run: a control byte
 /// (`< 0x20`), `"` or `\\`, as the high bit of each such byte. The classic "has a zero byte"
 /// bit trick: a borrow can only flag a byte above a byte that really matches, so the mask is
@@ -44,98 +88,117 @@ pub(crate) fn first_special(bytes: &[u8]) -> Option<usize> {
 const SHORT: usize = 32;
 
 /// Appends `s` as a JSON string literal (with quotes).
-pub fn write_str(out: &mut Vec<u8>, s: &str) {
+#[inline]
+pub fn write_str<O: JsonOut + ?Sized>(out: &mut O, s: &str) {
+    out.put_ascii(b'"');
+    write_str_content(out, s);
+    out.put_ascii(b'"');
+}
+
+/// Appends the inside of `s`'s JSON string literal (escaped, without the quotes), for writers
+/// that put the quotes into the literal text around it (`{"id":"` .. `","ts":`).
+pub fn write_str_content<O: JsonOut + ?Sized>(out: &mut O, s: &str) {
     let bytes = s.as_bytes();
     if bytes.len() <= SHORT {
-        // Most strings (ids, names, attribute keys and values) are short: the literal is put
-        // together in a stack buffer padded with a byte that needs no escape, checked whole
-        // words at a time (no byte-by-byte tail), and appended with one copy.
-        let mut buf = [b'a'; SHORT + 16];
-        buf[8..8 + bytes.len()].copy_from_slice(bytes);
+        // Most strings (ids, names, attribute keys and values) are short: they are copied into
+        // a stack buffer padded with a byte that needs no escape and checked whole words at a
+        // time (no byte-by-byte tail).
+        let mut buf = [b'a'; SHORT + 8];
+        buf[..bytes.len()].copy_from_slice(bytes);
         let mut special = 0;
-        for w in buf[8..8 + bytes.len().div_ceil(8) * 8].chunks_exact(8) {
+        for w in buf[..bytes.len().div_ceil(8) * 8].chunks_exact(8) {
             let mut word = [0u8; 8];
             word.copy_from_slice(w);
             special |= special_bytes(u64::from_le_bytes(word));
         }
         if special == 0 {
-            buf[7] = b'"';
-            buf[8 + bytes.len()] = b'"';
-            out.extend_from_slice(&buf[7..9 + bytes.len()]);
+            out.put(s);
             return;
         }
     }
-    write_str_escaped(out, s);
+    write_escaped(out, s);
 }
 
-/// [`write_str`] of any string: checks it word by word, escapes what needs it.
-fn write_str_escaped(out: &mut Vec<u8>, s: &str) {
-    out.reserve(s.len() + 2);
-    out.push(b'"');
+/// [`write_str_content`] of any string: checks it word by word, escapes what needs it.
+fn write_escaped<O: JsonOut + ?Sized>(out: &mut O, s: &str) {
     let bytes = s.as_bytes();
     // Check 8 bytes at a time for a byte to escape: ids, names and most values then cost a
     // few word operations and one copy.
     let clean = first_special(bytes).unwrap_or(bytes.len());
     if clean == bytes.len() {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
+        out.put(s);
         return;
     }
+    out.reserve_bytes(s.len() + 8);
+    // Every byte escaped is ASCII, so `start` and `i` are character boundaries of `s`.
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate().skip(clean) {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
             0x00..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
+                out.put(&s[start..i]);
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[(b >> 4) as usize]);
-                out.push(HEX[(b & 0xf) as usize]);
+                out.put("\\u00");
+                out.put_ascii(HEX[(b >> 4) as usize]);
+                out.put_ascii(HEX[(b & 0xf) as usize]);
                 start = i + 1;
                 continue;
             }
             _ => continue,
         };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(esc);
+        out.put(&s[start..i]);
+        out.put(esc);
         start = i + 1;
     }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    out.put(&s[start..]);
 }
 
 /// Appends an integer.
-pub fn write_int<I: itoa::Integer>(out: &mut Vec<u8>, v: I) {
+pub fn write_int<O: JsonOut + ?Sized, I: itoa::Integer>(out: &mut O, v: I) {
     let mut buf = itoa::Buffer::new();
-    out.extend_from_slice(buf.format(v).as_bytes());
+    out.put(buf.format(v));
 }
 
 /// Appends a JSON number as written by `serde_json` (integers as integers, floats shortest).
-pub fn write_number(out: &mut Vec<u8>, n: &serde_json::Number) {
+pub fn write_number<O: JsonOut + ?Sized>(out: &mut O, n: &serde_json::Number) {
     if let Some(u) = n.as_u64() {
         write_int(out, u);
     } else if let Some(i) = n.as_i64() {
         write_int(out, i);
     } else {
         // Finite by validation; serde_json prints floats with ryu (e.g. `1.5`, `1e21`).
-        out.extend_from_slice(n.to_string().as_bytes());
+        out.put(&n.to_string());
+    }
+}
+
+/// Appends `key":value` of an object member whose opening quote the caller wrote (as the end
+/// of its `{"` or `,"`), with a string value's quotes in the same literal text.
+pub fn write_attr_member<O: JsonOut + ?Sized>(out: &mut O, key: &str, v: &AttrValue) {
+    write_str_content(out, key);
+    if let AttrValue::Str(s) = v {
+        out.put("\":\"");
+        write_str_content(out, s);
+        out.put_ascii(b'"');
+    } else {
+        out.put("\":");
+        write_attr(out, v);
     }
 }
 
 /// Appends an attribute value.
-pub fn write_attr(out: &mut Vec<u8>, v: &AttrValue) {
+pub fn write_attr<O: JsonOut + ?Sized>(out: &mut O, v: &AttrValue) {
     match v {
         AttrValue::Str(s) => write_str(out, s),
         AttrValue::Num(n) => write_number(out, n),
-        AttrValue::Bool(true) => out.extend_from_slice(b"true"),
-        AttrValue::Bool(false) => out.extend_from_slice(b"false"),
-        AttrValue::Null => out.extend_from_slice(b"null"),
+        AttrValue::Bool(true) => out.put("true"),
+        AttrValue::Bool(false) => out.put("false"),
+        AttrValue::Null => out.put("null"),
     }
 }
 
@@ -152,7 +215,11 @@ mod tests {
                     let s = format!("{}{special}{}", "x".repeat(pos), "y".repeat(len - pos));
                     let mut out = Vec::new();
                     write_str(&mut out, &s);
-                    assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
+                    let want = serde_json::to_string(&s).unwrap();
+                    assert_eq!(String::from_utf8(out).unwrap(), want);
+                    let mut text = String::new();
+                    write_str(&mut text, &s);
+                    assert_eq!(text, want);
                 }
             }
         }
@@ -216,7 +283,12 @@ mod tests {
         fn any_string_escapes_like_serde_json(s in "\\PC*|[\\x00-\\x7f]{0,40}") {
             let mut out = Vec::new();
             write_str(&mut out, &s);
-            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&s).unwrap());
+            let want = serde_json::to_string(&s).unwrap();
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), want.clone());
+            // The same literal written into a `String` (how snapshots are built).
+            let mut text = String::from("x");
+            write_str(&mut text, &s);
+            proptest::prop_assert_eq!(text, format!("x{want}"));
         }
     }
 

@@ -14,7 +14,7 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{AttrValue, CompactString, Event};
-use crate::json;
+use crate::json::{self, JsonOut};
 use crate::scratch::with_scratch;
 
 /// Session semantics parameters (see `shared/spec/sessions.md`).
@@ -271,7 +271,8 @@ pub struct Session {
     attr_sets: Sets<(CompactString, AttrValue)>,
     exp_sets: Sets<(u64, u64)>,
     listed: Vec<Listed>,
-    arena: Vec<u8>,
+    /// The listed events' `[id][body][tail]` pieces, UTF-8 as everything written into it is.
+    arena: String,
     garbage: usize,
     /// Listed ids' hashes (with counts) once there are more than `SCAN_LIMIT`. Boxed: most
     /// sessions never have one, and a map inline would cost each session ~40 bytes.
@@ -292,7 +293,7 @@ struct Incoming<'a> {
     ts: i64,
     id: &'a str,
     revenue: i64,
-    body: &'a [u8],
+    body: &'a str,
     /// Index in `attr_sets` (already interned), or `NO_ATTRS`.
     attrs: u32,
     exps: Option<&'a [(u64, u64)]>,
@@ -301,7 +302,7 @@ struct Incoming<'a> {
 thread_local! {
     /// The scratch buffers of [`Session::accept`] (an event's body and attribute tail, copied
     /// into the session's arena from there): reused instead of allocated for every event.
-    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static SCRATCH: RefCell<(String, String)> = const { RefCell::new((String::new(), String::new())) };
 }
 
 fn id_hash(id: &str) -> u64 {
@@ -312,50 +313,52 @@ fn id_hash(id: &str) -> u64 {
 }
 
 /// The JSON of an event up to its attributes: `{"event_id":..,"timestamp":..,"type":..,...`.
-fn event_body(e: &Event, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"event_id\":");
-    json::write_str(out, &e.event_id);
-    out.extend_from_slice(b",\"timestamp\":");
+fn event_body(e: &Event, out: &mut String) {
+    // Quotes around strings are part of the literal text around them.
+    out.put("{\"event_id\":\"");
+    json::write_str_content(out, &e.event_id);
+    out.put("\",\"timestamp\":");
     json::write_int(out, e.timestamp);
-    out.extend_from_slice(b",\"type\":");
-    json::write_str(out, &e.kind);
+    out.put(",\"type\":\"");
+    json::write_str_content(out, &e.kind);
+    out.put_ascii(b'"');
     if let Some(name) = &e.name {
-        out.extend_from_slice(b",\"name\":");
-        json::write_str(out, name);
+        out.put(",\"name\":\"");
+        json::write_str_content(out, name);
+        out.put_ascii(b'"');
     }
     if let Some(r) = e.revenue {
-        out.extend_from_slice(b",\"revenue\":");
+        out.put(",\"revenue\":");
         json::write_int(out, r);
     }
     if let Some(v) = &e.value {
-        out.extend_from_slice(b",\"value\":");
+        out.put(",\"value\":");
         json::write_number(out, v);
     }
     if let Some(tags) = &e.tags {
-        out.extend_from_slice(b",\"tags\":{");
+        out.put(",\"tags\":{");
         for (i, (k, v)) in tags.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            json::write_str(out, k);
-            out.push(b':');
-            json::write_str(out, v);
+            out.put(if i > 0 { ",\"" } else { "\"" });
+            json::write_str_content(out, k);
+            out.put("\":\"");
+            json::write_str_content(out, v);
+            out.put_ascii(b'"');
         }
-        out.push(b'}');
+        out.put_ascii(b'}');
     }
     if let Some(exps) = &e.experiments {
-        out.extend_from_slice(b",\"experiments\":[");
+        out.put(",\"experiments\":[");
         for (i, x) in exps.iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                out.put_ascii(b',');
             }
-            out.extend_from_slice(b"{\"experiment_id\":");
+            out.put("{\"experiment_id\":");
             json::write_int(out, x.experiment_id);
-            out.extend_from_slice(b",\"variation_id\":");
+            out.put(",\"variation_id\":");
             json::write_int(out, x.variation_id);
-            out.push(b'}');
+            out.put_ascii(b'}');
         }
-        out.push(b']');
+        out.put_ascii(b']');
     }
 }
 
@@ -381,7 +384,7 @@ impl Session {
             attr_sets: Sets::default(),
             exp_sets: Sets::default(),
             listed: Vec::new(),
-            arena: Vec::new(),
+            arena: String::new(),
             garbage: 0,
             listed_hashes: None,
             unlisted: None,
@@ -412,7 +415,14 @@ impl Session {
     }
 
     fn listed_id(&self, l: &Listed) -> &[u8] {
-        &self.arena[l.off as usize..l.off as usize + l.id_len as usize]
+        &self.arena.as_bytes()[l.off as usize..l.off as usize + l.id_len as usize]
+    }
+
+    /// [`Session::listed_id`] as the string it was listed as.
+    fn listed_id_str(&self, l: &Listed) -> &str {
+        self.arena
+            .get(l.off as usize..l.off as usize + l.id_len as usize)
+            .unwrap_or_default()
     }
 
     fn cmp_listed(&self, l: &Listed, ts: i64, id: &str) -> Ordering {
@@ -437,7 +447,7 @@ impl Session {
     }
 
     /// [`Session::accept`] with scratch buffers for the event's body and attribute tail.
-    fn accept_with(&mut self, e: &Event, cfg: &SessionConfig, body: &mut Vec<u8>, tail: &mut Vec<u8>) {
+    fn accept_with(&mut self, e: &Event, cfg: &SessionConfig, body: &mut String, tail: &mut String) {
         body.clear();
         event_body(e, body);
         let attrs = self.intern_attrs(e.attributes.as_deref().filter(|a| !a.is_empty()));
@@ -607,7 +617,7 @@ impl Session {
     }
 
     /// `,"attributes":{..}}` with the keys whose value differs from the session's, or `}`.
-    fn write_tail(&self, set: u32, out: &mut Vec<u8>) {
+    fn write_tail(&self, set: u32, out: &mut String) {
         let mut first = true;
         if set != NO_ATTRS {
             // Both the set and the session's attributes are sorted by key: one merge walk.
@@ -629,21 +639,19 @@ impl Session {
                 if same {
                     continue;
                 }
-                out.extend_from_slice(if first { b",\"attributes\":{" } else { b"," });
+                out.put(if first { ",\"attributes\":{\"" } else { ",\"" });
                 first = false;
-                json::write_str(out, k);
-                out.push(b':');
-                json::write_attr(out, v);
+                json::write_attr_member(out, k, v);
             }
         }
         if !first {
-            out.push(b'}');
+            out.put_ascii(b'}');
         }
-        out.push(b'}');
+        out.put_ascii(b'}');
     }
 
     /// Puts an accepted event into the list (or past the cap); `tail` is scratch space.
-    fn list(&mut self, inc: Incoming<'_>, cfg: &SessionConfig, tail: &mut Vec<u8>) {
+    fn list(&mut self, inc: Incoming<'_>, cfg: &SessionConfig, tail: &mut String) {
         let pos = self
             .listed
             .partition_point(|l| self.cmp_listed(l, inc.ts, inc.id) == Ordering::Less);
@@ -672,10 +680,10 @@ impl Session {
             self.listed.reserve_exact((self.listed.len() / 4).max(1));
         }
         let off = self.arena.len();
-        self.arena.extend_from_slice(inc.id.as_bytes());
-        self.arena.extend_from_slice(inc.body);
+        self.arena.push_str(inc.id);
+        self.arena.push_str(inc.body);
         let before = self.arena.len();
-        self.arena.extend_from_slice(tail);
+        self.arena.push_str(tail);
         let entry = Listed {
             ts: inc.ts,
             revenue: inc.revenue,
@@ -693,14 +701,14 @@ impl Session {
         } else if self.listed.len() > SCAN_LIMIT {
             let mut h = HashMap::with_capacity(self.listed.len() * 2);
             for l in &self.listed {
-                let id = std::str::from_utf8(self.listed_id(l)).unwrap_or_default();
+                let id = self.listed_id_str(l);
                 *h.entry(id_hash(id)).or_insert(0u32) += 1;
             }
             self.listed_hashes = Some(Box::new(h));
         }
         if self.listed.len() > cfg.max_events {
             if let Some(last) = self.listed.pop() {
-                let id = String::from_utf8_lossy(self.listed_id(&last)).into_owned();
+                let id = self.listed_id_str(&last).to_owned();
                 if let Some(h) = &mut self.listed_hashes {
                     if let Some(c) = h.get_mut(&id_hash(&id)) {
                         *c -= 1;
@@ -731,13 +739,13 @@ impl Session {
     /// Rewrites the arena in list order with fresh attribute tails (after a session attribute
     /// changed value, or to drop evicted bytes).
     fn rebuild_tails(&mut self) {
-        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage + 64);
+        let mut arena = String::with_capacity(self.arena.len() - self.garbage + 64);
         let mut listed = std::mem::take(&mut self.listed);
         for l in &mut listed {
             let start = l.off as usize;
             let keep = l.id_len as usize + l.body_len as usize;
             let off = arena.len();
-            arena.extend_from_slice(&self.arena[start..start + keep]);
+            arena.push_str(self.arena.get(start..start + keep).unwrap_or_default());
             let before = arena.len();
             self.write_tail(l.attrs, &mut arena);
             l.off = off as u32;
@@ -759,15 +767,15 @@ impl Session {
         // `other`'s sets, read in place (interning copies a set only when it is new here).
         let set = |i: u32| (i != NO_ATTRS).then(|| other.attr_sets.get(i));
         let xset = |i: u32| (i != NO_ATTRS).then(|| other.exp_sets.get(i));
-        let mut tail = Vec::new();
+        let mut tail = String::new();
         for l in &other.listed {
-            let id = std::str::from_utf8(other.listed_id(l)).unwrap_or_default();
+            let id = other.listed_id_str(l);
             if self.has_event(id) {
                 dropped += 1;
                 continue;
             }
             let s = l.off as usize + l.id_len as usize;
-            let body = &other.arena[s..s + l.body_len as usize];
+            let body = other.arena.get(s..s + l.body_len as usize).unwrap_or_default();
             let attrs = self.intern_attrs(set(l.attrs));
             let exps = xset(l.exps);
             let inc = Incoming {
@@ -805,7 +813,7 @@ impl Session {
     fn recompute(&mut self) {
         struct Ev<'a> {
             ts: i64,
-            id: &'a [u8],
+            id: &'a str,
             revenue: i64,
             attrs: u32,
             exps: u32,
@@ -815,7 +823,7 @@ impl Session {
             .iter()
             .map(|l| Ev {
                 ts: l.ts,
-                id: self.listed_id(l),
+                id: self.listed_id_str(l),
                 revenue: l.revenue,
                 attrs: l.attrs,
                 exps: l.exps,
@@ -824,7 +832,7 @@ impl Session {
         for (id, u) in self.unlisted.iter().flat_map(|u| u.iter()) {
             events.push(Ev {
                 ts: u.ts,
-                id: id.as_bytes(),
+                id,
                 revenue: u.revenue,
                 attrs: u.attrs,
                 exps: u.exps,
@@ -846,7 +854,7 @@ impl Session {
             {
                 if let Err(at) = attrs.binary_search_by(|a| self.attr(a).0.as_str().cmp(k.as_str())) {
                     let origin = *origin.get_or_insert_with(|| {
-                        origins.push((e.ts, String::from_utf8_lossy(e.id).as_ref().into()));
+                        origins.push((e.ts, e.id.into()));
                         (origins.len() - 1) as u32
                     });
                     let a = SessionAttr {
@@ -883,7 +891,7 @@ impl Session {
 
     /// Builds the snapshot at window `m`.
     pub fn snapshot(&self, gap_based: bool, m: u64, closed: bool, merged_into: Option<&str>) -> Snapshot {
-        let mut out = Vec::with_capacity(self.json_capacity(merged_into));
+        let mut out = String::with_capacity(self.json_capacity(merged_into));
         self.write_json(&mut out, m, closed, merged_into);
         Snapshot {
             session_id: self.id.to_string(),
@@ -901,8 +909,7 @@ impl Session {
             opened_project: self.opened_project,
             merged_into: merged_into.map(str::to_string),
             state: None,
-            // The arena holds only bytes written from `&str`s and ASCII, so this never replaces.
-            json: String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            json: out,
         }
     }
 
@@ -931,62 +938,63 @@ impl Session {
     }
 
     /// Writes the spec's snapshot JSON object.
-    pub fn write_json(&self, out: &mut Vec<u8>, m: u64, closed: bool, merged_into: Option<&str>) {
-        out.extend_from_slice(b"{\"session_id\":");
-        json::write_str(out, &self.id);
-        out.extend_from_slice(b",\"project_id\":");
+    pub fn write_json<O: JsonOut + ?Sized>(&self, out: &mut O, m: u64, closed: bool, merged_into: Option<&str>) {
+        // Quotes around strings are part of the literal text around them.
+        out.put("{\"session_id\":\"");
+        json::write_str_content(out, &self.id);
+        out.put("\",\"project_id\":");
         json::write_int(out, self.project_id);
-        out.extend_from_slice(b",\"visitor_id\":");
-        json::write_str(out, &self.visitor_id);
-        out.extend_from_slice(b",\"start\":");
+        out.put(",\"visitor_id\":\"");
+        json::write_str_content(out, &self.visitor_id);
+        out.put("\",\"start\":");
         json::write_int(out, self.start);
-        out.extend_from_slice(b",\"end\":");
+        out.put(",\"end\":");
         json::write_int(out, self.end);
-        out.extend_from_slice(b",\"event_count\":");
+        out.put(",\"event_count\":");
         json::write_int(out, self.event_count);
-        out.extend_from_slice(b",\"revenue\":");
+        out.put(",\"revenue\":");
         json::write_int(out, self.revenue);
-        out.extend_from_slice(b",\"attributes\":{");
+        out.put(",\"attributes\":{");
         for (i, a) in self.attrs.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
+            out.put(if i > 0 { ",\"" } else { "\"" });
             let (k, v) = self.attr(a);
-            json::write_str(out, k);
-            out.push(b':');
-            json::write_attr(out, v);
+            json::write_attr_member(out, k, v);
         }
-        out.extend_from_slice(b"},\"experiments\":[");
+        out.put("},\"experiments\":[");
         for (i, (x, v)) in self.experiments.iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                out.put_ascii(b',');
             }
-            out.push(b'[');
+            out.put_ascii(b'[');
             json::write_int(out, *x);
-            out.push(b',');
+            out.put_ascii(b',');
             json::write_int(out, *v);
-            out.push(b']');
+            out.put_ascii(b']');
         }
-        out.extend_from_slice(b"],\"events\":[");
+        out.put("],\"events\":[");
         for (i, l) in self.listed.iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                out.put_ascii(b',');
             }
             let s = l.off as usize + l.id_len as usize;
-            out.extend_from_slice(&self.arena[s..s + (l.body_len + l.tail_len) as usize]);
+            out.put(
+                self.arena
+                    .get(s..s + (l.body_len + l.tail_len) as usize)
+                    .unwrap_or_default(),
+            );
         }
-        out.extend_from_slice(b"],\"truncated\":");
+        out.put("],\"truncated\":");
         let truncated = self.event_count > self.listed.len() as u64;
-        out.extend_from_slice(if truncated { b"true" } else { b"false" });
-        out.extend_from_slice(b",\"window\":");
+        out.put(if truncated { "true" } else { "false" });
+        out.put(",\"window\":");
         json::write_int(out, m);
-        out.extend_from_slice(b",\"closed\":");
-        out.extend_from_slice(if closed { b"true" } else { b"false" });
+        out.put(",\"closed\":");
+        out.put(if closed { "true" } else { "false" });
         if let Some(s) = merged_into {
-            out.extend_from_slice(b",\"merged_into\":");
+            out.put(",\"merged_into\":");
             json::write_str(out, s);
         }
-        out.push(b'}');
+        out.put_ascii(b'}');
     }
 
     /// The session's whole state as bytes: everything exact resumption needs (listed events,
@@ -1311,6 +1319,17 @@ mod tests {
         assert_eq!(snap_value(&back, 9, false), snap_value(&s, 9, false));
         assert!(back.has_event("e5") && !back.has_event("nope"));
         assert!(Session::from_state(b"garbage").is_err());
+    }
+
+    /// The arena became a `String` (it was a `Vec<u8>`): bincode writes both as a length and
+    /// the bytes, so states SessionDB holds from before still restore.
+    #[test]
+    fn the_string_arena_keeps_the_state_encoding() {
+        let text = "{\"event_id\":\"é\"}";
+        assert_eq!(
+            bincode::serialize(&text.to_string()).unwrap(),
+            bincode::serialize(&text.as_bytes().to_vec()).unwrap()
+        );
     }
 
     #[test]
