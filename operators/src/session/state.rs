@@ -489,6 +489,11 @@ impl Session {
         if set == NO_ATTRS {
             return false;
         }
+        if self.attrs.is_empty() {
+            // The first attribute map usually has all the keys the session will have: room for
+            // them at once (not 4, 8, then 16).
+            self.attrs.reserve_exact(self.attr_sets.get(set).len());
+        }
         let mut changed = false;
         let mut origin = None;
         // Both the event's attributes and the session's are sorted by key: one merge walk.
@@ -894,10 +899,10 @@ impl Session {
         let mut out = String::with_capacity(self.json_capacity(merged_into));
         self.write_json(&mut out, m, closed, merged_into);
         Snapshot {
-            session_id: self.id.to_string(),
+            session_id: String::from(&*self.id),
             gap_based,
             project_id: self.project_id,
-            visitor_id: self.visitor_id.to_string(),
+            visitor_id: String::from(self.visitor_id.as_str()),
             start: self.start,
             end: self.end,
             event_count: self.event_count,
