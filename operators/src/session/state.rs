@@ -420,9 +420,16 @@ impl Session {
 
     /// [`Session::listed_id`] as the string it was listed as.
     fn listed_id_str(&self, l: &Listed) -> &str {
-        self.arena
-            .get(l.off as usize..l.off as usize + l.id_len as usize)
-            .unwrap_or_default()
+        self.piece(l.off as usize, l.id_len as usize)
+    }
+
+    /// `len` bytes of the arena from `from`: a listed event's id, body or tail, or several in a
+    /// row. Pieces are whole `&str`s pushed one after the other, so their ends are character
+    /// boundaries; a slice that is not would be a bug, caught by the tests' debug build.
+    fn piece(&self, from: usize, len: usize) -> &str {
+        let piece = self.arena.get(from..from + len);
+        debug_assert!(piece.is_some(), "arena bytes {from}..+{len} are not a piece");
+        piece.unwrap_or_default()
     }
 
     fn cmp_listed(&self, l: &Listed, ts: i64, id: &str) -> Ordering {
@@ -750,7 +757,7 @@ impl Session {
             let start = l.off as usize;
             let keep = l.id_len as usize + l.body_len as usize;
             let off = arena.len();
-            arena.push_str(self.arena.get(start..start + keep).unwrap_or_default());
+            arena.push_str(self.piece(start, keep));
             let before = arena.len();
             self.write_tail(l.attrs, &mut arena);
             l.off = off as u32;
@@ -780,7 +787,7 @@ impl Session {
                 continue;
             }
             let s = l.off as usize + l.id_len as usize;
-            let body = other.arena.get(s..s + l.body_len as usize).unwrap_or_default();
+            let body = other.piece(s, l.body_len as usize);
             let attrs = self.intern_attrs(set(l.attrs));
             let exps = xset(l.exps);
             let inc = Incoming {
@@ -982,11 +989,7 @@ impl Session {
                 out.put_ascii(b',');
             }
             let s = l.off as usize + l.id_len as usize;
-            out.put(
-                self.arena
-                    .get(s..s + (l.body_len + l.tail_len) as usize)
-                    .unwrap_or_default(),
-            );
+            out.put(self.piece(s, (l.body_len + l.tail_len) as usize));
         }
         out.put("],\"truncated\":");
         let truncated = self.event_count > self.listed.len() as u64;
