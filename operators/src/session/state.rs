@@ -186,7 +186,8 @@ impl<E: Clone + Eq + std::hash::Hash> Sets<E> {
         // Four billion sets of one session would not fit in memory: the cast cannot wrap.
         let next = self.sets.len() as u32;
         if self.sets.len() <= SETS_SCAN {
-            if let Some(i) = self.sets.iter().position(|s| s.as_slice() == set) {
+            // Newest first: an event most often repeats the map the one before it brought.
+            if let Some(i) = self.sets.iter().rposition(|s| s.as_slice() == set) {
                 return i as u32;
             }
         } else {
