@@ -49,6 +49,25 @@ fn unwritable_output_is_a_clear_error_and_leaves_nothing() {
     assert!(!dir.path().join("stats.json").exists());
 }
 
+/// An output that cannot be written (`/dev/full` fails every write, as a full disk does):
+/// a clear error naming it, and neither the dead letters nor the counters are put in place.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_output_is_a_clear_error_and_puts_nothing_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("p0.jsonl");
+    std::fs::write(&input, format!("{LINE}\n{{\"a\":1}}\n")).unwrap();
+    let out = replay(dir.path(), &[&input], Path::new("/dev/full"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write output /dev/full"), "stderr: {err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["p0.jsonl"], "only the input is left");
+}
+
 #[test]
 fn replay_writes_all_three_outputs() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use sessionflow_operators::session::Snapshot;
-use sessionflow_operators::sink::files::LineFile;
+use sessionflow_operators::sink::files::{finish_all, LineFile};
 use sessionflow_operators::source::memory::MemoryReader;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
@@ -151,11 +151,14 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
             return Ok(None);
         };
         if let Some(e) = errors.into_iter().next() {
+            if let Some((s, d)) = files {
+                s.borrow_mut().abandon();
+                d.borrow_mut().abandon();
+            }
             return Err(e);
         }
         if let Some((s, d)) = files {
-            s.borrow_mut().finish()?;
-            d.borrow_mut().finish()?;
+            finish_all([&*s, &*d])?;
         }
         Ok(Some(stats))
     })?;

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use clap::Args;
-use sessionflow_operators::sink::files::LineFile;
+use sessionflow_operators::sink::files::{finish_all, LineFile};
 use sessionflow_operators::source::files::FileReader;
 
 use crate::cluster::ClusterArgs;
@@ -48,10 +48,15 @@ pub fn check_writable(path: &Path) -> Result<(), String> {
 
 /// Writes a JSON value to `path` atomically (temporary file, then rename).
 pub fn write_json_file<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String> {
+    json_file(path, value)?.finish()
+}
+
+/// A [`LineFile`] at `path` holding a JSON value, not yet finished (see [`finish_all`]).
+pub fn json_file<T: serde::Serialize>(path: &Path, value: &T) -> Result<LineFile, String> {
     let mut file = LineFile::create(path)?;
     let text = serde_json::to_vec(value).map_err(|e| format!("cannot encode {}: {e}", path.display()))?;
     file.write_line(&text);
-    file.finish()
+    Ok(file)
 }
 
 /// Runs a replay; returns the counters (process 0) once every output is in place.
@@ -110,9 +115,16 @@ pub fn run(args: ReplayArgs) -> Result<Option<Stats>, String> {
             dead.borrow_mut().abandon();
             return Err(format!("internal error: counters do not balance: {stats:?}"));
         }
-        snaps.borrow_mut().finish()?;
-        dead.borrow_mut().finish()?;
-        write_json_file(&args.stats, &stats)?;
+        let stats_file = match json_file(&args.stats, &stats) {
+            Ok(f) => RefCell::new(f),
+            Err(e) => {
+                snaps.borrow_mut().abandon();
+                dead.borrow_mut().abandon();
+                return Err(e);
+            }
+        };
+        // All three in place, or none of them.
+        finish_all([&*snaps, &*dead, &stats_file])?;
         Ok(Some(stats))
     })?;
     let mut result = None;

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use sessionflow_operators::record::DeadLetter;
-use sessionflow_operators::sink::files::LineFile;
+use sessionflow_operators::sink::files::{finish_all, LineFile};
 use sessionflow_operators::sink::kafka::{
     ensure_topic, KafkaMessage, KafkaSink, KafkaSinkConfig, KafkaSinkStatus, SinkKafka,
 };
@@ -56,7 +56,7 @@ use timely::worker::Worker;
 
 use crate::cluster::ClusterArgs;
 use crate::commands::hbase_args::{self, HbaseArgs};
-use crate::commands::replay::{check_writable, write_json_file};
+use crate::commands::replay::{check_writable, json_file};
 use crate::config::{parse_duration_ms, SessionArgs};
 use crate::pipeline::{self, Attach, Outputs};
 use crate::stats::Stats;
@@ -638,12 +638,16 @@ fn finish(args: &RunArgs, files: &Files, reports: &[Report]) -> Result<Option<Ru
         return Err(format!("internal error: counters do not balance: {:?}", total.stats));
     }
     if let Some((s, d)) = files {
-        for f in [s, d].into_iter().flatten() {
-            f.borrow_mut().finish()?;
-        }
-        if let Some(path) = &args.stats {
-            write_json_file(path, &total)?;
-        }
+        let stats_file = match args.stats.as_deref().map(|p| json_file(p, &total)).transpose() {
+            Ok(f) => f.map(RefCell::new),
+            Err(e) => {
+                abandon(files);
+                return Err(e);
+            }
+        };
+        // Every output in place, or none of them.
+        let all = [s.as_deref(), d.as_deref(), stats_file.as_ref()];
+        finish_all(all.into_iter().flatten())?;
     }
     Ok(Some(total))
 }

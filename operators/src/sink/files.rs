@@ -28,6 +28,8 @@ pub struct LineFile {
     tmp: Option<PathBuf>,
     out: Option<BufWriter<File>>,
     error: Option<String>,
+    /// Flushed and synced by [`LineFile::prepare`], waiting for [`LineFile::commit`].
+    prepared: bool,
     /// Lines written so far.
     pub lines: u64,
 }
@@ -52,6 +54,7 @@ impl LineFile {
             tmp,
             out: Some(BufWriter::with_capacity(1 << 20, file)),
             error: None,
+            prepared: false,
             lines: 0,
         })
     }
@@ -69,9 +72,24 @@ impl LineFile {
     }
 
     /// Flushes, syncs and renames the file into place (a device or pipe is only flushed).
+    /// On an error the temporary file is removed.
     pub fn finish(&mut self) -> Result<(), String> {
-        if let Some(e) = self.error.take() {
+        self.prepare()?;
+        self.commit()
+    }
+
+    /// The first half of [`LineFile::finish`]: flushes and syncs, so that only the rename is
+    /// left. On an error the temporary file is removed.
+    pub fn prepare(&mut self) -> Result<(), String> {
+        let result = self.flush_and_sync();
+        if result.is_err() {
             self.abandon();
+        }
+        result
+    }
+
+    fn flush_and_sync(&mut self) -> Result<(), String> {
+        if let Some(e) = self.error.take() {
             return Err(e);
         }
         let Some(out) = self.out.take() else {
@@ -79,11 +97,23 @@ impl LineFile {
         };
         let fail = |e: std::io::Error| format!("cannot write output {}: {e}", self.path.display());
         let file = out.into_inner().map_err(|e| fail(e.into_error()))?;
+        if self.tmp.is_some() {
+            file.sync_all().map_err(fail)?;
+        }
+        self.prepared = true;
+        Ok(())
+    }
+
+    /// The second half of [`LineFile::finish`]: renames the prepared file into place.
+    pub fn commit(&mut self) -> Result<(), String> {
+        if !std::mem::take(&mut self.prepared) {
+            return Err(format!("output {} is not prepared", self.path.display()));
+        }
         match &self.tmp {
-            Some(tmp) => {
-                file.sync_all().map_err(fail)?;
-                std::fs::rename(tmp, &self.path).map_err(fail)
-            }
+            Some(tmp) => std::fs::rename(tmp, &self.path).map_err(|e| {
+                let _ = std::fs::remove_file(tmp);
+                format!("cannot write output {}: {e}", self.path.display())
+            }),
             None => Ok(()),
         }
     }
@@ -91,10 +121,32 @@ impl LineFile {
     /// Removes the temporary file (after a failed run).
     pub fn abandon(&mut self) {
         self.out = None;
+        self.prepared = false;
         if let Some(tmp) = &self.tmp {
             let _ = std::fs::remove_file(tmp);
         }
     }
+}
+
+/// Finishes a run's output files together: every file is flushed and synced first, and only
+/// if all of them were written are they renamed into place. A file that cannot be written
+/// (a full disk) thus replaces none of them, and leaves no temporary file behind.
+pub fn finish_all<'a>(files: impl IntoIterator<Item = &'a RefCell<LineFile>>) -> Result<(), String> {
+    let files: Vec<&RefCell<LineFile>> = files.into_iter().collect();
+    let prepared = files.iter().try_for_each(|f| f.borrow_mut().prepare());
+    if let Err(e) = prepared {
+        files.iter().for_each(|f| f.borrow_mut().abandon());
+        return Err(e);
+    }
+    let mut result = Ok(());
+    for f in &files {
+        if result.is_ok() {
+            result = f.borrow_mut().commit();
+        } else {
+            f.borrow_mut().abandon();
+        }
+    }
+    result
 }
 
 /// A shared handle on a [`LineFile`], owned by the worker that writes it.
@@ -244,6 +296,39 @@ mod tests {
         f.finish().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"{}\n");
         assert!(!dir.path().join("out.jsonl.tmp").exists());
+    }
+
+    /// A run whose one output cannot be written (here `/dev/full`: every write fails, as on
+    /// a full disk) puts none of its outputs in place: the files that were written keep
+    /// their previous contents and leave no temporary file.
+    #[test]
+    fn finishing_together_replaces_no_output_when_one_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+        std::fs::write(&b, "old\n").unwrap();
+        let fa = RefCell::new(LineFile::create(&a).unwrap());
+        let fb = RefCell::new(LineFile::create(&b).unwrap());
+        let full = RefCell::new(LineFile::create(Path::new("/dev/full")).unwrap());
+        fa.borrow_mut().write_line(b"{}");
+        fb.borrow_mut().write_line(b"{}");
+        full.borrow_mut().write_line(b"{}");
+        let err = finish_all([&fa, &full, &fb]).unwrap_err();
+        assert!(err.contains("/dev/full"), "{err}");
+        assert!(!a.exists());
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "old\n");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["b.jsonl"]);
+        // When every file can be written, all of them are in place.
+        let fa = RefCell::new(LineFile::create(&a).unwrap());
+        let fb = RefCell::new(LineFile::create(&b).unwrap());
+        fa.borrow_mut().write_line(b"1");
+        fb.borrow_mut().write_line(b"2");
+        finish_all([&fa, &fb]).unwrap();
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "1\n");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "2\n");
     }
 
     /// `--output /dev/null` (or a pipe) must not replace the device with a regular file.
