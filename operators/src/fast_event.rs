@@ -62,6 +62,12 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
+        self.string_rest()
+    }
+
+    /// [`Cursor::string`] after its opening quote.
+    #[inline]
+    fn string_rest(&mut self) -> Option<&'a str> {
         let start = self.at;
         let rest = &self.bytes[start..];
         let len = json::first_special(rest)?;
@@ -130,7 +136,11 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn scalar(&mut self) -> Option<Scalar<'a>> {
         match self.peek()? {
-            b'"' => self.string().map(Scalar::Str),
+            b'"' => {
+                // Already past any whitespace, at the quote.
+                self.at += 1;
+                self.string_rest().map(Scalar::Str)
+            }
             b'n' => self.literal(b"null").map(|()| Scalar::Null),
             b't' => self.literal(b"true").map(|()| Scalar::Bool(true)),
             b'f' => self.literal(b"false").map(|()| Scalar::Bool(false)),
