@@ -370,6 +370,46 @@ thread_local! {
 }
 
 /// [`parse_fast`] with the scratch buffers of the attribute and tag maps.
+/// The fields of an event line, in the order of their bits in `parse_with`'s `seen`.
+#[derive(Clone, Copy)]
+enum Field {
+    EventId,
+    SessionId,
+    VisitorId,
+    ProjectId,
+    Timestamp,
+    Type,
+    Name,
+    Revenue,
+    Value,
+    Attributes,
+    Tags,
+    Experiments,
+}
+
+/// The field named `key`, if it is one: told apart by its first and last bytes (distinct for
+/// the twelve names), then checked whole against that one name (a constant, so the check is
+/// a few word compares), instead of against each name in turn.
+fn field(key: &str) -> Option<Field> {
+    let b = key.as_bytes();
+    let f = match (*b.first()?, *b.last()?) {
+        (b'e', b'd') if key == "event_id" => Field::EventId,
+        (b's', b'd') if key == "session_id" => Field::SessionId,
+        (b'v', b'd') if key == "visitor_id" => Field::VisitorId,
+        (b'p', b'd') if key == "project_id" => Field::ProjectId,
+        (b't', b'p') if key == "timestamp" => Field::Timestamp,
+        (b't', b'e') if key == "type" => Field::Type,
+        (b'n', b'e') if key == "name" => Field::Name,
+        (b'r', b'e') if key == "revenue" => Field::Revenue,
+        (b'v', b'e') if key == "value" => Field::Value,
+        (b'a', b's') if key == "attributes" => Field::Attributes,
+        (b't', b's') if key == "tags" => Field::Tags,
+        (b'e', b's') if key == "experiments" => Field::Experiments,
+        _ => return None,
+    };
+    Some(f)
+}
+
 fn parse_with(
     text: &str,
     attr_pairs: &mut Vec<(CompactString, AttrValue)>,
@@ -388,30 +428,30 @@ fn parse_with(
     loop {
         let key = c.string()?;
         c.eat(b':')?;
-        let bit = match key {
-            "event_id" => {
+        let bit = match field(key)? {
+            Field::EventId => {
                 event_id = Some(bounded(c.scalar()?, 128)?);
                 0
             }
-            "session_id" => {
+            Field::SessionId => {
                 session_id = match c.scalar()? {
                     Scalar::Null => None,
                     s => Some(bounded(s, 128)?),
                 };
                 1
             }
-            "visitor_id" => {
+            Field::VisitorId => {
                 visitor_id = Some(bounded(c.scalar()?, 128)?);
                 2
             }
-            "project_id" => {
+            Field::ProjectId => {
                 let Scalar::Int(Int::U(v)) = c.scalar()? else {
                     return None;
                 };
                 project_id = Some(v);
                 3
             }
-            "timestamp" => {
+            Field::Timestamp => {
                 let Scalar::Int(Int::U(v)) = c.scalar()? else {
                     return None;
                 };
@@ -420,11 +460,11 @@ fn parse_with(
                 timestamp?;
                 4
             }
-            "type" => {
+            Field::Type => {
                 kind = Some(bounded(c.scalar()?, 64)?);
                 5
             }
-            "name" => {
+            Field::Name => {
                 name = match c.scalar()? {
                     Scalar::Null => None,
                     Scalar::Str(s) => Some(s.into()),
@@ -432,7 +472,7 @@ fn parse_with(
                 };
                 6
             }
-            "revenue" => {
+            Field::Revenue => {
                 revenue = match c.scalar()? {
                     Scalar::Null => None,
                     Scalar::Int(Int::I(v)) => Some(v),
@@ -441,14 +481,14 @@ fn parse_with(
                 };
                 7
             }
-            "value" => {
+            Field::Value => {
                 value = match c.scalar()? {
                     Scalar::Null => None,
                     s => Some(number_of(&s)?),
                 };
                 8
             }
-            "attributes" => {
+            Field::Attributes => {
                 attributes = c.nullable(|c| {
                     c.object(attr_pairs, |s| match s {
                         Scalar::Null => Some(AttrValue::Null),
@@ -459,7 +499,7 @@ fn parse_with(
                 })?;
                 9
             }
-            "tags" => {
+            Field::Tags => {
                 tags = c.nullable(|c| {
                     c.object(tag_pairs, |s| match s {
                         Scalar::Str(s) => Some(s.into()),
@@ -468,11 +508,10 @@ fn parse_with(
                 })?;
                 10
             }
-            "experiments" => {
+            Field::Experiments => {
                 experiments = c.nullable(Cursor::experiments)?;
                 11
             }
-            _ => return None,
         };
         if seen & (1 << bit) != 0 {
             return None;
@@ -500,4 +539,40 @@ fn parse_with(
         tags,
         experiments,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`Field`]'s names, by discriminant.
+    const FIELD_NAMES: [&str; 12] = [
+        "event_id",
+        "session_id",
+        "visitor_id",
+        "project_id",
+        "timestamp",
+        "type",
+        "name",
+        "revenue",
+        "value",
+        "attributes",
+        "tags",
+        "experiments",
+    ];
+
+    /// Every field name is found, as its own field; a key that shares a name's first and last
+    /// bytes (or its length) but is another word is not.
+    #[test]
+    fn field_names_are_told_apart_by_their_ends_and_checked_whole() {
+        for (i, name) in FIELD_NAMES.iter().enumerate() {
+            let f = field(name).map(|f| f as usize);
+            assert_eq!(f, Some(i), "{name}");
+            let near = format!("{}x{}", &name[..1], &name[1..]);
+            assert!(field(&near).is_none(), "{near}");
+        }
+        for key in ["", "e", "ed", "eventid", "event_ie", "Event_id", "types", "tag", "nam"] {
+            assert!(field(key).is_none(), "{key}");
+        }
+    }
 }
