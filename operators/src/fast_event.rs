@@ -195,21 +195,24 @@ impl<'a> Cursor<'a> {
             self.at += 1;
             return Some(Vec::new());
         }
-        // Keys in input order, as the line's text (see `sort_pairs`), and whether they are
-        // already in order.
+        // Keys in input order, as the line's text, with their 8-byte prefixes (see
+        // `sort_pairs`), and whether they are already in order (by prefix, then whole only
+        // when two prefixes are equal).
         let mut keys: [&'a str; SORT_KEYS] = [""; SORT_KEYS];
+        let mut prefixes = [0u64; SORT_KEYS];
         let mut sorted = true;
-        let mut last: Option<&'a str> = None;
+        let mut last: Option<(u64, &'a str)> = None;
         loop {
             let key = self.string()?;
             self.eat(b':')?;
             let v = value(self.scalar()?)?;
-            if let Some(last) = last {
-                sorted &= last < key;
+            let prefix = key_prefix(key.as_bytes());
+            if let Some((lp, lk)) = last {
+                sorted &= lp < prefix || (lp == prefix && lk < key);
             }
-            last = Some(key);
-            if let Some(slot) = keys.get_mut(pairs.len()) {
-                *slot = key;
+            last = Some((prefix, key));
+            if let (Some(k), Some(p)) = (keys.get_mut(pairs.len()), prefixes.get_mut(pairs.len())) {
+                (*k, *p) = (key, prefix);
             }
             pairs.push((key.into(), v));
             if !self.more(b'}')? {
@@ -217,7 +220,7 @@ impl<'a> Cursor<'a> {
             }
         }
         if !sorted {
-            sort_pairs(pairs, &keys)?;
+            sort_pairs(pairs, &keys, &prefixes)?;
         }
         let mut exact = Vec::with_capacity(pairs.len());
         exact.append(pairs);
@@ -271,25 +274,19 @@ const SORT_KEYS: usize = 16;
 
 /// Sorts the pairs of an object whose keys came out of order by key; `None` (fall back) on a
 /// duplicate key. `keys` holds the first [`SORT_KEYS`] keys in input order, as the line's
-/// text.
+/// text, and `prefix` their [`key_prefix`]es.
 ///
 /// Up to [`SORT_KEYS`] pairs, it sorts positions (a byte each) by the borrowed keys, then puts
 /// each pair in its place with at most one swap, instead of sorting the pairs themselves:
 /// those are 48-56 bytes to move and their keys `CompactString`s to decode at every
 /// comparison.
-fn sort_pairs<V>(pairs: &mut [(CompactString, V)], keys: &[&str; SORT_KEYS]) -> Option<()> {
+fn sort_pairs<V>(pairs: &mut [(CompactString, V)], keys: &[&str; SORT_KEYS], prefix: &[u64; SORT_KEYS]) -> Option<()> {
     let n = pairs.len();
     if n > SORT_KEYS {
         pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         return (!pairs.windows(2).any(|w| w[0].0 == w[1].0)).then_some(());
     }
-    // Each key's first 8 bytes as a big-endian number, zero-padded: they order like the keys
-    // unless equal (a key of the fast path has no zero byte), so the full keys are compared
-    // only then.
-    let mut prefix = [0u64; SORT_KEYS];
-    for (p, key) in prefix.iter_mut().zip(&keys[..n]) {
-        *p = key_prefix(key.as_bytes());
-    }
+    // The prefixes order like the keys unless equal, so the full keys are compared only then.
     let cmp = |a: u8, b: u8| {
         let (a, b) = (a as usize, b as usize);
         prefix[a].cmp(&prefix[b]).then_with(|| keys[a].cmp(keys[b]))
@@ -325,7 +322,9 @@ fn sort_pairs<V>(pairs: &mut [(CompactString, V)], keys: &[&str; SORT_KEYS]) -> 
     Some(())
 }
 
-/// The first 8 bytes of `key` as a big-endian number, zero-padded.
+/// The first 8 bytes of `key` as a big-endian number, zero-padded. Two keys' prefixes order
+/// like the keys unless equal (a key of the fast path has no zero byte, so a shorter key that
+/// begins a longer one has the smaller prefix).
 #[inline]
 fn key_prefix(key: &[u8]) -> u64 {
     match key.first_chunk::<8>() {
