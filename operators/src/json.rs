@@ -84,9 +84,6 @@ pub(crate) fn first_special(bytes: &[u8]) -> Option<usize> {
         .map(|p| i + p)
 }
 
-/// Strings up to this long take [`write_str`]'s short path (bytes).
-const SHORT: usize = 32;
-
 /// Appends `s` as a JSON string literal (with quotes).
 #[inline]
 pub fn write_str<O: JsonOut + ?Sized>(out: &mut O, s: &str) {
@@ -98,25 +95,13 @@ pub fn write_str<O: JsonOut + ?Sized>(out: &mut O, s: &str) {
 /// Appends the inside of `s`'s JSON string literal (escaped, without the quotes), for writers
 /// that put the quotes into the literal text around it (`{"id":"` .. `","ts":`).
 pub fn write_str_content<O: JsonOut + ?Sized>(out: &mut O, s: &str) {
-    let bytes = s.as_bytes();
-    if bytes.len() <= SHORT {
-        // Most strings (ids, names, attribute keys and values) are short: they are copied into
-        // a stack buffer padded with a byte that needs no escape and checked whole words at a
-        // time (no byte-by-byte tail).
-        let mut buf = [b'a'; SHORT + 8];
-        buf[..bytes.len()].copy_from_slice(bytes);
-        let mut special = 0;
-        for w in buf[..bytes.len().div_ceil(8) * 8].chunks_exact(8) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(w);
-            special |= special_bytes(u64::from_le_bytes(word));
-        }
-        if special == 0 {
-            out.put(s);
-            return;
-        }
+    // Most strings (ids, names, attribute keys and values) need no escape: checked 8 bytes at
+    // a time, then appended as they are.
+    if first_special(s.as_bytes()).is_none() {
+        out.put(s);
+    } else {
+        write_escaped(out, s);
     }
-    write_escaped(out, s);
 }
 
 /// [`write_str_content`] of any string: checks it word by word, escapes what needs it.
@@ -208,8 +193,8 @@ mod tests {
 
     #[test]
     fn strings_escape_like_serde_json_at_every_length_and_position() {
-        // Both paths of `write_str` (short: up to `SHORT` bytes) and their boundary.
-        for len in 0..=SHORT + 9 {
+        // Lengths over several 8-byte words, the special byte in every word and in the tail.
+        for len in 0..=41 {
             for special in ["\"", "\\", "\n", "\u{1}", "é"] {
                 for pos in 0..=len {
                     let s = format!("{}{special}{}", "x".repeat(pos), "y".repeat(len - pos));
