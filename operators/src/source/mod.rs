@@ -1248,7 +1248,6 @@ mod tests {
 
     const T0: i64 = 1_700_000_000_000;
 
-    /// 500 records 5 s apart: every 7th 150 s late, every 13th invalid.
     /// Backpressure: while the sinks' frontier stays behind, the source reads at most
     /// `max_windows_ahead` windows past it and then stops reading (`throttled`), however much
     /// input is waiting; as the sinks move on it reads on, to the end.
@@ -1333,6 +1332,7 @@ mod tests {
         });
     }
 
+    /// 500 records 5 s apart: every 7th 150 s late, every 13th invalid.
     fn sample() -> Vec<Vec<u8>> {
         (0..500i64)
             .map(|i| {
