@@ -11,7 +11,7 @@
 
 use std::cell::RefCell;
 
-use crate::event::{AttrValue, CompactString, Event, Experiment, END_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
+use crate::event::{AttrValue, CompactString, Event, Experiment, Field, END_TIMESTAMP_MS, MIN_TIMESTAMP_MS};
 use crate::json;
 use crate::scratch::with_scratch;
 
@@ -369,46 +369,6 @@ thread_local! {
 }
 
 /// [`parse_fast`] with the scratch buffers of the attribute and tag maps.
-/// The fields of an event line, in the order of their bits in `parse_with`'s `seen`.
-#[derive(Clone, Copy)]
-enum Field {
-    EventId,
-    SessionId,
-    VisitorId,
-    ProjectId,
-    Timestamp,
-    Type,
-    Name,
-    Revenue,
-    Value,
-    Attributes,
-    Tags,
-    Experiments,
-}
-
-/// The field named `key`, if it is one: told apart by its first and last bytes (distinct for
-/// the twelve names), then checked whole against that one name (a constant, so the check is
-/// a few word compares), instead of against each name in turn.
-fn field(key: &str) -> Option<Field> {
-    let b = key.as_bytes();
-    let f = match (*b.first()?, *b.last()?) {
-        (b'e', b'd') if key == "event_id" => Field::EventId,
-        (b's', b'd') if key == "session_id" => Field::SessionId,
-        (b'v', b'd') if key == "visitor_id" => Field::VisitorId,
-        (b'p', b'd') if key == "project_id" => Field::ProjectId,
-        (b't', b'p') if key == "timestamp" => Field::Timestamp,
-        (b't', b'e') if key == "type" => Field::Type,
-        (b'n', b'e') if key == "name" => Field::Name,
-        (b'r', b'e') if key == "revenue" => Field::Revenue,
-        (b'v', b'e') if key == "value" => Field::Value,
-        (b'a', b's') if key == "attributes" => Field::Attributes,
-        (b't', b's') if key == "tags" => Field::Tags,
-        (b'e', b's') if key == "experiments" => Field::Experiments,
-        _ => return None,
-    };
-    Some(f)
-}
-
 fn parse_with(
     text: &str,
     attr_pairs: &mut Vec<(CompactString, AttrValue)>,
@@ -427,28 +387,25 @@ fn parse_with(
     loop {
         let key = c.string()?;
         c.eat(b':')?;
-        let bit = match field(key)? {
+        let field = Field::from_bytes(key.as_bytes())?;
+        match field {
             Field::EventId => {
                 event_id = Some(bounded(c.scalar()?, 128)?);
-                0
             }
             Field::SessionId => {
                 session_id = match c.scalar()? {
                     Scalar::Null => None,
                     s => Some(bounded(s, 128)?),
                 };
-                1
             }
             Field::VisitorId => {
                 visitor_id = Some(bounded(c.scalar()?, 128)?);
-                2
             }
             Field::ProjectId => {
                 let Scalar::Int(Int::U(v)) = c.scalar()? else {
                     return None;
                 };
                 project_id = Some(v);
-                3
             }
             Field::Timestamp => {
                 let Scalar::Int(Int::U(v)) = c.scalar()? else {
@@ -457,11 +414,9 @@ fn parse_with(
                 let v = i64::try_from(v).ok()?;
                 timestamp = Some(v).filter(|v| (MIN_TIMESTAMP_MS..END_TIMESTAMP_MS).contains(v));
                 timestamp?;
-                4
             }
             Field::Type => {
                 kind = Some(bounded(c.scalar()?, 64)?);
-                5
             }
             Field::Name => {
                 name = match c.scalar()? {
@@ -469,7 +424,6 @@ fn parse_with(
                     Scalar::Str(s) => Some(s.into()),
                     _ => return None,
                 };
-                6
             }
             Field::Revenue => {
                 revenue = match c.scalar()? {
@@ -478,14 +432,12 @@ fn parse_with(
                     Scalar::Int(Int::U(v)) => Some(i64::try_from(v).ok()?),
                     _ => return None,
                 };
-                7
             }
             Field::Value => {
                 value = match c.scalar()? {
                     Scalar::Null => None,
                     s => Some(number_of(&s)?),
                 };
-                8
             }
             Field::Attributes => {
                 attributes = c.nullable(|c| {
@@ -496,7 +448,6 @@ fn parse_with(
                         ref n => number_of(n).map(AttrValue::Num),
                     })
                 })?;
-                9
             }
             Field::Tags => {
                 tags = c.nullable(|c| {
@@ -505,13 +456,12 @@ fn parse_with(
                         _ => None,
                     })
                 })?;
-                10
             }
             Field::Experiments => {
                 experiments = c.nullable(Cursor::experiments)?;
-                11
             }
-        };
+        }
+        let bit = field as u16;
         if seen & (1 << bit) != 0 {
             return None;
         }
@@ -538,40 +488,4 @@ fn parse_with(
         tags,
         experiments,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// [`Field`]'s names, by discriminant.
-    const FIELD_NAMES: [&str; 12] = [
-        "event_id",
-        "session_id",
-        "visitor_id",
-        "project_id",
-        "timestamp",
-        "type",
-        "name",
-        "revenue",
-        "value",
-        "attributes",
-        "tags",
-        "experiments",
-    ];
-
-    /// Every field name is found, as its own field; a key that shares a name's first and last
-    /// bytes (or its length) but is another word is not.
-    #[test]
-    fn field_names_are_told_apart_by_their_ends_and_checked_whole() {
-        for (i, name) in FIELD_NAMES.iter().enumerate() {
-            let f = field(name).map(|f| f as usize);
-            assert_eq!(f, Some(i), "{name}");
-            let near = format!("{}x{}", &name[..1], &name[1..]);
-            assert!(field(&near).is_none(), "{near}");
-        }
-        for key in ["", "e", "ed", "eventid", "event_ie", "Event_id", "types", "tag", "nam"] {
-            assert!(field(key).is_none(), "{key}");
-        }
-    }
 }
