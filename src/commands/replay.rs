@@ -105,18 +105,13 @@ pub fn run(args: ReplayArgs) -> Result<Option<Stats>, String> {
         let Some((snaps, dead)) = files else {
             return Ok(Some(stats));
         };
-        if let Some(e) = errors.into_iter().next() {
-            snaps.borrow_mut().abandon();
-            dead.borrow_mut().abandon();
-            return Err(e);
-        }
-        if !stats.balanced() {
-            snaps.borrow_mut().abandon();
-            dead.borrow_mut().abandon();
-            return Err(format!("internal error: counters do not balance: {stats:?}"));
-        }
-        let stats_file = match json_file(&args.stats, &stats) {
-            Ok(f) => RefCell::new(f),
+        let checked = match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None if !stats.balanced() => Err(format!("internal error: counters do not balance: {stats:?}")),
+            None => json_file(&args.stats, &stats).map(RefCell::new),
+        };
+        let stats_file = match checked {
+            Ok(f) => f,
             Err(e) => {
                 snaps.borrow_mut().abandon();
                 dead.borrow_mut().abandon();
