@@ -97,23 +97,16 @@ pub fn write_str<O: JsonOut + ?Sized>(out: &mut O, s: &str) {
 pub fn write_str_content<O: JsonOut + ?Sized>(out: &mut O, s: &str) {
     // Most strings (ids, names, attribute keys and values) need no escape: checked 8 bytes at
     // a time, then appended as they are.
-    if first_special(s.as_bytes()).is_none() {
-        out.put(s);
-    } else {
-        write_escaped(out, s);
+    match first_special(s.as_bytes()) {
+        None => out.put(s),
+        Some(clean) => write_escaped(out, s, clean),
     }
 }
 
-/// [`write_str_content`] of any string: checks it word by word, escapes what needs it.
-fn write_escaped<O: JsonOut + ?Sized>(out: &mut O, s: &str) {
+/// [`write_str_content`] of a string whose first byte to escape is at `clean`: the bytes
+/// before it as they are, then each byte escaped as it needs.
+fn write_escaped<O: JsonOut + ?Sized>(out: &mut O, s: &str, clean: usize) {
     let bytes = s.as_bytes();
-    // Check 8 bytes at a time for a byte to escape: ids, names and most values then cost a
-    // few word operations and one copy.
-    let clean = first_special(bytes).unwrap_or(bytes.len());
-    if clean == bytes.len() {
-        out.put(s);
-        return;
-    }
     out.reserve_bytes(s.len() + 8);
     // Every byte escaped is ASCII, so `start` and `i` are character boundaries of `s`.
     let mut start = 0;
