@@ -4,7 +4,10 @@
 //! 1. Produces N generated events (default 1M, `BENCH_QUICK=1`: 100k) to a new 4-partition
 //!    topic (`sessionflow generate --brokers`).
 //! 2. Raw consumption, the limit: one rdkafka `BaseConsumer` reads the whole topic, counting
-//!    bytes, nothing else.
+//!    bytes, nothing else. Then the same read with every message copied and parsed as the
+//!    job's source does it (`parse_record`: the spec's validation, the event built), by one
+//!    consumer, then by two in two threads (two partitions each, like the job's 2 workers): the
+//!    most any job that validates its input could reach here, with no sessions and no output.
 //! 3. The job end to end: `sessionflow run --stop-at-end` with 2 workers, output dropped (null
 //!    sink), then with the replay files written, then with snapshots and dead letters produced
 //!    to Kafka topics (the production shape without HBase; the broker shares the cores).
@@ -30,6 +33,7 @@ use rdkafka::ClientConfig;
 use sessionflow::commands::generate_kafka::{produce, KafkaGenerateArgs};
 use sessionflow::generate::{write_files, GenerateArgs};
 use sessionflow_operators::source::kafka::{block_on, wait_for_topic};
+use sessionflow_operators::source::{parse_record, RawRecord};
 
 const PARTITIONS: u32 = 4;
 
@@ -113,15 +117,55 @@ fn bench() -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("sf-bench-kafka-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     settle(&dir);
-    let (count, bytes, secs) = raw_consume(&brokers, &topic)?;
-    if count != produced.messages {
-        return Err(format!("raw consumer read {count} of {} messages", produced.messages));
+    let all: Vec<i32> = (0..PARTITIONS as i32).collect();
+    let read = raw_consume(&brokers, &topic, &all, false)?;
+    if read.count != produced.messages {
+        return Err(format!(
+            "raw consumer read {} of {} messages",
+            read.count, produced.messages
+        ));
     }
+    let (count, secs) = (read.count, read.secs);
     let raw = count as f64 / secs;
     println!(
         "raw      {count:>9} messages {:>7.1} MB  {secs:>7.2} s  {raw:>9.0} events/s  (1 BaseConsumer, counting bytes)",
-        bytes as f64 / 1e6
+        read.bytes as f64 / 1e6
     );
+
+    // 2b. The same read, every message parsed as the source parses it: one consumer, then two
+    // in two threads.
+    for threads in [1usize, 2] {
+        settle(&dir);
+        let parts: Vec<Vec<i32>> = (0..threads)
+            .map(|t| all.iter().copied().filter(|p| *p as usize % threads == t).collect())
+            .collect();
+        let reads: Vec<Result<Read, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|ps| s.spawn(|| raw_consume(&brokers, &topic, ps, true)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("a reading thread panicked".into())))
+                .collect()
+        });
+        // Timed like the raw read, from the assignment on: the slowest thread's time.
+        let (mut n, mut ok, mut secs) = (0u64, 0u64, 0f64);
+        for r in reads {
+            let r = r?;
+            n += r.count;
+            ok += r.parsed;
+            secs = secs.max(r.secs);
+        }
+        if n != produced.messages {
+            return Err(format!("parsing consumers read {n} of {} messages", produced.messages));
+        }
+        let rate = n as f64 / secs;
+        println!(
+            "parse/{threads}  {n:>9} messages ({ok} valid) {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  ({threads} BaseConsumer(s), each message copied and parsed as the source does, no sessions)",
+            100.0 * rate / raw
+        );
+    }
 
     // 3. The job end to end, 2 workers: output dropped, then the replay files written, then
     // snapshots and dead letters to Kafka topics.
@@ -219,27 +263,45 @@ fn delete_topics(brokers: &str, topics: &[&str]) {
     }
 }
 
-/// Reads every message of `topic` with one consumer: (messages, payload bytes, seconds).
-fn raw_consume(brokers: &str, topic: &str) -> Result<(u64, u64, f64), String> {
-    let consumer: BaseConsumer = ClientConfig::new()
+/// What one consumer read.
+struct Read {
+    count: u64,
+    bytes: u64,
+    /// Messages that parsed as events (with `parse`).
+    parsed: u64,
+    secs: f64,
+}
+
+/// Reads every message of `partitions` of `topic` with one consumer, counting payload bytes;
+/// with `parse`, also copies each message and parses it as the job's source does.
+fn raw_consume(brokers: &str, topic: &str, partitions: &[i32], parse: bool) -> Result<Read, String> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{topic}-raw"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|e| e.to_string())?;
-    let mut ends = Vec::new();
+        .set("group.id", format!("{topic}-raw-{parse}-{}", partitions.len()))
+        .set("enable.auto.commit", "false");
+    if parse {
+        // The job's source settings for a consumer that can fill its queue (a parsing one
+        // can): with librdkafka's 1 s `fetch.queue.backoff.ms`, a full queue stalls the read
+        // (3-4 s of the 1M topic spent in empty polls).
+        config
+            .set("queued.max.messages.kbytes", "8192")
+            .set("fetch.queue.backoff.ms", "10");
+    }
+    let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+    let mut ends = vec![0; PARTITIONS as usize];
     let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS as i32 {
+    for &p in partitions {
         let (_, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
-        ends.push(high);
+        ends[p as usize] = high;
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .map_err(|e| e.to_string())?;
     }
     let started = Instant::now();
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
-    let (mut count, mut bytes) = (0u64, 0u64);
+    let (mut count, mut bytes, mut parsed) = (0u64, 0u64, 0u64);
     let mut left = ends.iter().filter(|e| **e > 0).count();
     while left > 0 {
         if started.elapsed() > Duration::from_secs(600) {
@@ -251,9 +313,22 @@ fn raw_consume(brokers: &str, topic: &str) -> Result<(u64, u64, f64), String> {
         let m = m.map_err(|e| e.to_string())?;
         count += 1;
         bytes += m.payload().map_or(0, <[u8]>::len) as u64;
+        if parse {
+            let rec = RawRecord {
+                partition: m.partition() as u32,
+                offset: m.offset() as u64,
+                bytes: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            };
+            parsed += u64::from(parse_record(rec).is_ok());
+        }
         if m.offset() + 1 == ends[m.partition() as usize] {
             left -= 1;
         }
     }
-    Ok((count, bytes, started.elapsed().as_secs_f64()))
+    Ok(Read {
+        count,
+        bytes,
+        parsed,
+        secs: started.elapsed().as_secs_f64(),
+    })
 }
