@@ -304,6 +304,9 @@ thread_local! {
     /// The scratch buffers of [`Session::accept`] (an event's body and attribute tail, copied
     /// into the session's arena from there): reused instead of allocated for every event.
     static SCRATCH: RefCell<(String, String)> = const { RefCell::new((String::new(), String::new())) };
+    /// The buffer [`Session::snapshot`] writes a snapshot's JSON into (per worker thread, as
+    /// large as the largest snapshot so far: bounded by the list cap, `max_events`).
+    static SNAPSHOT_SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 fn id_hash(id: &str) -> u64 {
@@ -909,8 +912,14 @@ impl Session {
 
     /// Builds the snapshot at window `m`.
     pub fn snapshot(&self, gap_based: bool, m: u64, closed: bool, merged_into: Option<&str>) -> Snapshot {
-        let mut out = String::with_capacity(self.json_capacity(merged_into));
-        self.write_json(&mut out, m, closed, merged_into);
+        // Written into a buffer kept from snapshot to snapshot, then copied into a string of its
+        // exact size: no walk over the attributes beforehand to size it, no slack in the
+        // snapshots a sink holds until its window is written.
+        let out = with_scratch(&SNAPSHOT_SCRATCH, |buf| {
+            buf.clear();
+            self.write_json(buf, m, closed, merged_into);
+            String::from(buf.as_str())
+        });
         Snapshot {
             session_id: String::from(&*self.id),
             gap_based,
@@ -929,30 +938,6 @@ impl Session {
             state: None,
             json: out,
         }
-    }
-
-    /// Room for the snapshot JSON, so that writing it never reallocates in the usual case
-    /// (ids without escapes): the fixed keys and numbers, the ids, the attributes and
-    /// experiments, and the listed events with their separators.
-    fn json_capacity(&self, merged_into: Option<&str>) -> usize {
-        let attr_len = |v: &AttrValue| match v {
-            AttrValue::Str(s) => s.len() + 2,
-            AttrValue::Num(_) => 32,
-            AttrValue::Bool(_) | AttrValue::Null => 5,
-        };
-        let attrs: usize = self
-            .attrs
-            .iter()
-            .map(|a| self.attr(a))
-            .map(|(k, v)| k.len() + 4 + attr_len(v))
-            .sum();
-        320 + self.id.len()
-            + self.visitor_id.len()
-            + merged_into.map_or(0, |m| m.len() + 20)
-            + attrs
-            + self.experiments.len() * 44
-            + self.arena.len()
-            + self.listed.len()
     }
 
     /// Writes the spec's snapshot JSON object.
