@@ -7,7 +7,6 @@
 //! case that an earlier-timestamped event changes a session attribute's value. Events past the
 //! cap keep only what exact counting and merging need (id, timestamp, revenue).
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::cmp::Ordering;
 
@@ -182,14 +181,13 @@ impl<E> Default for Sets<E> {
 }
 
 impl<E: Clone + Eq + std::hash::Hash> Sets<E> {
-    /// The index of `set`, stored first if it is new (an owned set is stored as it is, a
-    /// borrowed one copied). O(1) however many sets there are.
-    fn intern(&mut self, set: Cow<'_, [E]>) -> u32 {
+    /// The index of `set`, stored first if it is new. O(1) however many sets there are.
+    fn intern(&mut self, set: &[E]) -> u32 {
         // Four billion sets of one session would not fit in memory: the cast cannot wrap.
         let next = self.sets.len() as u32;
         if self.sets.len() <= SETS_SCAN {
             // Newest first: an event most often repeats the map the one before it brought.
-            if let Some(i) = self.sets.iter().rposition(|s| s.as_slice() == &*set) {
+            if let Some(i) = self.sets.iter().rposition(|s| s.as_slice() == set) {
                 return i as u32;
             }
         } else {
@@ -198,9 +196,9 @@ impl<E: Clone + Eq + std::hash::Hash> Sets<E> {
             let index = self
                 .index
                 .get_or_insert_with(|| Box::new(sets.iter().enumerate().map(|(i, s)| (hash(s), i as u32)).collect()));
-            let h = hash(&set);
+            let h = hash(set);
             match index.get(&h) {
-                Some(&i) if sets[i as usize].as_slice() == &*set => return i,
+                Some(&i) if sets[i as usize].as_slice() == set => return i,
                 // A new set, or one whose hash collides with another's: stored (again), which
                 // costs memory, never correctness.
                 _ => {
@@ -208,11 +206,7 @@ impl<E: Clone + Eq + std::hash::Hash> Sets<E> {
                 }
             }
         }
-        let mut set = set.into_owned();
-        // An owned set may come with slack (the fallback parser's maps): stored, it would be
-        // resident memory for the session's life.
-        set.shrink_to_fit();
-        self.sets.push(set);
+        self.sets.push(set.to_vec());
         next
     }
 
@@ -460,31 +454,14 @@ impl Session {
 
     /// Accepts an event (the caller checked it is not a duplicate).
     pub fn accept(&mut self, e: &Event, cfg: &SessionConfig) {
-        let attrs = e.attributes.as_deref().map(Cow::Borrowed);
-        with_scratch(&SCRATCH, |(body, tail)| self.accept_with(e, attrs, cfg, body, tail));
+        with_scratch(&SCRATCH, |(body, tail)| self.accept_with(e, cfg, body, tail));
     }
 
-    /// [`Session::accept`] of an event whose attribute map the caller took out of it
-    /// (`attrs`, in place of `e.attributes`): a map the session has not seen before is kept as
-    /// its new set instead of copied.
-    pub fn accept_owned(&mut self, e: &Event, attrs: Option<Vec<(CompactString, AttrValue)>>, cfg: &SessionConfig) {
-        let attrs = attrs.map(Cow::Owned);
-        with_scratch(&SCRATCH, |(body, tail)| self.accept_with(e, attrs, cfg, body, tail));
-    }
-
-    /// [`Session::accept`] with the event's attribute map (`attrs`, in place of
-    /// `e.attributes`) and scratch buffers for the event's body and attribute tail.
-    fn accept_with(
-        &mut self,
-        e: &Event,
-        attrs: Option<Cow<'_, [(CompactString, AttrValue)]>>,
-        cfg: &SessionConfig,
-        body: &mut String,
-        tail: &mut String,
-    ) {
+    /// [`Session::accept`] with scratch buffers for the event's body and attribute tail.
+    fn accept_with(&mut self, e: &Event, cfg: &SessionConfig, body: &mut String, tail: &mut String) {
         body.clear();
         event_body(e, body);
-        let attrs = self.intern_attrs(attrs.filter(|a| !a.is_empty()));
+        let attrs = self.intern_attrs(e.attributes.as_deref().filter(|a| !a.is_empty()));
         self.offer_first(e.timestamp, &e.event_id, &e.visitor_id, e.project_id);
         let changed = self.count_in(e.timestamp, &e.event_id, e.revenue.unwrap_or(0), attrs);
         let mut exps: Vec<(u64, u64)> = e
@@ -647,12 +624,12 @@ impl Session {
         }
     }
 
-    fn intern_attrs(&mut self, attrs: Option<Cow<'_, [(CompactString, AttrValue)]>>) -> u32 {
+    fn intern_attrs(&mut self, attrs: Option<&[(CompactString, AttrValue)]>) -> u32 {
         attrs.map_or(NO_ATTRS, |a| self.attr_sets.intern(a))
     }
 
     fn intern_exps(&mut self, exps: Option<&[(u64, u64)]>) -> u32 {
-        exps.map_or(NO_ATTRS, |x| self.exp_sets.intern(Cow::Borrowed(x)))
+        exps.map_or(NO_ATTRS, |x| self.exp_sets.intern(x))
     }
 
     /// `,"attributes":{..}}` with the keys whose value differs from the session's, or `}`.
@@ -820,7 +797,7 @@ impl Session {
             }
             let s = l.off as usize + l.id_len as usize;
             let body = other.piece(s, l.body_len as usize);
-            let attrs = self.intern_attrs(set(l.attrs).map(Cow::Borrowed));
+            let attrs = self.intern_attrs(set(l.attrs));
             let exps = xset(l.exps);
             let inc = Incoming {
                 ts: l.ts,
@@ -837,7 +814,7 @@ impl Session {
                 dropped += 1;
                 continue;
             }
-            let attrs = self.intern_attrs(set(u.attrs).map(Cow::Borrowed));
+            let attrs = self.intern_attrs(set(u.attrs));
             let exps = self.intern_exps(xset(u.exps));
             self.unlist(
                 id,

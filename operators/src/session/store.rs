@@ -512,9 +512,6 @@ impl SessionStore {
         touched: &mut Vec<SessionRef>,
         out: &mut impl FnMut(SessionOutput),
     ) {
-        // The attribute map goes to the session (as a new set) or is dropped with the record:
-        // nothing else reads it.
-        let attrs = rec.event.attributes.take();
         let Some(sid) = rec.event.session_id.as_deref() else {
             return;
         };
@@ -539,7 +536,7 @@ impl SessionStore {
             self.counters.duplicates += 1;
             return;
         }
-        s.accept_owned(e, attrs, &self.cfg);
+        s.accept(e, &self.cfg);
         self.counters.accepted += 1;
         Self::reindex(&self.cfg, &mut self.close_index, s, m, || {
             SessionRef::Id(Rc::clone(&key))
@@ -558,8 +555,6 @@ impl SessionStore {
         out: &mut impl FnMut(SessionOutput),
     ) {
         let cfg = &self.cfg;
-        // As in `apply_keyed`: the attribute map goes to the session or is dropped.
-        let attrs = rec.event.attributes.take();
         let e = &rec.event;
         let t = e.timestamp;
         let pair: Pair = (e.project_id, e.visitor_id.as_str().into());
@@ -621,7 +616,7 @@ impl SessionStore {
             at
         };
         let s = &mut group.open[survivor_at];
-        s.accept_owned(e, attrs, cfg);
+        s.accept(e, cfg);
         self.counters.accepted += 1;
         let id: Box<str> = s.id().into();
         Self::reindex(cfg, &mut self.close_index, s, m, || {
