@@ -123,9 +123,10 @@ fn bench_operator(sessions: u64) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-/// 2. Time to process a window that changes `changed` of `open` open sessions: the median of
-/// [`EMISSION_WINDOWS`] consecutive windows, each changing other sessions (one ~30 ms window
-/// alone varied by half from run to run on the development machine).
+/// 2. Time to process a window that changes `changed` of `open` open sessions.
+///
+/// The median of [`EMISSION_WINDOWS`] consecutive windows, each changing other sessions (one
+/// ~30 ms window alone varied by half from run to run on the development machine).
 fn bench_emission(open: u64, changed: u64) -> (Duration, usize) {
     let cfg = SessionConfig::default();
     let mut store = SessionStore::new(cfg);
