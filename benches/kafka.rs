@@ -21,6 +21,9 @@
 //!
 //! Prints events/s of each and the job/raw ratio, measured side by side in one run. Before each
 //! timed run the previous run's output files are removed and dirty pages written back (`sync`).
+//! `BENCH_RUNS=N` repeats steps 2-4 N times in turn (the machine's speed drifts within
+//! minutes) and then prints each row's median, its ratio taken against its own round's raw
+//! read.
 
 use std::time::{Duration, Instant};
 
@@ -113,118 +116,200 @@ fn bench() -> Result<(), String> {
         produced.messages as f64 / produced.seconds
     );
 
-    // 2. Raw consumption of the whole topic.
     let dir = std::env::temp_dir().join(format!("sf-bench-kafka-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    settle(&dir);
-    let all: Vec<i32> = (0..PARTITIONS as i32).collect();
-    let read = raw_consume(&brokers, &topic, &all, false)?;
-    if read.count != produced.messages {
-        return Err(format!(
-            "raw consumer read {} of {} messages",
-            read.count, produced.messages
-        ));
-    }
-    let (count, secs) = (read.count, read.secs);
-    let raw = count as f64 / secs;
-    println!(
-        "raw      {count:>9} messages {:>7.1} MB  {secs:>7.2} s  {raw:>9.0} events/s  (1 BaseConsumer, counting bytes)",
-        read.bytes as f64 / 1e6
-    );
-
-    // 2b. The same read, every message parsed as the source parses it: one consumer, then two
-    // in two threads.
-    for threads in [1usize, 2] {
-        settle(&dir);
-        let parts: Vec<Vec<i32>> = (0..threads)
-            .map(|t| all.iter().copied().filter(|p| *p as usize % threads == t).collect())
-            .collect();
-        let reads: Vec<Result<Read, String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = parts
-                .iter()
-                .map(|ps| s.spawn(|| raw_consume(&brokers, &topic, ps, true)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| Err("a reading thread panicked".into())))
-                .collect()
-        });
-        // Timed like the raw read, from the assignment on: the slowest thread's time.
-        let (mut n, mut ok, mut secs) = (0u64, 0u64, 0f64);
-        for r in reads {
-            let r = r?;
-            n += r.count;
-            ok += r.parsed;
-            secs = secs.max(r.secs);
-        }
-        if n != produced.messages {
-            return Err(format!("parsing consumers read {n} of {} messages", produced.messages));
-        }
-        let rate = n as f64 / secs;
-        println!(
-            "parse/{threads}  {n:>9} messages ({ok} valid) {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  ({threads} BaseConsumer(s), each message copied and parsed as the source does, no sessions)",
-            100.0 * rate / raw
-        );
-    }
-
-    // 3. The job end to end, 2 workers: output dropped, then the replay files written, then
-    // snapshots and dead letters to Kafka topics.
-    let (snap_topic, dead_topic) = (format!("{topic}-snapshots"), format!("{topic}-dead"));
-    for (label, files) in [("job/null", false), ("job/files", true), ("job/kafka", false)] {
-        let group = format!("{topic}-{}", label.replace('/', "-"));
-        let mut argv: Vec<String> = ["run", "--brokers", &brokers, "--topic", &topic, "--group", &group]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        argv.extend(["--stop-at-end", "--workers", "2", "--progress", "0"].map(String::from));
-        if files {
-            argv.extend(file_flags(&dir));
-        }
-        if label == "job/kafka" {
-            argv.extend([
-                "--snapshot-topic".to_string(),
-                snap_topic.clone(),
-                "--dead-letter-topic".to_string(),
-                dead_topic.clone(),
-            ]);
-        }
-        settle(&dir);
-        let (read, secs) = timed_run(&argv, "run")?;
-        if read != produced.messages {
-            return Err(format!("{label}: read {read} of {} messages", produced.messages));
-        }
-        let rate = read as f64 / secs;
-        println!(
-            "{label:<9}{:>9} events            {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  (run --stop-at-end, 2 workers)",
-            read,
-            100.0 * rate / raw
-        );
-    }
-    // 4. The engine alone on the same events, from files.
+    // The replay's input: the generator's files for the same seed.
     let files = write_files(&GenerateArgs {
         out_dir: dir.join("in"),
         ..gen
     })
     .map_err(|e| e.to_string())?;
-    let mut argv: Vec<String> = vec!["replay".into()];
-    for f in &files.files {
-        argv.push("--input".into());
-        argv.push(f.display().to_string());
+    let (snap_topic, dead_topic) = (format!("{topic}-snapshots"), format!("{topic}-dead"));
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut rows = Rows::default();
+    for round in 1..=runs {
+        if runs > 1 {
+            println!("round {round} of {runs}");
+        }
+        let ctx = Round {
+            brokers: &brokers,
+            topic: &topic,
+            dir: &dir,
+            messages: produced.messages,
+            round,
+        };
+        ctx.measure(&files.files, (&snap_topic, &dead_topic), &mut rows)?;
     }
-    argv.extend(file_flags(&dir));
-    argv.extend(["--workers", "2"].map(String::from));
-    settle(&dir);
-    let (read, secs) = timed_run(&argv, "replay")?;
-    let rate = read as f64 / secs;
-    println!(
-        "{:<9}{:>9} events            {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  (replay from files, 2 workers)",
-        "replay",
-        read,
-        100.0 * rate / raw
-    );
+    if runs > 1 {
+        rows.print_medians(runs);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     delete_topics(&brokers, &[&topic, &snap_topic, &dead_topic]);
     Ok(())
+}
+
+/// One round of measurements on the produced topic.
+struct Round<'a> {
+    brokers: &'a str,
+    topic: &'a str,
+    dir: &'a std::path::Path,
+    messages: u64,
+    round: usize,
+}
+
+/// Every round's events/s and ratio to that round's raw read, per measurement, in print order.
+#[derive(Default)]
+struct Rows(Vec<(String, Vec<(f64, f64)>)>);
+
+impl Rows {
+    fn add(&mut self, label: &str, rate: f64, ratio: f64) {
+        match self.0.iter_mut().find(|(l, _)| l == label) {
+            Some((_, v)) => v.push((rate, ratio)),
+            None => self.0.push((label.to_string(), vec![(rate, ratio)])),
+        }
+    }
+
+    fn print_medians(&self, runs: usize) {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            let n = v.len();
+            if n % 2 == 1 {
+                v[n / 2]
+            } else {
+                (v[n / 2 - 1] + v[n / 2]) / 2.0
+            }
+        };
+        println!("median of {runs} rounds (each ratio against its own round's raw read):");
+        for (label, v) in &self.0 {
+            let rate = median(v.iter().map(|x| x.0).collect());
+            let ratio = median(v.iter().map(|x| x.1).collect());
+            println!("{label:<9}{rate:>12.0} events/s  = {:.0}% of raw", 100.0 * ratio);
+        }
+    }
+}
+
+impl Round<'_> {
+    /// Raw read, read and parse, the job three ways and the replay, one after the other.
+    fn measure(
+        &self,
+        inputs: &[std::path::PathBuf],
+        (snap_topic, dead_topic): (&str, &str),
+        rows: &mut Rows,
+    ) -> Result<(), String> {
+        let (brokers, topic, dir) = (self.brokers, self.topic, self.dir);
+        // 2. Raw consumption of the whole topic.
+        settle(dir);
+        let all: Vec<i32> = (0..PARTITIONS as i32).collect();
+        let read = raw_consume(brokers, topic, &all, false)?;
+        if read.count != self.messages {
+            return Err(format!(
+                "raw consumer read {} of {} messages",
+                read.count, self.messages
+            ));
+        }
+        let (count, secs) = (read.count, read.secs);
+        let raw = count as f64 / secs;
+        rows.add("raw", raw, 1.0);
+        println!(
+            "raw      {count:>9} messages {:>7.1} MB  {secs:>7.2} s  {raw:>9.0} events/s  (1 BaseConsumer, counting bytes)",
+            read.bytes as f64 / 1e6
+        );
+
+        // 2b. The same read, every message parsed as the source parses it: one consumer, then
+        // two in two threads.
+        for threads in [1usize, 2] {
+            settle(dir);
+            let parts: Vec<Vec<i32>> = (0..threads)
+                .map(|t| all.iter().copied().filter(|p| *p as usize % threads == t).collect())
+                .collect();
+            let reads: Vec<Result<Read, String>> = std::thread::scope(|s| {
+                let handles: Vec<_> = parts
+                    .iter()
+                    .map(|ps| s.spawn(|| raw_consume(brokers, topic, ps, true)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err("a reading thread panicked".into())))
+                    .collect()
+            });
+            // Timed like the raw read, from the assignment on: the slowest thread's time.
+            let (mut n, mut ok, mut secs) = (0u64, 0u64, 0f64);
+            for r in reads {
+                let r = r?;
+                n += r.count;
+                ok += r.parsed;
+                secs = secs.max(r.secs);
+            }
+            if n != self.messages {
+                return Err(format!("parsing consumers read {n} of {} messages", self.messages));
+            }
+            let rate = n as f64 / secs;
+            rows.add(&format!("parse/{threads}"), rate, rate / raw);
+            println!(
+                "parse/{threads}  {n:>9} messages ({ok} valid) {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  ({threads} BaseConsumer(s), each message copied and parsed as the source does, no sessions)",
+                100.0 * rate / raw
+            );
+        }
+
+        // 3. The job end to end, 2 workers: output dropped, then the replay files written,
+        // then snapshots and dead letters to Kafka topics. A group of its own each round, so
+        // each reads the topic from its start.
+        for (label, files) in [("job/null", false), ("job/files", true), ("job/kafka", false)] {
+            let group = format!("{topic}-{}-{}", label.replace('/', "-"), self.round);
+            let mut argv: Vec<String> = ["run", "--brokers", brokers, "--topic", topic, "--group", &group]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            argv.extend(["--stop-at-end", "--workers", "2", "--progress", "0"].map(String::from));
+            if files {
+                argv.extend(file_flags(dir));
+            }
+            if label == "job/kafka" {
+                argv.extend([
+                    "--snapshot-topic".to_string(),
+                    snap_topic.to_string(),
+                    "--dead-letter-topic".to_string(),
+                    dead_topic.to_string(),
+                ]);
+            }
+            settle(dir);
+            let (read, secs) = timed_run(&argv, "run")?;
+            if read != self.messages {
+                return Err(format!("{label}: read {read} of {} messages", self.messages));
+            }
+            let rate = read as f64 / secs;
+            rows.add(label, rate, rate / raw);
+            println!(
+                "{label:<9}{:>9} events            {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  (run --stop-at-end, 2 workers)",
+                read,
+                100.0 * rate / raw
+            );
+        }
+
+        // 4. The engine alone on the same events, from files.
+        let mut argv: Vec<String> = vec!["replay".into()];
+        for f in inputs {
+            argv.push("--input".into());
+            argv.push(f.display().to_string());
+        }
+        argv.extend(file_flags(dir));
+        argv.extend(["--workers", "2"].map(String::from));
+        settle(dir);
+        let (read, secs) = timed_run(&argv, "replay")?;
+        let rate = read as f64 / secs;
+        rows.add("replay", rate, rate / raw);
+        println!(
+            "{:<9}{:>9} events            {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  (replay from files, 2 workers)",
+            "replay",
+            read,
+            100.0 * rate / raw
+        );
+        Ok(())
+    }
 }
 
 /// Runs `sessionflow ARGV` as its own process: (events read, seconds from start to exit). The
