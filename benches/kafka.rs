@@ -35,7 +35,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use sessionflow::commands::generate_kafka::{produce, KafkaGenerateArgs};
 use sessionflow::generate::{write_files, GenerateArgs};
-use sessionflow_operators::source::kafka::{block_on, wait_for_topic};
+use sessionflow_operators::source::kafka::{block_on, wait_for_topic, PREFETCH_OPTIONS};
 use sessionflow_operators::source::{parse_record, RawRecord};
 
 const PARTITIONS: u32 = 4;
@@ -369,9 +369,9 @@ fn raw_consume(brokers: &str, topic: &str, partitions: &[i32], parse: bool) -> R
         // The job's source settings for a consumer that can fill its queue (a parsing one
         // can): with librdkafka's 1 s `fetch.queue.backoff.ms`, a full queue stalls the read
         // (3-4 s of the 1M topic spent in empty polls).
-        config
-            .set("queued.max.messages.kbytes", "8192")
-            .set("fetch.queue.backoff.ms", "10");
+        for (key, value) in PREFETCH_OPTIONS {
+            config.set(key, value);
+        }
     }
     let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
     let mut ends = vec![0; PARTITIONS as usize];

@@ -658,6 +658,20 @@ fn waker(activator: &Arc<OnceLock<SyncActivator>>) -> impl Fn() + Send + Sync + 
     }
 }
 
+/// The source consumer's prefetch options (librdkafka's), public so that a benchmark can read
+/// a topic as the job does.
+pub const PREFETCH_OPTIONS: [(&str, &str); 2] = [
+    // Prefetch per partition (each partition has a queue of its own): 8 MB keeps the workers
+    // fed; librdkafka's 64 MB default only adds memory (~200 MB more for 4 partitions, same
+    // throughput).
+    ("queued.max.messages.kbytes", "8192"),
+    // A full queue (a partition held back by watermark alignment, or read behind a window
+    // being processed) postpones that partition's next fetch by this much; librdkafka's 1 s
+    // default left drained partitions waiting for data (the job ran ~15% slower, and 3-4x
+    // slower with small queues).
+    ("fetch.queue.backoff.ms", "10"),
+];
+
 fn cut_list(topic: &str, cuts: &[Cut]) -> Result<TopicPartitionList, String> {
     let mut tpl = TopicPartitionList::with_capacity(cuts.len());
     for cut in cuts {
@@ -694,16 +708,8 @@ impl KafkaReader {
             ("enable.partition.eof", cfg.stop_at_end.to_string()),
             // Names this worker in the broker's logs.
             ("client.id", format!("sessionflow-source-{index}")),
-            // Prefetch per partition (each partition has a queue of its own): 8 MB keeps the
-            // workers fed; librdkafka's 64 MB default only adds memory (~200 MB more for 4
-            // partitions, same throughput).
-            ("queued.max.messages.kbytes", "8192".to_string()),
-            // A full queue (a partition held back by watermark alignment, or read behind a
-            // window being processed) postpones that partition's next fetch by this much;
-            // librdkafka's 1 s default left drained partitions waiting for data (the job ran
-            // ~15% slower, and 3-4x slower with small queues).
-            ("fetch.queue.backoff.ms", "10".to_string()),
         ];
+        ours.extend(PREFETCH_OPTIONS.map(|(k, v)| (k, v.to_string())));
         // The consumer-lag gauge of the progress line and the brokers the consumer knows (to
         // notice it lost them all, see `KafkaReader::read`) come from librdkafka's statistics.
         let stats_ms = if cfg.stats_interval_ms > 0 {
