@@ -173,6 +173,17 @@ impl Rows {
         }
     }
 
+    /// Adds and prints a run of `sessionflow` that read `read` events in `secs`, against the
+    /// round's raw read of `raw` events/s; `how` says how it ran.
+    fn report(&mut self, label: &str, read: u64, secs: f64, raw: f64, how: &str) {
+        let rate = read as f64 / secs;
+        self.add(label, rate, rate / raw);
+        println!(
+            "{label:<9}{read:>9} events            {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  ({how})",
+            100.0 * rate / raw
+        );
+    }
+
     fn print_medians(&self, runs: usize) {
         let median = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);
@@ -281,13 +292,7 @@ impl Round<'_> {
             if read != self.messages {
                 return Err(format!("{label}: read {read} of {} messages", self.messages));
             }
-            let rate = read as f64 / secs;
-            rows.add(label, rate, rate / raw);
-            println!(
-                "{label:<9}{:>9} events            {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  (run --stop-at-end, 2 workers)",
-                read,
-                100.0 * rate / raw
-            );
+            rows.report(label, read, secs, raw, "run --stop-at-end, 2 workers");
         }
 
         // 4. The engine alone on the same events, from files.
@@ -300,14 +305,7 @@ impl Round<'_> {
         argv.extend(["--workers", "2"].map(String::from));
         settle(dir);
         let (read, secs) = timed_run(&argv, "replay")?;
-        let rate = read as f64 / secs;
-        rows.add("replay", rate, rate / raw);
-        println!(
-            "{:<9}{:>9} events            {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  (replay from files, 2 workers)",
-            "replay",
-            read,
-            100.0 * rate / raw
-        );
+        rows.report("replay", read, secs, raw, "replay from files, 2 workers");
         Ok(())
     }
 }
