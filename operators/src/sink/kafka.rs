@@ -325,6 +325,20 @@ pub struct KafkaSink {
     retiring: Option<ThreadedProducer<SinkContext>>,
 }
 
+/// The sink producer's delivery and encoding options (librdkafka's), public so that a
+/// benchmark can produce the job's output as the sink does.
+pub const PRODUCER_OPTIONS: [(&str, &str); 4] = [
+    // A message counts as written once every in-sync replica has it: the offset commit
+    // trusts these acknowledgements.
+    ("acks", "all"),
+    // librdkafka's retries never duplicate nor reorder a message.
+    ("enable.idempotence", "true"),
+    // The partition a Java client picks for the same key (murmur2 of the session id).
+    ("partitioner", "murmur2_random"),
+    // Snapshots are repetitive JSON: cheap to compress, much less to ship and store.
+    ("compression.type", "lz4"),
+];
+
 impl KafkaSink {
     /// Creates the producer (it connects lazily; nothing blocks here). `label` names it in logs.
     pub fn create(cfg: &KafkaSinkConfig, label: &str) -> Result<KafkaSink, String> {
@@ -338,21 +352,13 @@ impl KafkaSink {
             replacements: AtomicU64::new(0),
             replacement_request: Mutex::new(None),
         });
-        let ours = [
-            // A message counts as written once every in-sync replica has it: the offset commit
-            // trusts these acknowledgements.
-            ("acks", "all".to_string()),
-            // librdkafka's retries never duplicate nor reorder a message.
-            ("enable.idempotence", "true".to_string()),
-            // The partition a Java client picks for the same key (murmur2 of the session id).
-            ("partitioner", "murmur2_random".to_string()),
-            // Snapshots are repetitive JSON: cheap to compress, much less to ship and store.
-            ("compression.type", "lz4".to_string()),
+        let mut ours: Vec<(&str, String)> = PRODUCER_OPTIONS.map(|(k, v)| (k, v.to_string())).into();
+        ours.extend([
             // Names this sink in the broker's logs.
             ("client.id", format!("sessionflow-sink-{}", cfg.topic)),
             // The brokers the producer knows, to notice it lost them all (see the module doc).
             ("statistics.interval.ms", STATS_INTERVAL_MS.to_string()),
-        ];
+        ]);
         let config = client_config(&cfg.brokers, &ours, &cfg.options, ClientKind::Producer);
         let producer = new_producer(&config, &log, &shared)?;
         Ok(KafkaSink {
