@@ -11,6 +11,9 @@
 //! 3. The job end to end: `sessionflow run --stop-at-end` with 2 workers, output dropped (null
 //!    sink), then with the replay files written, then with snapshots and dead letters produced
 //!    to Kafka topics (the production shape without HBase; the broker shares the cores).
+//!    Then what writing that output costs with no engine (the bound it puts on any job here):
+//!    job/files' snapshot file written to a file and synced, and its lines produced to a new
+//!    topic with the Kafka sink's settings, each timed as if it had read the round's events.
 //! 4. For scale, the engine alone: `sessionflow replay` of the same events from files (the
 //!    generator's files for the same seed), 2 workers, same outputs as 3.
 //!
@@ -25,16 +28,21 @@
 //! minutes) and then prints each row's median, its ratio taken against its own round's raw
 //! read.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use sessionflow::commands::generate_kafka::{produce, KafkaGenerateArgs};
 use sessionflow::generate::{write_files, GenerateArgs};
+use sessionflow_operators::sink::kafka::{ensure_topic, PRODUCER_OPTIONS};
 use sessionflow_operators::source::kafka::{block_on, wait_for_topic, PREFETCH_OPTIONS};
 use sessionflow_operators::source::{parse_record, RawRecord};
 
@@ -293,7 +301,12 @@ impl Round<'_> {
                 return Err(format!("{label}: read {read} of {} messages", self.messages));
             }
             rows.report(label, read, secs, raw, "run --stop-at-end, 2 workers");
+            if files {
+                // Kept (under a name `settle` leaves alone) for the output bounds below.
+                std::fs::rename(dir.join("out.jsonl"), dir.join(KEPT_OUTPUT)).map_err(|e| e.to_string())?;
+            }
         }
+        self.output_bounds(rows, raw)?;
 
         // 4. The engine alone on the same events, from files.
         let mut argv: Vec<String> = vec!["replay".into()];
@@ -308,6 +321,158 @@ impl Round<'_> {
         rows.report("replay", read, secs, raw, "replay from files, 2 workers");
         Ok(())
     }
+}
+
+/// The job/files run's snapshot file, kept for [`Round::output_bounds`].
+const KEPT_OUTPUT: &str = "job-files-out.jsonl";
+
+impl Round<'_> {
+    /// 3b. What writing the job's output costs with no engine at all, from the snapshot file
+    /// job/files wrote: its bytes written to a file and synced, then its lines produced to a
+    /// new topic keyed by session id by one producer with the Kafka sink's settings, until
+    /// every message is acknowledged. Each is reported as input events/s (this round's events
+    /// over the time taken): no job writing that output here can be faster.
+    fn output_bounds(&self, rows: &mut Rows, raw: f64) -> Result<(), String> {
+        let kept = self.dir.join(KEPT_OUTPUT);
+        let text = std::fs::read(&kept).map_err(|e| format!("cannot read {}: {e}", kept.display()))?;
+        let _ = std::fs::remove_file(&kept);
+        let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+        let mb = text.len() as f64 / 1e6;
+
+        settle(self.dir);
+        let path = self.dir.join("out.jsonl");
+        let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        let started = Instant::now();
+        std::fs::write(&path, &text).map_err(fail)?;
+        let wrote = started.elapsed().as_secs_f64();
+        std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(fail)?;
+        let secs = started.elapsed().as_secs_f64();
+        let how = format!(
+            "the job's {} snapshots, {mb:.1} MB, written to a file ({wrote:.2} s) and synced, no engine",
+            lines.len()
+        );
+        rows.report("out/file", self.messages, secs, raw, &how);
+
+        let keyed = lines
+            .iter()
+            .map(|l| snapshot_key(l).map(|k| (k, *l)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let topic = format!("{}-bound-{}", self.topic, self.round);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        ensure_topic(self.brokers, &topic, PARTITIONS, &[], deadline)?;
+        settle(self.dir);
+        let secs = produce_all(self.brokers, &topic, &keyed);
+        delete_topics(self.brokers, &[&topic]);
+        let how = "the same, produced by 1 producer with the sink's settings until acknowledged, no engine";
+        rows.report("out/kafka", self.messages, secs?, raw, how);
+        Ok(())
+    }
+}
+
+/// The session id of a snapshot line (`{"session_id":"..",...}`), as the sink keys it.
+fn snapshot_key(line: &[u8]) -> Result<String, String> {
+    const HEAD: &[u8] = b"{\"session_id\":";
+    let bad = || {
+        format!(
+            "not a snapshot line: {}",
+            String::from_utf8_lossy(&line[..line.len().min(80)])
+        )
+    };
+    let rest = line.strip_prefix(HEAD).ok_or_else(bad)?;
+    // The string's closing quote: the first one not escaped.
+    let mut end = 1;
+    while end < rest.len() {
+        match rest[end] {
+            b'\\' => end += 2,
+            b'"' => break,
+            _ => end += 1,
+        }
+    }
+    serde_json::from_slice(rest.get(..end + 1).ok_or_else(bad)?).map_err(|_| bad())
+}
+
+/// Counts a producer's delivery reports.
+#[derive(Default)]
+struct Deliveries {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// Produces every `(key, value)` to `topic` with the Kafka sink's settings and waits until
+/// each is acknowledged: the seconds that took, from the first send once connected.
+fn produce_all(brokers: &str, topic: &str, messages: &[(String, &[u8])]) -> Result<f64, String> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in PRODUCER_OPTIONS {
+        config.set(key, value);
+    }
+    let producer: BaseProducer<Deliveries> = config
+        .create_with_context(Deliveries::default())
+        .map_err(|e| e.to_string())?;
+    // Timed, like the raw read, once connected: one message (the first, once more) produced and
+    // acknowledged first, which also takes the idempotent producer's id.
+    if let Some((key, value)) = messages.first() {
+        producer
+            .send(BaseRecord::to(topic).key(key.as_bytes()).payload(*value))
+            .map_err(|(e, _)| format!("cannot produce to {topic}: {e}"))?;
+        producer
+            .flush(Duration::from_secs(60))
+            .map_err(|e| format!("cannot flush to {topic}: {e}"))?;
+    }
+    let warm = producer.context().ok.load(Ordering::Relaxed);
+    let started = Instant::now();
+    for (key, value) in messages {
+        let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(*value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(format!("cannot produce to {topic}: {e}")),
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(Duration::from_secs(300))
+        .map_err(|e| format!("cannot flush to {topic}: {e}"))?;
+    let secs = started.elapsed().as_secs_f64();
+    let done = producer.context();
+    let (ok, failed) = (
+        done.ok.load(Ordering::Relaxed) - warm,
+        done.failed.load(Ordering::Relaxed),
+    );
+    if ok != messages.len() as u64 {
+        let first = done.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        return Err(format!(
+            "{ok} of {} messages acknowledged, {failed} failed (first: {})",
+            messages.len(),
+            first.unwrap_or_default()
+        ));
+    }
+    Ok(secs)
 }
 
 /// Runs `sessionflow ARGV` as its own process: (events read, seconds from start to exit). The
