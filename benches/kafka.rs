@@ -28,6 +28,7 @@
 //! minutes) and then prints each row's median, its ratio taken against its own round's raw
 //! read.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -343,9 +344,12 @@ impl Round<'_> {
         let path = self.dir.join("out.jsonl");
         let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
         let started = Instant::now();
-        std::fs::write(&path, &text).map_err(fail)?;
+        // In 1 MiB writes, as the job's file sink writes (one 724 MB `write` took 0.8-2.2 s here,
+        // 1 MiB ones 0.2 s).
+        let mut file = std::fs::File::create(&path).map_err(fail)?;
+        text.chunks(1 << 20).try_for_each(|c| file.write_all(c)).map_err(fail)?;
         let wrote = started.elapsed().as_secs_f64();
-        std::fs::File::open(&path).and_then(|f| f.sync_all()).map_err(fail)?;
+        file.sync_all().map_err(fail)?;
         let secs = started.elapsed().as_secs_f64();
         let how = format!(
             "the job's {} snapshots, {mb:.1} MB, written to a file ({wrote:.2} s) and synced, no engine",
