@@ -30,7 +30,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions};
@@ -330,8 +330,8 @@ const KEPT_OUTPUT: &str = "job-files-out.jsonl";
 impl Round<'_> {
     /// 3b. What writing the job's output costs with no engine at all, from the snapshot file
     /// job/files wrote: its bytes written to a file and synced, then its lines produced to a
-    /// new topic keyed by session id by one producer with the Kafka sink's settings, until
-    /// every message is acknowledged. Each is reported as input events/s (this round's events
+    /// new topic keyed by session id by two producers (as the job's two workers have) with the
+    /// Kafka sink's settings, until every message is acknowledged. Each is reported as input events/s (this round's events
     /// over the time taken): no job writing that output here can be faster.
     fn output_bounds(&self, rows: &mut Rows, raw: f64) -> Result<(), String> {
         let kept = self.dir.join(KEPT_OUTPUT);
@@ -367,8 +367,10 @@ impl Round<'_> {
         settle(self.dir);
         let secs = produce_all(self.brokers, &topic, &keyed);
         delete_topics(self.brokers, &[&topic]);
-        let how = "the same, produced by 1 producer with the sink's settings until acknowledged, no engine";
-        rows.report("out/kafka", self.messages, secs?, raw, how);
+        let how = format!(
+            "the same, produced by {PRODUCERS} producers with the sink's settings until acknowledged, no engine"
+        );
+        rows.report("out/kafka", self.messages, secs?, raw, &how);
         Ok(())
     }
 }
@@ -422,30 +424,48 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// Produces every `(key, value)` to `topic` with the Kafka sink's settings and waits until
-/// each is acknowledged: the seconds that took, from the first send once connected.
+/// Producers in the output bound: one per worker of the job's runs, as the job has (each of
+/// librdkafka's producers compresses on a thread of its own).
+const PRODUCERS: usize = 2;
+
+/// Produces every `(key, value)` to `topic` with the Kafka sink's settings, split among
+/// [`PRODUCERS`] producers in as many threads, and waits until each is acknowledged: the
+/// seconds that took, from the first send once all are connected.
 fn produce_all(brokers: &str, topic: &str, messages: &[(String, &[u8])]) -> Result<f64, String> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    for (key, value) in PRODUCER_OPTIONS {
-        config.set(key, value);
-    }
-    let producer: BaseProducer<Deliveries> = config
-        .create_with_context(Deliveries::default())
-        .map_err(|e| e.to_string())?;
-    // Timed, like the raw read, once connected: one message (the first, once more) produced and
-    // acknowledged first, which also takes the idempotent producer's id.
-    if let Some((key, value)) = messages.first() {
-        producer
-            .send(BaseRecord::to(topic).key(key.as_bytes()).payload(*value))
-            .map_err(|(e, _)| format!("cannot produce to {topic}: {e}"))?;
-        producer
-            .flush(Duration::from_secs(60))
-            .map_err(|e| format!("cannot flush to {topic}: {e}"))?;
-    }
+    let ready = Barrier::new(PRODUCERS + 1);
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..PRODUCERS)
+            .map(|i| {
+                let (ready, share) = (&ready, messages.iter().skip(i).step_by(PRODUCERS));
+                s.spawn(move || produce_share(brokers, topic, share, ready))
+            })
+            .collect();
+        ready.wait();
+        let started = Instant::now();
+        let mut result = Ok(());
+        for t in threads {
+            let r = t.join().unwrap_or_else(|_| Err("a producing thread panicked".into()));
+            result = result.and(r);
+        }
+        result.map(|()| started.elapsed().as_secs_f64())
+    })
+}
+
+/// One thread of [`produce_all`]: connects, waits at `ready` for the others, then produces
+/// `share` and waits for every acknowledgement. It always reaches `ready`, even when it fails
+/// before, so that the others are not left waiting.
+fn produce_share<'a>(
+    brokers: &str,
+    topic: &str,
+    mut share: impl Iterator<Item = &'a (String, &'a [u8])>,
+    ready: &Barrier,
+) -> Result<(), String> {
+    let connected = connect_producer(brokers, topic, share.next());
+    ready.wait();
+    let producer = connected?;
     let warm = producer.context().ok.load(Ordering::Relaxed);
-    let started = Instant::now();
-    for (key, value) in messages {
+    let mut sent = 0u64;
+    for (key, value) in share {
         let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(*value);
         loop {
             match producer.send(record) {
@@ -457,26 +477,52 @@ fn produce_all(brokers: &str, topic: &str, messages: &[(String, &[u8])]) -> Resu
                 Err((e, _)) => return Err(format!("cannot produce to {topic}: {e}")),
             }
         }
+        sent += 1;
         producer.poll(Duration::ZERO);
     }
     producer
         .flush(Duration::from_secs(300))
         .map_err(|e| format!("cannot flush to {topic}: {e}"))?;
-    let secs = started.elapsed().as_secs_f64();
     let done = producer.context();
     let (ok, failed) = (
         done.ok.load(Ordering::Relaxed) - warm,
         done.failed.load(Ordering::Relaxed),
     );
-    if ok != messages.len() as u64 {
+    if ok != sent {
         let first = done.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
         return Err(format!(
-            "{ok} of {} messages acknowledged, {failed} failed (first: {})",
-            messages.len(),
+            "{ok} of {sent} messages acknowledged, {failed} failed (first: {})",
             first.unwrap_or_default()
         ));
     }
-    Ok(secs)
+    Ok(())
+}
+
+/// A producer with the Kafka sink's settings, connected: `first` (the first message of its
+/// share, left out of the timing) produced and acknowledged, which also takes the idempotent
+/// producer's id; the output bound is timed from there on, like the raw read.
+fn connect_producer(
+    brokers: &str,
+    topic: &str,
+    first: Option<&(String, &[u8])>,
+) -> Result<BaseProducer<Deliveries>, String> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in PRODUCER_OPTIONS {
+        config.set(key, value);
+    }
+    let producer: BaseProducer<Deliveries> = config
+        .create_with_context(Deliveries::default())
+        .map_err(|e| e.to_string())?;
+    if let Some((key, value)) = first {
+        producer
+            .send(BaseRecord::to(topic).key(key.as_bytes()).payload(*value))
+            .map_err(|(e, _)| format!("cannot produce to {topic}: {e}"))?;
+        producer
+            .flush(Duration::from_secs(60))
+            .map_err(|e| format!("cannot flush to {topic}: {e}"))?;
+    }
+    Ok(producer)
 }
 
 /// Runs `sessionflow ARGV` as its own process: (events read, seconds from start to exit). The
