@@ -29,19 +29,18 @@
 //! read.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
-use sessionflow::commands::generate_kafka::{produce, KafkaGenerateArgs};
+use sessionflow::commands::generate_kafka::{line_key, produce, Deliveries, KafkaGenerateArgs};
 use sessionflow::generate::{write_files, GenerateArgs};
 use sessionflow_operators::sink::kafka::{ensure_topic, PRODUCER_OPTIONS};
 use sessionflow_operators::source::kafka::{block_on, wait_for_topic, PREFETCH_OPTIONS};
@@ -357,9 +356,13 @@ impl Round<'_> {
         );
         rows.report("out/file", self.messages, secs, raw, &how);
 
+        // Keyed as the sink keys them: by session id.
         let keyed = lines
             .iter()
-            .map(|l| snapshot_key(l).map(|k| (k, *l)))
+            .map(|l| {
+                let bad = || format!("not a snapshot: {}", String::from_utf8_lossy(&l[..l.len().min(80)]));
+                line_key(l).map(|k| (k, *l)).ok_or_else(bad)
+            })
             .collect::<Result<Vec<_>, String>>()?;
         let topic = format!("{}-bound-{}", self.topic, self.round);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -375,55 +378,6 @@ impl Round<'_> {
     }
 }
 
-/// The session id of a snapshot line (`{"session_id":"..",...}`), as the sink keys it.
-fn snapshot_key(line: &[u8]) -> Result<String, String> {
-    const HEAD: &[u8] = b"{\"session_id\":";
-    let bad = || {
-        format!(
-            "not a snapshot line: {}",
-            String::from_utf8_lossy(&line[..line.len().min(80)])
-        )
-    };
-    let rest = line.strip_prefix(HEAD).ok_or_else(bad)?;
-    // The string's closing quote: the first one not escaped.
-    let mut end = 1;
-    while end < rest.len() {
-        match rest[end] {
-            b'\\' => end += 2,
-            b'"' => break,
-            _ => end += 1,
-        }
-    }
-    serde_json::from_slice(rest.get(..end + 1).ok_or_else(bad)?).map_err(|_| bad())
-}
-
-/// Counts a producer's delivery reports.
-#[derive(Default)]
-struct Deliveries {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl ClientContext for Deliveries {}
-
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        match result {
-            Ok(_) => {
-                self.ok.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((e, _)) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-                let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
-                first.get_or_insert_with(|| e.to_string());
-            }
-        }
-    }
-}
-
 /// Producers in the output bound: one per worker of the job's runs, as the job has (each of
 /// librdkafka's producers compresses on a thread of its own).
 const PRODUCERS: usize = 2;
@@ -431,7 +385,7 @@ const PRODUCERS: usize = 2;
 /// Produces every `(key, value)` to `topic` with the Kafka sink's settings, split among
 /// [`PRODUCERS`] producers in as many threads, and waits until each is acknowledged: the
 /// seconds that took, from the first send once all are connected.
-fn produce_all(brokers: &str, topic: &str, messages: &[(String, &[u8])]) -> Result<f64, String> {
+fn produce_all(brokers: &str, topic: &str, messages: &[(Vec<u8>, &[u8])]) -> Result<f64, String> {
     let ready = Barrier::new(PRODUCERS + 1);
     std::thread::scope(|s| {
         let threads: Vec<_> = (0..PRODUCERS)
@@ -457,16 +411,16 @@ fn produce_all(brokers: &str, topic: &str, messages: &[(String, &[u8])]) -> Resu
 fn produce_share<'a>(
     brokers: &str,
     topic: &str,
-    mut share: impl Iterator<Item = &'a (String, &'a [u8])>,
+    mut share: impl Iterator<Item = &'a (Vec<u8>, &'a [u8])>,
     ready: &Barrier,
 ) -> Result<(), String> {
     let connected = connect_producer(brokers, topic, share.next());
     ready.wait();
     let producer = connected?;
-    let warm = producer.context().ok.load(Ordering::Relaxed);
+    let warm = producer.context().acked();
     let mut sent = 0u64;
     for (key, value) in share {
-        let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(*value);
+        let mut record = BaseRecord::to(topic).key(key).payload(*value);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -483,17 +437,12 @@ fn produce_share<'a>(
     producer
         .flush(Duration::from_secs(300))
         .map_err(|e| format!("cannot flush to {topic}: {e}"))?;
-    let done = producer.context();
-    let (ok, failed) = (
-        done.ok.load(Ordering::Relaxed) - warm,
-        done.failed.load(Ordering::Relaxed),
-    );
-    if ok != sent {
-        let first = done.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        return Err(format!(
-            "{ok} of {sent} messages acknowledged, {failed} failed (first: {})",
-            first.unwrap_or_default()
-        ));
+    let acked = producer.context().acked() - warm;
+    if let Some(e) = producer.context().error() {
+        return Err(format!("cannot produce to {topic}: {e}"));
+    }
+    if acked != sent {
+        return Err(format!("{acked} of {sent} messages acknowledged"));
     }
     Ok(())
 }
@@ -504,7 +453,7 @@ fn produce_share<'a>(
 fn connect_producer(
     brokers: &str,
     topic: &str,
-    first: Option<&(String, &[u8])>,
+    first: Option<&(Vec<u8>, &[u8])>,
 ) -> Result<BaseProducer<Deliveries>, String> {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
@@ -512,11 +461,11 @@ fn connect_producer(
         config.set(key, value);
     }
     let producer: BaseProducer<Deliveries> = config
-        .create_with_context(Deliveries::default())
+        .create_with_context(Deliveries::new(format!("bench -> {topic}")))
         .map_err(|e| e.to_string())?;
     if let Some((key, value)) = first {
         producer
-            .send(BaseRecord::to(topic).key(key.as_bytes()).payload(*value))
+            .send(BaseRecord::to(topic).key(key).payload(*value))
             .map_err(|(e, _)| format!("cannot produce to {topic}: {e}"))?;
         producer
             .flush(Duration::from_secs(60))

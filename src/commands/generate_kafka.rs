@@ -112,10 +112,33 @@ pub fn line_key(line: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-struct Deliveries {
+/// A producer context that counts acknowledged messages and keeps the first delivery error;
+/// librdkafka's log lines and client errors go to its [`ClientLog`].
+pub struct Deliveries {
     log: ClientLog,
     acked: AtomicU64,
     error: Mutex<Option<String>>,
+}
+
+impl Deliveries {
+    /// A context whose log lines are labelled `label`.
+    pub fn new(label: String) -> Deliveries {
+        Deliveries {
+            log: ClientLog::new(label),
+            acked: AtomicU64::new(0),
+            error: Mutex::new(None),
+        }
+    }
+
+    /// Messages acknowledged so far (count).
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// The first delivery error, if any.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|e| e.clone())
+    }
 }
 
 impl ClientContext for Deliveries {
@@ -165,15 +188,10 @@ pub fn produce(args: &GenerateArgs, kafka: &KafkaGenerateArgs, brokers: &str, to
         ("client.id", "sessionflow-generate".to_string()),
     ];
     let config = client_config(brokers, &ours, &kafka.options, ClientKind::Producer);
-    let context = Deliveries {
-        log: ClientLog::new(format!("generate -> {topic}")),
-        acked: AtomicU64::new(0),
-        error: Mutex::new(None),
-    };
     let producer: ThreadedProducer<Deliveries> = config
-        .create_with_context(context)
+        .create_with_context(Deliveries::new(format!("generate -> {topic}")))
         .map_err(|e| format!("cannot create a Kafka producer: {e}"))?;
-    let failed = |p: &ThreadedProducer<Deliveries>| p.context().error.lock().ok().and_then(|e| e.clone());
+    let failed = |p: &ThreadedProducer<Deliveries>| p.context().error();
 
     let started = Instant::now();
     let mut out = Produced {
@@ -216,7 +234,7 @@ pub fn produce(args: &GenerateArgs, kafka: &KafkaGenerateArgs, brokers: &str, to
                 eprintln!(
                     "generate: {} messages sent, {} acknowledged, {:.0} messages/s",
                     out.messages,
-                    producer.context().acked.load(Ordering::Relaxed),
+                    producer.context().acked(),
                     out.messages as f64 / started.elapsed().as_secs_f64().max(1e-9)
                 );
             }
@@ -228,7 +246,7 @@ pub fn produce(args: &GenerateArgs, kafka: &KafkaGenerateArgs, brokers: &str, to
     if let Some(e) = failed(&producer) {
         return Err(format!("topic {topic}: {e}"));
     }
-    let acked = producer.context().acked.load(Ordering::Relaxed);
+    let acked = producer.context().acked();
     if acked != out.messages {
         return Err(format!(
             "topic {topic}: {acked} of {} messages acknowledged",
