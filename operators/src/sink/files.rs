@@ -32,7 +32,17 @@ pub struct LineFile {
     prepared: bool,
     /// Lines written so far.
     pub lines: u64,
+    /// Bytes written so far (lines and their newlines).
+    bytes: u64,
+    /// Bytes before this offset were handed to the kernel with advice to write them back.
+    advised: u64,
+    /// [`WRITE_BACK_EVERY`] (smaller in tests).
+    write_back_every: u64,
 }
+
+/// Every this many bytes written, a regular output file's latest bytes are handed to the
+/// kernel's writeback (see [`LineFile::write_back_early`]).
+const WRITE_BACK_EVERY: u64 = 64 << 20;
 
 impl LineFile {
     /// Creates `path.tmp` (or opens `path` itself when it is a device or a pipe); the error
@@ -56,6 +66,9 @@ impl LineFile {
             error: None,
             prepared: false,
             lines: 0,
+            bytes: 0,
+            advised: 0,
+            write_back_every: WRITE_BACK_EVERY,
         })
     }
 
@@ -67,8 +80,34 @@ impl LineFile {
                 self.out = None;
             } else {
                 self.lines += 1;
+                self.bytes += line.len() as u64 + 1;
+                if self.bytes - self.advised >= self.write_back_every {
+                    self.write_back_early();
+                }
             }
         }
+    }
+
+    /// Starts the kernel writing back what this file handed it since the last call, without
+    /// waiting (`POSIX_FADV_DONTNEED`, which on Linux first starts writeback of the range's
+    /// dirty pages, then drops its clean ones: the output is not read again). The final sync
+    /// then has only the file's last bytes to wait for: it took 0.33 s for a 724 MB snapshot
+    /// file, all of them dirty until then (see docs/performance.md). Only advice: a failure
+    /// (a device or a pipe) changes nothing.
+    fn write_back_early(&mut self) {
+        let Some(out) = self.out.as_ref() else { return };
+        // What the buffer handed over since the last call (maybe nothing yet).
+        let handed = self.bytes - out.buffer().len() as u64;
+        let Some(len) = std::num::NonZeroU64::new(handed.saturating_sub(self.advised)) else {
+            return;
+        };
+        #[cfg(target_os = "linux")]
+        if self.tmp.is_some() {
+            let _ = rustix::fs::fadvise(out.get_ref(), self.advised, Some(len), rustix::fs::Advice::DontNeed);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = len;
+        self.advised = handed;
     }
 
     /// Flushes, syncs and renames the file into place (a device or pipe is only flushed).
@@ -296,6 +335,29 @@ mod tests {
         f.finish().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"{}\n");
         assert!(!dir.path().join("out.jsonl.tmp").exists());
+    }
+
+    /// Handing the written bytes to the kernel's writeback as the file grows (every 1 KiB
+    /// here) loses none of them and drops none of the lines still buffered.
+    #[test]
+    fn early_writeback_keeps_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut f = LineFile::create(&path).unwrap();
+        f.write_back_every = 1024;
+        let line = |i: usize| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 300));
+        let mut expected = String::new();
+        for i in 0..20_000 {
+            f.write_line(line(i).as_bytes());
+            expected.push_str(&line(i));
+            expected.push('\n');
+        }
+        // Advised up to what was handed over, never past what was written.
+        assert!(f.advised > 0 && f.advised <= f.bytes, "{} of {}", f.advised, f.bytes);
+        assert!(f.bytes - f.advised < 1024 + (1 << 20), "advice kept up");
+        assert_eq!(f.bytes, expected.len() as u64);
+        f.finish().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
     }
 
     /// A run whose one output cannot be written (here `/dev/full`: every write fails, as on
