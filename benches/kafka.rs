@@ -43,7 +43,7 @@ use rdkafka::ClientConfig;
 use sessionflow::commands::generate_kafka::{line_key, produce, Deliveries, KafkaGenerateArgs};
 use sessionflow::generate::{write_files, GenerateArgs};
 use sessionflow_operators::sink::kafka::{ensure_topic, PRODUCER_OPTIONS};
-use sessionflow_operators::source::kafka::{block_on, wait_for_topic, PREFETCH_OPTIONS};
+use sessionflow_operators::source::kafka::{block_on, client_config, wait_for_topic, ClientKind, PREFETCH_OPTIONS};
 use sessionflow_operators::source::{parse_record, RawRecord};
 
 const PARTITIONS: u32 = 4;
@@ -160,6 +160,9 @@ fn bench() -> Result<(), String> {
     Ok(())
 }
 
+/// The job/files run's snapshot file, kept for [`Round::output_bounds`].
+const KEPT_OUTPUT: &str = "job-files-out.jsonl";
+
 /// One round of measurements on the produced topic.
 struct Round<'a> {
     brokers: &'a str,
@@ -181,8 +184,8 @@ impl Rows {
         }
     }
 
-    /// Adds and prints a run of `sessionflow` that read `read` events in `secs`, against the
-    /// round's raw read of `raw` events/s; `how` says how it ran.
+    /// Adds and prints a measurement that took `secs` for `read` events, against the round's
+    /// raw read of `raw` events/s; `how` says what ran.
     fn report(&mut self, label: &str, read: u64, secs: f64, raw: f64, how: &str) {
         let rate = read as f64 / secs;
         self.add(label, rate, rate / raw);
@@ -321,17 +324,13 @@ impl Round<'_> {
         rows.report("replay", read, secs, raw, "replay from files, 2 workers");
         Ok(())
     }
-}
 
-/// The job/files run's snapshot file, kept for [`Round::output_bounds`].
-const KEPT_OUTPUT: &str = "job-files-out.jsonl";
-
-impl Round<'_> {
     /// 3b. What writing the job's output costs with no engine at all, from the snapshot file
     /// job/files wrote: its bytes written to a file and synced, then its lines produced to a
     /// new topic keyed by session id by two producers (as the job's two workers have) with the
-    /// Kafka sink's settings, until every message is acknowledged. Each is reported as input events/s (this round's events
-    /// over the time taken): no job writing that output here can be faster.
+    /// Kafka sink's settings, until every message is acknowledged. Each is reported as input
+    /// events/s (this round's events over the time taken): no job writing that output here
+    /// can be faster.
     fn output_bounds(&self, rows: &mut Rows, raw: f64) -> Result<(), String> {
         let kept = self.dir.join(KEPT_OUTPUT);
         let text = std::fs::read(&kept).map_err(|e| format!("cannot read {}: {e}", kept.display()))?;
@@ -455,12 +454,8 @@ fn connect_producer(
     topic: &str,
     first: Option<&(Vec<u8>, &[u8])>,
 ) -> Result<BaseProducer<Deliveries>, String> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    for (key, value) in PRODUCER_OPTIONS {
-        config.set(key, value);
-    }
-    let producer: BaseProducer<Deliveries> = config
+    let ours: Vec<(&str, String)> = PRODUCER_OPTIONS.map(|(k, v)| (k, v.to_string())).into();
+    let producer: BaseProducer<Deliveries> = client_config(brokers, &ours, &[], ClientKind::Producer)
         .create_with_context(Deliveries::new(format!("bench -> {topic}")))
         .map_err(|e| e.to_string())?;
     if let Some((key, value)) = first {
