@@ -191,7 +191,6 @@ pub fn produce(args: &GenerateArgs, kafka: &KafkaGenerateArgs, brokers: &str, to
     let producer: ThreadedProducer<Deliveries> = config
         .create_with_context(Deliveries::new(format!("generate -> {topic}")))
         .map_err(|e| format!("cannot create a Kafka producer: {e}"))?;
-    let failed = |p: &ThreadedProducer<Deliveries>| p.context().error();
 
     let started = Instant::now();
     let mut out = Produced {
@@ -226,7 +225,7 @@ pub fn produce(args: &GenerateArgs, kafka: &KafkaGenerateArgs, brokers: &str, to
         out.bytes += line.len() as u64;
         out.per_partition[p as usize] += 1;
         if out.messages.is_multiple_of(4096) {
-            if let Some(e) = failed(&producer) {
+            if let Some(e) = producer.context().error() {
                 return Err(format!("topic {topic}: {e}"));
             }
             if Instant::now() >= next_report {
@@ -243,7 +242,7 @@ pub fn produce(args: &GenerateArgs, kafka: &KafkaGenerateArgs, brokers: &str, to
     producer
         .flush(Duration::from_secs(120))
         .map_err(|e| format!("cannot flush the producer of topic {topic}: {e}"))?;
-    if let Some(e) = failed(&producer) {
+    if let Some(e) = producer.context().error() {
         return Err(format!("topic {topic}: {e}"));
     }
     let acked = producer.context().acked();
