@@ -14,6 +14,8 @@
 //!    Then what writing that output costs with no engine (the bound it puts on any job here):
 //!    job/files' snapshot file written to a file and synced, and its lines produced to a new
 //!    topic with the Kafka sink's settings, each timed as if it had read the round's events.
+//!    And the floor of a job writing files here: parse/2's two parsing consumers and the job's
+//!    file writer writing that snapshot file, all at once on the same cores, no sessions.
 //! 4. For scale, the engine alone: `sessionflow replay` of the same events from files (the
 //!    generator's files for the same seed), 2 workers, same outputs as 3.
 //!
@@ -42,6 +44,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientConfig;
 use sessionflow::commands::generate_kafka::{line_key, produce, Deliveries, KafkaGenerateArgs};
 use sessionflow::generate::{write_files, GenerateArgs};
+use sessionflow_operators::sink::files::LineFile;
 use sessionflow_operators::sink::kafka::{ensure_topic, PRODUCER_OPTIONS};
 use sessionflow_operators::source::kafka::{block_on, client_config, wait_for_topic, ClientKind, PREFETCH_OPTIONS};
 use sessionflow_operators::source::{parse_record, RawRecord};
@@ -226,7 +229,7 @@ impl Round<'_> {
         // 2. Raw consumption of the whole topic.
         settle(dir);
         let all: Vec<i32> = (0..PARTITIONS as i32).collect();
-        let read = raw_consume(brokers, topic, &all, false)?;
+        let read = raw_consume(brokers, topic, &all, false, None)?;
         if read.count != self.messages {
             return Err(format!(
                 "raw consumer read {} of {} messages",
@@ -245,30 +248,7 @@ impl Round<'_> {
         // two in two threads.
         for threads in [1usize, 2] {
             settle(dir);
-            let parts: Vec<Vec<i32>> = (0..threads)
-                .map(|t| all.iter().copied().filter(|p| *p as usize % threads == t).collect())
-                .collect();
-            let reads: Vec<Result<Read, String>> = std::thread::scope(|s| {
-                let handles: Vec<_> = parts
-                    .iter()
-                    .map(|ps| s.spawn(|| raw_consume(brokers, topic, ps, true)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err("a reading thread panicked".into())))
-                    .collect()
-            });
-            // Timed like the raw read, from the assignment on: the slowest thread's time.
-            let (mut n, mut ok, mut secs) = (0u64, 0u64, 0f64);
-            for r in reads {
-                let r = r?;
-                n += r.count;
-                ok += r.parsed;
-                secs = secs.max(r.secs);
-            }
-            if n != self.messages {
-                return Err(format!("parsing consumers read {n} of {} messages", self.messages));
-            }
+            let (n, ok, secs) = self.parsing_read(threads, None)?;
             let rate = n as f64 / secs;
             rows.add(&format!("parse/{threads}"), rate, rate / raw);
             println!(
@@ -325,6 +305,69 @@ impl Round<'_> {
         Ok(())
     }
 
+    /// Reads the whole topic with `threads` consumers in as many threads (partition mod
+    /// `threads` = thread, as the job's workers split them), each message copied and parsed
+    /// as the source does: (messages, valid events, the slowest thread's seconds). With
+    /// `start`, each thread waits there before its timed read (and always reaches it, even
+    /// when its setup failed, so that no other waits forever).
+    fn parsing_read(&self, threads: usize, start: Option<&Barrier>) -> Result<(u64, u64, f64), String> {
+        let parts: Vec<Vec<i32>> = (0..threads as i32)
+            .map(|t| (0..PARTITIONS as i32).filter(|p| p % threads as i32 == t).collect())
+            .collect();
+        let reads: Vec<Result<Read, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|ps| s.spawn(|| raw_consume(self.brokers, self.topic, ps, true, start)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err("a reading thread panicked".into())))
+                .collect()
+        });
+        // Timed like the raw read, from the assignment on: the slowest thread's time.
+        let (mut n, mut ok, mut secs) = (0u64, 0u64, 0f64);
+        for r in reads {
+            let r = r?;
+            n += r.count;
+            ok += r.parsed;
+            secs = secs.max(r.secs);
+        }
+        if n != self.messages {
+            return Err(format!("parsing consumers read {n} of {} messages", self.messages));
+        }
+        Ok((n, ok, secs))
+    }
+
+    /// 3c. The floor of any job that validates this input and writes this output to a file
+    /// here, with no sessions at all: parse/2's two parsing consumers and the job's own file
+    /// writer ([`LineFile`], 1 MiB buffer, early writeback, synced at the end) writing job/files'
+    /// snapshot lines, all at once on the same cores, from one start: the seconds until the
+    /// last of them is done. Writing from the start, not as windows close, is the most overlap
+    /// a job could get.
+    fn floor(&self, lines: &[&[u8]]) -> Result<f64, String> {
+        const READERS: usize = 2;
+        let start = Barrier::new(READERS + 1);
+        let path = self.dir.join("out.jsonl");
+        std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let file = LineFile::create(&path);
+                start.wait();
+                let started = Instant::now();
+                let mut file = file?;
+                for line in lines {
+                    file.write_line(line);
+                }
+                file.finish()?;
+                Ok::<f64, String>(started.elapsed().as_secs_f64())
+            });
+            let read = self.parsing_read(READERS, Some(&start));
+            let wrote = writer
+                .join()
+                .unwrap_or_else(|_| Err("the writing thread panicked".into()));
+            Ok(read?.2.max(wrote?))
+        })
+    }
+
     /// 3b. What writing the job's output costs with no engine at all, from the snapshot file
     /// job/files wrote: its bytes written to a file and synced, then its lines produced to a
     /// new topic keyed by session id by two producers (as the job's two workers have) with the
@@ -354,6 +397,12 @@ impl Round<'_> {
             lines.len()
         );
         rows.report("out/file", self.messages, secs, raw, &how);
+
+        settle(self.dir);
+        let secs = self.floor(&lines)?;
+        let how =
+            "parse/2's two parsing consumers and the job's file writer writing those snapshots, at once, no sessions";
+        rows.report("floor", self.messages, secs, raw, how);
 
         // Keyed as the sink keys them: by session id.
         let keyed = lines
@@ -515,32 +564,21 @@ struct Read {
 }
 
 /// Reads every message of `partitions` of `topic` with one consumer, counting payload bytes;
-/// with `parse`, also copies each message and parses it as the job's source does.
-fn raw_consume(brokers: &str, topic: &str, partitions: &[i32], parse: bool) -> Result<Read, String> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{topic}-raw-{parse}-{}", partitions.len()))
-        .set("enable.auto.commit", "false");
-    if parse {
-        // The job's source settings for a consumer that can fill its queue (a parsing one
-        // can): with librdkafka's 1 s `fetch.queue.backoff.ms`, a full queue stalls the read
-        // (3-4 s of the 1M topic spent in empty polls).
-        for (key, value) in PREFETCH_OPTIONS {
-            config.set(key, value);
-        }
+/// with `parse`, also copies each message and parses it as the job's source does. With `start`,
+/// waits there once the consumer is set up (always, even when that failed), then times the read
+/// from its assignment on.
+fn raw_consume(
+    brokers: &str,
+    topic: &str,
+    partitions: &[i32],
+    parse: bool,
+    start: Option<&Barrier>,
+) -> Result<Read, String> {
+    let ready = consumer_at_start(brokers, topic, partitions, parse);
+    if let Some(start) = start {
+        start.wait();
     }
-    let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
-    let mut ends = vec![0; PARTITIONS as usize];
-    let mut tpl = TopicPartitionList::new();
-    for &p in partitions {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        ends[p as usize] = high;
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .map_err(|e| e.to_string())?;
-    }
+    let (consumer, ends, tpl) = ready?;
     let started = Instant::now();
     consumer.assign(&tpl).map_err(|e| e.to_string())?;
     let (mut count, mut bytes, mut parsed) = (0u64, 0u64, 0u64);
@@ -573,4 +611,39 @@ fn raw_consume(brokers: &str, topic: &str, partitions: &[i32], parse: bool) -> R
         parsed,
         secs: started.elapsed().as_secs_f64(),
     })
+}
+
+/// [`raw_consume`]'s consumer, created and its partitions' end offsets fetched: (consumer,
+/// end offset by partition, the assignment from the beginning), not yet assigned.
+fn consumer_at_start(
+    brokers: &str,
+    topic: &str,
+    partitions: &[i32],
+    parse: bool,
+) -> Result<(BaseConsumer, Vec<i64>, TopicPartitionList), String> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-raw-{parse}-{}", partitions.len()))
+        .set("enable.auto.commit", "false");
+    if parse {
+        // The job's source settings for a consumer that can fill its queue (a parsing one
+        // can): with librdkafka's 1 s `fetch.queue.backoff.ms`, a full queue stalls the read
+        // (3-4 s of the 1M topic spent in empty polls).
+        for (key, value) in PREFETCH_OPTIONS {
+            config.set(key, value);
+        }
+    }
+    let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+    let mut ends = vec![0; PARTITIONS as usize];
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        ends[p as usize] = high;
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok((consumer, ends, tpl))
 }
