@@ -443,6 +443,50 @@ impl ConsumerContext for SourceContext {}
 
 type SourceConsumer = BaseConsumer<SourceContext>;
 
+/// How long closing a consumer may take before it is left to rdkafka's own close.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// A shared source consumer. The last handle dropped closes the consumer promptly (see
+/// [`close_promptly`]); partition queues hold plain references to it and must go first.
+#[derive(Clone)]
+struct ConsumerHandle(Arc<SourceConsumer>);
+
+impl std::ops::Deref for ConsumerHandle {
+    type Target = Arc<SourceConsumer>;
+
+    fn deref(&self) -> &Arc<SourceConsumer> {
+        &self.0
+    }
+}
+
+impl Drop for ConsumerHandle {
+    fn drop(&mut self) {
+        // Two last handles dropped at once on two threads may both see the other: then
+        // rdkafka's own (slower) close runs, which is still correct.
+        if Arc::strong_count(&self.0) == 1 {
+            close_promptly(&self.0);
+        }
+    }
+}
+
+/// Closes a group consumer without waiting on a timer. rdkafka's drop starts the close and
+/// then polls the consumer's queue in 100 ms waits that the close's completion does not
+/// end, so every consumer took ~100 ms to drop: at the end of every bounded run, and at the
+/// start on a worker without partitions. Here the queue is served without blocking until
+/// the consumer reports itself closed (a message still queued is dropped with it); rdkafka's
+/// drop then finds it closed and returns at once (it logs that through the `log` crate).
+fn close_promptly(consumer: &SourceConsumer) {
+    if consumer.close_queue().is_err() {
+        return;
+    }
+    let deadline = Instant::now() + CLOSE_WAIT;
+    while !consumer.closed() && Instant::now() < deadline {
+        // Serves the close's own operations; what it returns is of no use any more.
+        let _ = consumer.poll(Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 struct Part {
     id: u32,
     /// `stop_at_end`: the high watermark at start (exclusive end offset).
@@ -496,7 +540,7 @@ pub fn parse_cut(partition: u32, offset: u64, metadata: &str) -> Option<Cut> {
 pub struct KafkaReader {
     topic: String,
     log: Arc<ClientLog>,
-    consumer: Option<Arc<SourceConsumer>>,
+    consumer: Option<ConsumerHandle>,
     /// The consumer's settings, for a replacement (`None` without a consumer).
     client_cfg: Option<ClientConfig>,
     /// Consumers replaced so far (count).
@@ -527,7 +571,7 @@ struct CommitShared {
     topic: String,
     log: Arc<ClientLog>,
     /// The reader's current consumer (swapped when it is replaced).
-    consumer: Mutex<Arc<SourceConsumer>>,
+    consumer: Mutex<ConsumerHandle>,
     /// 1 + the largest frontier the broker acknowledged (0: none).
     acked: AtomicU64,
     /// Per partition, the `(frontier, offset)` last stored: held while committing, so commits
@@ -606,6 +650,18 @@ impl Drop for CommitThread {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+impl Drop for KafkaReader {
+    fn drop(&mut self) {
+        // The partition queues refer to the consumer and the commit thread to the commit
+        // state, which holds a handle: both go first, so that the consumer's last handle,
+        // here or in a `KafkaCommitter`, sees itself last and closes it promptly.
+        for part in &mut self.parts {
+            part.queue = None;
+        }
+        self.commit_thread = None;
     }
 }
 
@@ -727,7 +783,8 @@ impl KafkaReader {
             stranded: Arc::clone(&stranded),
             partitions_seen: Arc::clone(&partitions_seen),
         };
-        let consumer = new_consumer(&client_cfg, context, &activator)?;
+        // A handle from the start: however `connect` returns, the consumer closes promptly.
+        let consumer = ConsumerHandle(Arc::new(new_consumer(&client_cfg, context, &activator)?));
 
         let what = format!("cannot reach topic {} on {}", cfg.topic, cfg.brokers);
         let count = retry(log.label(), &what, deadline, || {
@@ -852,12 +909,11 @@ impl KafkaReader {
                 .assign(&assign)
                 .map_err(|e| format!("cannot assign partitions: {e}"))?;
         }
-        let consumer = Arc::new(consumer);
         reader.open_queues(&consumer)?;
         reader.commits = Some(Arc::new(CommitShared {
             topic: cfg.topic.clone(),
             log: Arc::clone(&log),
-            consumer: Mutex::new(Arc::clone(&consumer)),
+            consumer: Mutex::new(consumer.clone()),
             // Committed before the restart: acknowledged by definition.
             acked: AtomicU64::new(resume_frontier.map_or(0, |d| d.saturating_add(1))),
             stored: Mutex::new(BTreeMap::new()),
@@ -912,7 +968,7 @@ impl KafkaReader {
                 .assign(&assign)
                 .map_err(|e| format!("cannot assign partitions to the new consumer: {e}"))?;
         }
-        let consumer = Arc::new(consumer);
+        let consumer = ConsumerHandle(Arc::new(consumer));
         // The old queues keep the old consumer alive; they go first.
         for part in &mut self.parts {
             part.queue = None;
@@ -920,7 +976,7 @@ impl KafkaReader {
         self.open_queues(&consumer)?;
         if let Some(shared) = &self.commits {
             if let Ok(mut c) = shared.consumer.lock() {
-                *c = Arc::clone(&consumer);
+                *c = consumer.clone();
             }
         }
         self.stranded = stranded;
@@ -1256,6 +1312,31 @@ mod tests {
             parse_cut(3, 17, "{\"v\":\"other\",\"frontier\":1,\"max_ts\":null}"),
             None
         );
+    }
+
+    #[test]
+    #[ignore = "needs a Kafka broker: scripts/test.sh"]
+    fn a_consumer_closes_with_its_last_handle_and_not_before() {
+        let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let ours = [("group.id", "sf-test-close".to_string())];
+        let context = SourceContext {
+            log: Arc::new(ClientLog::new("test")),
+            topic: "sf-test-close".into(),
+            lag: Arc::new(AtomicI64::new(-1)),
+            stranded: Arc::new(StrandedClock::default()),
+            partitions_seen: Arc::new(AtomicU32::new(0)),
+        };
+        let cfg = client_config(&brokers, &ours, &[], ClientKind::Consumer);
+        let consumer = new_consumer(&cfg, context, &Arc::new(OnceLock::new())).unwrap();
+        let first = ConsumerHandle(Arc::new(consumer));
+        // Reach the broker first, so that the close has a live group state to end.
+        let answer = topic_partitions(first.client(), "sf-test-close-missing").unwrap_err();
+        assert!(answer.ends_with("does not exist"), "{answer}");
+        let second = first.clone();
+        drop(first);
+        assert!(!second.closed(), "closed while another handle still uses it");
+        close_promptly(&second);
+        assert!(second.closed(), "not closed within {CLOSE_WAIT:?}");
     }
 
     #[test]
