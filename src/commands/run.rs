@@ -268,12 +268,13 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
     let figures = Arc::new(Mutex::new(vec![Figures::default(); workers]));
     let lags: Arc<Mutex<Vec<Arc<AtomicI64>>>> = Arc::new(Mutex::new(Vec::new()));
     let abort: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-    let done = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
+    // Dropping `done` ends the progress thread at once (it waits on the channel, not a timer).
+    let (done, done_rx) = std::sync::mpsc::channel::<()>();
     let printer = (args.progress > 0).then(|| {
-        let (figures, lags, done) = (Arc::clone(&figures), Arc::clone(&lags), Arc::clone(&done));
+        let (figures, lags) = (Arc::clone(&figures), Arc::clone(&lags));
         let every = Duration::from_millis(args.progress);
-        std::thread::spawn(move || progress_loop(&figures, &lags, &done, every, started))
+        std::thread::spawn(move || progress_loop(&figures, &lags, &done_rx, every, started))
     });
 
     let signals = StopSignals::register()?;
@@ -490,7 +491,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
     let guards = match guards {
         Ok(g) => g,
         Err(e) => {
-            done.store(true, Ordering::SeqCst);
+            drop(done);
             return Err(e);
         }
     };
@@ -508,7 +509,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
             }
         }
     }
-    done.store(true, Ordering::SeqCst);
+    drop(done);
     if let Some(p) = printer {
         let _ = p.join();
     }
@@ -709,18 +710,21 @@ fn broadcast_from_0(worker: &mut Worker, flag: Option<u64>) -> Option<u64> {
 fn progress_loop(
     figures: &Mutex<Vec<Figures>>,
     lags: &Mutex<Vec<Arc<AtomicI64>>>,
-    done: &AtomicBool,
+    done: &std::sync::mpsc::Receiver<()>,
     every: Duration,
     started: Instant,
 ) {
     let mut last = (Instant::now(), 0u64);
     let mut next = Instant::now() + every;
-    while !done.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(50));
-        if Instant::now() < next {
-            continue;
+    loop {
+        // Nothing is ever sent: the wait ends at the next line's time, or when the run drops
+        // the sender.
+        match done.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
         }
-        next += every;
+        // After a stall the lines go on at least half an interval apart, not in a burst.
+        next = (next + every).max(Instant::now() + every / 2);
         let Ok(f) = figures.lock() else { return };
         let read: u64 = f.iter().map(|x| x.events_read).sum();
         let open: u64 = f.iter().map(|x| x.open_sessions).sum();
