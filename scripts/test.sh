@@ -15,6 +15,9 @@ command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; e
 cargo --version
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+step "shell scripts parse"
+for f in scripts/*.sh .ci/run; do bash -n "$f"; done
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
