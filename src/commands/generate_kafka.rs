@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use serde::Deserialize;
-use sessionflow_operators::sink::kafka::ensure_topic;
+use sessionflow_operators::sink::kafka::{ensure_topic, PolledProducer};
 use sessionflow_operators::source::kafka::{client_config, parse_option, ClientKind, ClientLog};
 
 use crate::config::parse_duration_ms;
@@ -188,9 +188,10 @@ pub fn produce(args: &GenerateArgs, kafka: &KafkaGenerateArgs, brokers: &str, to
         ("client.id", "sessionflow-generate".to_string()),
     ];
     let config = client_config(brokers, &ours, &kafka.options, ClientKind::Producer);
-    let producer: ThreadedProducer<Deliveries> = config
+    let producer: BaseProducer<Deliveries> = config
         .create_with_context(Deliveries::new(format!("generate -> {topic}")))
         .map_err(|e| format!("cannot create a Kafka producer: {e}"))?;
+    let producer = PolledProducer::start(producer)?;
 
     let started = Instant::now();
     let mut out = Produced {

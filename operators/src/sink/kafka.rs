@@ -318,31 +318,32 @@ impl KafkaSinkStatus {
 
 /// A producer to one topic; hand it to [`SinkKafka::sink_kafka`].
 pub struct KafkaSink {
-    producer: PolledProducer,
+    producer: PolledProducer<SinkContext>,
     shared: Arc<Shared>,
     log: Arc<ClientLog>,
     /// The producer's settings, for a replacement.
     config: ClientConfig,
     /// A replaced producer, until the delivery reports of its purged messages are all in.
-    retiring: Option<PolledProducer>,
+    retiring: Option<PolledProducer<SinkContext>>,
 }
 
 /// How long the polling thread of a sink's producer waits for delivery reports at a time
 /// (a report ends the wait at once): also the longest a dropped sink waits for the thread.
 const POLL_WAIT: Duration = Duration::from_millis(25);
 
-/// A producer whose delivery reports a thread of its own serves. (rdkafka's
-/// `ThreadedProducer` waits 100 ms at a time and joins its thread when dropped, so every
-/// sink took up to 100 ms to drop, at the end of every bounded run.) Idle, the thread
-/// wakes 40 times a second.
-struct PolledProducer {
-    producer: Arc<BaseProducer<SinkContext>>,
+/// A producer whose delivery reports a thread of its own serves (what rdkafka's
+/// `ThreadedProducer` does, but that one waits 100 ms at a time and joins its thread when
+/// dropped, so every sink took up to 100 ms to drop, at the end of every bounded run). Idle,
+/// the thread wakes 40 times a second. Derefs to the [`BaseProducer`].
+pub struct PolledProducer<C: ProducerContext + 'static> {
+    producer: Arc<BaseProducer<C>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl PolledProducer {
-    fn start(producer: BaseProducer<SinkContext>) -> Result<PolledProducer, String> {
+impl<C: ProducerContext + 'static> PolledProducer<C> {
+    /// Starts the polling thread of `producer`.
+    pub fn start(producer: BaseProducer<C>) -> Result<PolledProducer<C>, String> {
         let producer = Arc::new(producer);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -364,15 +365,15 @@ impl PolledProducer {
     }
 }
 
-impl std::ops::Deref for PolledProducer {
-    type Target = BaseProducer<SinkContext>;
+impl<C: ProducerContext + 'static> std::ops::Deref for PolledProducer<C> {
+    type Target = BaseProducer<C>;
 
-    fn deref(&self) -> &BaseProducer<SinkContext> {
+    fn deref(&self) -> &BaseProducer<C> {
         &self.producer
     }
 }
 
-impl Drop for PolledProducer {
+impl<C: ProducerContext + 'static> Drop for PolledProducer<C> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
@@ -501,7 +502,11 @@ impl KafkaSink {
     }
 }
 
-fn new_producer(config: &ClientConfig, log: &Arc<ClientLog>, shared: &Arc<Shared>) -> Result<PolledProducer, String> {
+fn new_producer(
+    config: &ClientConfig,
+    log: &Arc<ClientLog>,
+    shared: &Arc<Shared>,
+) -> Result<PolledProducer<SinkContext>, String> {
     let context = SinkContext {
         log: Arc::clone(log),
         shared: Arc::clone(shared),
