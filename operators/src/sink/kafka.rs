@@ -46,7 +46,7 @@ use timely::scheduling::SyncActivator;
 
 use crate::record::DeadLetter;
 use crate::session::Snapshot;
-use crate::source::kafka::{block_on, client_config, retry, topic_partitions, ClientKind, ClientLog};
+use crate::source::kafka::{block_on, client_config, metadata_config, retry, topic_partitions, ClientKind, ClientLog};
 
 /// Settings of one Kafka sink.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -654,13 +654,7 @@ pub fn ensure_topic(
     deadline: Instant,
 ) -> Result<u32, String> {
     let log = Arc::new(ClientLog::new(format!("kafka admin {brokers}")));
-    let ours = [
-        // Names this process in the broker's logs.
-        ("client.id", "sessionflow-admin".to_string()),
-        // A metadata query must not create the topic with the broker's defaults: we create it.
-        ("allow.auto.create.topics", "false".to_string()),
-    ];
-    let config = client_config(brokers, &ours, extra, ClientKind::Admin);
+    let config = metadata_config(brokers, "sessionflow-admin", extra);
     let context = || crate::source::kafka::LogContext(Arc::clone(&log));
     // Metadata through a plain client; an admin client only to create a missing topic: its
     // polling thread wakes every 100 ms, and dropping the client waits for it.

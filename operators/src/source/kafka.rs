@@ -357,6 +357,18 @@ pub fn topic_partitions<C: ClientContext>(client: &Client<C>, topic: &str) -> Re
     }
 }
 
+/// The settings of a client that only asks for metadata (a plain client with no group, or an
+/// admin client), named `client_id` in the broker's logs, with the user's `extra` options.
+pub fn metadata_config(brokers: &str, client_id: &str, extra: &[(String, String)]) -> ClientConfig {
+    let ours = [
+        // Names this process in the broker's logs.
+        ("client.id", client_id.to_string()),
+        // Asking for a missing topic must not create it (with the broker's defaults).
+        ("allow.auto.create.topics", "false".to_string()),
+    ];
+    client_config(brokers, &ours, extra, ClientKind::Admin)
+}
+
 /// Waits (retrying, see [`retry`]) until `topic` exists on `brokers`; returns its partition
 /// count. For a clear error before any dataflow starts.
 pub fn wait_for_topic(
@@ -366,14 +378,7 @@ pub fn wait_for_topic(
     deadline: Instant,
 ) -> Result<u32, String> {
     let log = Arc::new(ClientLog::new(format!("kafka {brokers}")));
-    let ours = [
-        // Names this process in the broker's logs.
-        ("client.id", "sessionflow-metadata".to_string()),
-        // Asking for a missing topic must not create it.
-        ("allow.auto.create.topics", "false".to_string()),
-    ];
-    let cfg = client_config(brokers, &ours, extra, ClientKind::Admin);
-    let client: BaseConsumer<LogContext> = cfg
+    let client: BaseConsumer<LogContext> = metadata_config(brokers, "sessionflow-metadata", extra)
         .create_with_context(LogContext(Arc::clone(&log)))
         .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
     retry(
