@@ -621,20 +621,19 @@ fn consumer_at_start(
     partitions: &[i32],
     parse: bool,
 ) -> Result<(BaseConsumer, Vec<i64>, TopicPartitionList), String> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{topic}-raw-{parse}-{}", partitions.len()))
-        .set("enable.auto.commit", "false");
+    let mut ours = vec![
+        ("group.id", format!("{topic}-raw-{parse}-{}", partitions.len())),
+        ("enable.auto.commit", "false".to_string()),
+    ];
     if parse {
         // The job's source settings for a consumer that can fill its queue (a parsing one
         // can): with librdkafka's 1 s `fetch.queue.backoff.ms`, a full queue stalls the read
         // (3-4 s of the 1M topic spent in empty polls).
-        for (key, value) in PREFETCH_OPTIONS {
-            config.set(key, value);
-        }
+        ours.extend(PREFETCH_OPTIONS.map(|(k, v)| (k, v.to_string())));
     }
-    let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+    let consumer: BaseConsumer = client_config(brokers, &ours, &[], ClientKind::Consumer)
+        .create()
+        .map_err(|e| e.to_string())?;
     let mut ends = vec![0; PARTITIONS as usize];
     let mut tpl = TopicPartitionList::new();
     for &p in partitions {
