@@ -663,9 +663,7 @@ impl Drop for KafkaReader {
         // The partition queues refer to the consumer and the commit thread to the commit
         // state, which holds a handle: both go first, so that the consumer's last handle,
         // here or in a `KafkaCommitter`, sees itself last and closes it promptly.
-        for part in &mut self.parts {
-            part.queue = None;
-        }
+        self.drop_queues();
         self.commit_thread = None;
     }
 }
@@ -928,6 +926,15 @@ impl KafkaReader {
         Ok(reader)
     }
 
+    /// Drops every partition queue. Each holds a reference to the consumer it was split from:
+    /// the consumer's last [`ConsumerHandle`] sees itself last, and closes it, only once they
+    /// are gone.
+    fn drop_queues(&mut self) {
+        for part in &mut self.parts {
+            part.queue = None;
+        }
+    }
+
     /// Opens a queue per partition still read on `consumer`, each waking the source when it
     /// becomes non-empty. One queue per partition: the source reads the partitions in
     /// watermark order and leaves one that ran far ahead in librdkafka's queue (whose size
@@ -975,9 +982,7 @@ impl KafkaReader {
         }
         let consumer = ConsumerHandle(Arc::new(consumer));
         // The old queues keep the old consumer alive; they go first.
-        for part in &mut self.parts {
-            part.queue = None;
-        }
+        self.drop_queues();
         self.open_queues(&consumer)?;
         if let Some(shared) = &self.commits {
             if let Ok(mut c) = shared.consumer.lock() {
