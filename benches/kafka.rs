@@ -25,7 +25,10 @@
 //! one before it had freed, and the first (job/null) alone paid for fresh pages (3.75 s
 //! against 3.15 s for the job writing files after it).
 //!
-//! Prints events/s of each and the job/raw ratio, measured side by side in one run. Before each
+//! Prints events/s of each and the job/raw ratio, measured side by side in one run, and the
+//! CPU time each took (user + system, of the bench's process and of the `sessionflow` process
+//! it ran; the broker's own CPU is not in it) per event: a machine's speed drifts, but
+//! what a run asks of it drifts less. Before each
 //! timed run the previous run's output files are removed and dirty pages written back (`sync`).
 //! `BENCH_RUNS=N` repeats steps 2-4 N times in turn (the machine's speed drifts within
 //! minutes) and then prints each row's median, its ratio taken against its own round's raw
@@ -178,25 +181,54 @@ struct Round<'a> {
     round: usize,
 }
 
-/// Every round's events/s and ratio to that round's raw read, per measurement, in print order.
+/// One round's measurement: events/s, ratio to that round's raw read, CPU microseconds per
+/// event.
+type Measured = (f64, f64, f64);
+
+/// Every round's measurements, per row, in print order.
 #[derive(Default)]
-struct Rows(Vec<(String, Vec<(f64, f64)>)>);
+struct Rows(Vec<(String, Vec<Measured>)>);
+
+/// CPU seconds used so far, user and system, by this process and by its children it waited
+/// for (`/proc/self/stat`; 0 where there is none). A measurement's CPU time is the difference
+/// across it: the bench runs one thing at a time, in its own threads or as a child process.
+fn cpu_now() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces, but ends with the last `)`):
+    // state is the first, utime, stime, cutime and cstime the 12th to 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields
+        .get(11..15)
+        .map_or(0, |f| f.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
+    // In USER_HZ clock ticks, which Linux fixes at 100 per second.
+    ticks as f64 / 100.0
+}
+
+/// CPU microseconds per event of a measurement that used `cpu` seconds for `events` events.
+fn us_per_event(cpu: f64, events: u64) -> f64 {
+    cpu * 1e6 / events.max(1) as f64
+}
 
 impl Rows {
-    fn add(&mut self, label: &str, rate: f64, ratio: f64) {
+    fn add(&mut self, label: &str, rate: f64, ratio: f64, cpu_us: f64) {
         match self.0.iter_mut().find(|(l, _)| l == label) {
-            Some((_, v)) => v.push((rate, ratio)),
-            None => self.0.push((label.to_string(), vec![(rate, ratio)])),
+            Some((_, v)) => v.push((rate, ratio, cpu_us)),
+            None => self.0.push((label.to_string(), vec![(rate, ratio, cpu_us)])),
         }
     }
 
-    /// Adds and prints a measurement that took `secs` for `read` events, against the round's
-    /// raw read of `raw` events/s; `how` says what ran.
-    fn report(&mut self, label: &str, read: u64, secs: f64, raw: f64, how: &str) {
+    /// Adds and prints a measurement that took `secs` and `cpu` CPU seconds for `read` events,
+    /// against the round's raw read of `raw` events/s; `how` says what ran.
+    fn report(&mut self, label: &str, read: u64, (secs, cpu): (f64, f64), raw: f64, how: &str) {
         let rate = read as f64 / secs;
-        self.add(label, rate, rate / raw);
+        let us = us_per_event(cpu, read);
+        self.add(label, rate, rate / raw, us);
         println!(
-            "{label:<9}{read:>9} events            {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  ({how})",
+            "{label:<9}{read:>9} events            {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  CPU {cpu:.2} s = {us:.2} us/event  ({how})",
             100.0 * rate / raw
         );
     }
@@ -215,7 +247,11 @@ impl Rows {
         for (label, v) in &self.0 {
             let rate = median(v.iter().map(|x| x.0).collect());
             let ratio = median(v.iter().map(|x| x.1).collect());
-            println!("{label:<9}{rate:>12.0} events/s  = {:.0}% of raw", 100.0 * ratio);
+            let us = median(v.iter().map(|x| x.2).collect());
+            println!(
+                "{label:<9}{rate:>12.0} events/s  = {:.0}% of raw  CPU {us:.2} us/event",
+                100.0 * ratio
+            );
         }
     }
 }
@@ -236,25 +272,28 @@ impl Round<'_> {
         let mut reads = Vec::with_capacity(RAW_READS);
         for _ in 0..RAW_READS {
             settle(dir);
+            let cpu = cpu_now();
             let read = raw_consume(brokers, topic, &all, false, None)?;
+            let cpu = cpu_now() - cpu;
             if read.count != self.messages {
                 return Err(format!(
                     "raw consumer read {} of {} messages",
                     read.count, self.messages
                 ));
             }
-            reads.push(read);
+            reads.push((read, cpu));
         }
-        let times: Vec<String> = reads.iter().map(|r| format!("{:.2}", r.secs)).collect();
-        let read = reads
+        let times: Vec<String> = reads.iter().map(|(r, _)| format!("{:.2}", r.secs)).collect();
+        let (read, cpu) = reads
             .into_iter()
-            .min_by(|a, b| a.secs.total_cmp(&b.secs))
+            .min_by(|a, b| a.0.secs.total_cmp(&b.0.secs))
             .ok_or("no raw read")?;
         let (count, secs) = (read.count, read.secs);
         let raw = count as f64 / secs;
-        rows.add("raw", raw, 1.0);
+        let us = us_per_event(cpu, count);
+        rows.add("raw", raw, 1.0, us);
         println!(
-            "raw      {count:>9} messages {:>7.1} MB  {secs:>7.2} s  {raw:>9.0} events/s  (1 BaseConsumer, counting bytes; fastest of {} s)",
+            "raw      {count:>9} messages {:>7.1} MB  {secs:>7.2} s  {raw:>9.0} events/s  CPU {cpu:.2} s = {us:.2} us/event  (1 BaseConsumer, counting bytes; fastest of {} s)",
             read.bytes as f64 / 1e6,
             times.join(" / ")
         );
@@ -263,11 +302,14 @@ impl Round<'_> {
         // two in two threads.
         for threads in [1usize, 2] {
             settle(dir);
+            let cpu = cpu_now();
             let (n, ok, secs) = self.parsing_read(threads, None)?;
+            let cpu = cpu_now() - cpu;
             let rate = n as f64 / secs;
-            rows.add(&format!("parse/{threads}"), rate, rate / raw);
+            let us = us_per_event(cpu, n);
+            rows.add(&format!("parse/{threads}"), rate, rate / raw, us);
             println!(
-                "parse/{threads}  {n:>9} messages ({ok} valid) {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  ({threads} BaseConsumer(s), each message copied and parsed as the source does, no sessions)",
+                "parse/{threads}  {n:>9} messages ({ok} valid) {secs:>7.2} s  {rate:>9.0} events/s  = {:.0}% of raw  CPU {cpu:.2} s = {us:.2} us/event  ({threads} BaseConsumer(s), each message copied and parsed as the source does, no sessions)",
                 100.0 * rate / raw
             );
         }
@@ -294,11 +336,11 @@ impl Round<'_> {
                 ]);
             }
             settle(dir);
-            let (read, secs) = timed_run(&argv, "run")?;
+            let (read, time) = timed_run(&argv, "run")?;
             if read != self.messages {
                 return Err(format!("{label}: read {read} of {} messages", self.messages));
             }
-            rows.report(label, read, secs, raw, "run --stop-at-end, 2 workers");
+            rows.report(label, read, time, raw, "run --stop-at-end, 2 workers");
             if files {
                 // Kept (under a name `settle` leaves alone) for the output bounds below.
                 std::fs::rename(dir.join("out.jsonl"), dir.join(KEPT_OUTPUT)).map_err(|e| e.to_string())?;
@@ -315,8 +357,8 @@ impl Round<'_> {
         argv.extend(file_flags(dir));
         argv.extend(["--workers", "2"].map(String::from));
         settle(dir);
-        let (read, secs) = timed_run(&argv, "replay")?;
-        rows.report("replay", read, secs, raw, "replay from files, 2 workers");
+        let (read, time) = timed_run(&argv, "replay")?;
+        rows.report("replay", read, time, raw, "replay from files, 2 workers");
         Ok(())
     }
 
@@ -399,6 +441,7 @@ impl Round<'_> {
         settle(self.dir);
         let path = self.dir.join("out.jsonl");
         let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        let cpu = cpu_now();
         let started = Instant::now();
         // In 1 MiB writes, as the job's file sink writes (one 724 MB `write` took 0.8-2.2 s here,
         // 1 MiB ones 0.2 s).
@@ -411,13 +454,16 @@ impl Round<'_> {
             "the job's {} snapshots, {mb:.1} MB, written to a file ({wrote:.2} s) and synced, no engine",
             lines.len()
         );
-        rows.report("out/file", self.messages, secs, raw, &how);
+        let cpu = cpu_now() - cpu;
+        rows.report("out/file", self.messages, (secs, cpu), raw, &how);
 
         settle(self.dir);
+        let cpu = cpu_now();
         let secs = self.floor(&lines)?;
+        let cpu = cpu_now() - cpu;
         let how =
             "parse/2's two parsing consumers and the job's file writer writing those snapshots, at once, no sessions";
-        rows.report("floor", self.messages, secs, raw, how);
+        rows.report("floor", self.messages, (secs, cpu), raw, how);
 
         // Keyed as the sink keys them: by session id.
         let keyed = lines
@@ -431,12 +477,14 @@ impl Round<'_> {
         let deadline = Instant::now() + Duration::from_secs(60);
         ensure_topic(self.brokers, &topic, PARTITIONS, &[], deadline)?;
         settle(self.dir);
+        let cpu = cpu_now();
         let secs = produce_all(self.brokers, &topic, &keyed);
+        let cpu = cpu_now() - cpu;
         delete_topics(self.brokers, &[&topic]);
         let how = format!(
             "the same, produced by {PRODUCERS} producers with the sink's settings until acknowledged, no engine"
         );
-        rows.report("out/kafka", self.messages, secs?, raw, &how);
+        rows.report("out/kafka", self.messages, (secs?, cpu), raw, &how);
         Ok(())
     }
 }
@@ -533,15 +581,18 @@ fn connect_producer(
     Ok(producer)
 }
 
-/// Runs `sessionflow ARGV` as its own process: (events read, seconds from start to exit). The
-/// count is the one the command reports on stderr (`CMD: N events read, ...`).
-fn timed_run(argv: &[String], cmd: &str) -> Result<(u64, f64), String> {
+/// Runs `sessionflow ARGV` as its own process: (events read, (seconds from start to exit, its
+/// CPU seconds)). The count is the one the command reports on stderr (`CMD: N events read,
+/// ...`).
+fn timed_run(argv: &[String], cmd: &str) -> Result<(u64, (f64, f64)), String> {
+    let cpu = cpu_now();
     let started = Instant::now();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessionflow"))
         .args(argv)
         .output()
         .map_err(|e| format!("cannot start sessionflow: {e}"))?;
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_now() - cpu;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         return Err(format!("sessionflow {cmd} failed ({}): {stderr}", out.status));
@@ -552,7 +603,7 @@ fn timed_run(argv: &[String], cmd: &str) -> Result<(u64, f64), String> {
         .filter_map(|l| l.strip_prefix(&prefix)?.split(" events read").next()?.parse().ok())
         .next_back()
         .ok_or_else(|| format!("sessionflow {cmd} reported no count: {stderr}"))?;
-    Ok((read, secs))
+    Ok((read, (secs, cpu)))
 }
 
 /// Deletes the bench's topics (~1 GB on the broker's disk per 1M-event run); a failure is only
