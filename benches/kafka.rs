@@ -26,9 +26,10 @@
 //! against 3.15 s for the job writing files after it).
 //!
 //! Prints events/s of each and the job/raw ratio, measured side by side in one run, and the
-//! CPU time each took (user + system, of the bench's process and of the `sessionflow` process
-//! it ran; the broker's own CPU is not in it) per event: a machine's speed drifts, but
-//! what a run asks of it drifts less. Before each
+//! CPU time each took per event: user and system, of the bench's process and of the
+//! `sessionflow` process it ran, not the broker's. A machine's speed drifts; what a run asks
+//! of it drifts less. (The reads' CPU time includes creating their consumers, which their
+//! timed reads leave out.) Before each
 //! timed run the previous run's output files are removed and dirty pages written back (`sync`).
 //! `BENCH_RUNS=N` repeats steps 2-4 N times in turn (the machine's speed drifts within
 //! minutes) and then prints each row's median, its ratio taken against its own round's raw
