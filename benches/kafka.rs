@@ -209,6 +209,13 @@ fn cpu_now() -> f64 {
     ticks as f64 / 100.0
 }
 
+/// Runs `f`: its result, and the CPU seconds (see [`cpu_now`]) it took.
+fn with_cpu<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let before = cpu_now();
+    let out = f();
+    (out, cpu_now() - before)
+}
+
 /// CPU microseconds per event of a measurement that used `cpu` seconds for `events` events.
 fn us_per_event(cpu: f64, events: u64) -> f64 {
     cpu * 1e6 / events.max(1) as f64
@@ -273,9 +280,8 @@ impl Round<'_> {
         let mut reads = Vec::with_capacity(RAW_READS);
         for _ in 0..RAW_READS {
             settle(dir);
-            let cpu = cpu_now();
-            let read = raw_consume(brokers, topic, &all, false, None)?;
-            let cpu = cpu_now() - cpu;
+            let (read, cpu) = with_cpu(|| raw_consume(brokers, topic, &all, false, None));
+            let read = read?;
             if read.count != self.messages {
                 return Err(format!(
                     "raw consumer read {} of {} messages",
@@ -303,9 +309,8 @@ impl Round<'_> {
         // two in two threads.
         for threads in [1usize, 2] {
             settle(dir);
-            let cpu = cpu_now();
-            let (n, ok, secs) = self.parsing_read(threads, None)?;
-            let cpu = cpu_now() - cpu;
+            let (read, cpu) = with_cpu(|| self.parsing_read(threads, None));
+            let (n, ok, secs) = read?;
             let rate = n as f64 / secs;
             let us = us_per_event(cpu, n);
             rows.add(&format!("parse/{threads}"), rate, rate / raw, us);
@@ -442,26 +447,26 @@ impl Round<'_> {
         settle(self.dir);
         let path = self.dir.join("out.jsonl");
         let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-        let cpu = cpu_now();
-        let started = Instant::now();
-        // In 1 MiB writes, as the job's file sink writes (one 724 MB `write` took 0.8-2.2 s here,
-        // 1 MiB ones 0.2 s).
-        let mut file = std::fs::File::create(&path).map_err(fail)?;
-        text.chunks(1 << 20).try_for_each(|c| file.write_all(c)).map_err(fail)?;
-        let wrote = started.elapsed().as_secs_f64();
-        file.sync_all().map_err(fail)?;
-        let secs = started.elapsed().as_secs_f64();
+        let (written, cpu) = with_cpu(|| {
+            let started = Instant::now();
+            // In 1 MiB writes, as the job's file sink writes (one 724 MB `write` took 0.8-2.2 s
+            // here, 1 MiB ones 0.2 s).
+            let mut file = std::fs::File::create(&path).map_err(fail)?;
+            text.chunks(1 << 20).try_for_each(|c| file.write_all(c)).map_err(fail)?;
+            let wrote = started.elapsed().as_secs_f64();
+            file.sync_all().map_err(fail)?;
+            Ok::<_, String>((wrote, started.elapsed().as_secs_f64()))
+        });
+        let (wrote, secs) = written?;
         let how = format!(
             "the job's {} snapshots, {mb:.1} MB, written to a file ({wrote:.2} s) and synced, no engine",
             lines.len()
         );
-        let cpu = cpu_now() - cpu;
         rows.report("out/file", self.messages, (secs, cpu), raw, &how);
 
         settle(self.dir);
-        let cpu = cpu_now();
-        let secs = self.floor(&lines)?;
-        let cpu = cpu_now() - cpu;
+        let (secs, cpu) = with_cpu(|| self.floor(&lines));
+        let secs = secs?;
         let how =
             "parse/2's two parsing consumers and the job's file writer writing those snapshots, at once, no sessions";
         rows.report("floor", self.messages, (secs, cpu), raw, how);
@@ -478,9 +483,7 @@ impl Round<'_> {
         let deadline = Instant::now() + Duration::from_secs(60);
         ensure_topic(self.brokers, &topic, PARTITIONS, &[], deadline)?;
         settle(self.dir);
-        let cpu = cpu_now();
-        let secs = produce_all(self.brokers, &topic, &keyed);
-        let cpu = cpu_now() - cpu;
+        let (secs, cpu) = with_cpu(|| produce_all(self.brokers, &topic, &keyed));
         delete_topics(self.brokers, &[&topic]);
         let how = format!(
             "the same, produced by {PRODUCERS} producers with the sink's settings until acknowledged, no engine"
@@ -586,14 +589,14 @@ fn connect_producer(
 /// CPU seconds)). The count is the one the command reports on stderr (`CMD: N events read,
 /// ...`).
 fn timed_run(argv: &[String], cmd: &str) -> Result<(u64, (f64, f64)), String> {
-    let cpu = cpu_now();
     let started = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sessionflow"))
-        .args(argv)
-        .output()
-        .map_err(|e| format!("cannot start sessionflow: {e}"))?;
+    let (out, cpu) = with_cpu(|| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sessionflow"))
+            .args(argv)
+            .output()
+    });
     let secs = started.elapsed().as_secs_f64();
-    let cpu = cpu_now() - cpu;
+    let out = out.map_err(|e| format!("cannot start sessionflow: {e}"))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         return Err(format!("sessionflow {cmd} failed ({}): {stderr}", out.status));
