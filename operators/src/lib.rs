@@ -12,6 +12,7 @@ mod caps;
 pub mod event;
 mod fast_event;
 pub mod json;
+mod prefetch;
 pub mod record;
 mod scratch;
 pub mod session;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{AttrValue, CompactString, Event};
 use crate::json::{self, JsonOut};
+use crate::prefetch::prefetch;
 use crate::scratch::with_scratch;
 
 /// Session semantics parameters (see `shared/spec/sessions.md`).
@@ -1020,6 +1021,22 @@ impl Session {
     /// Visitor of the first event.
     pub fn visitor_id(&self) -> &str {
         &self.visitor_id
+    }
+
+    /// Prefetches the heads of the buffers that accepting events and writing a snapshot read
+    /// (see [`crate::prefetch`]): the arena and the event list (up to 2 KiB and 1 KiB: a
+    /// snapshot then streams on, which the processor's own prefetcher follows), the attribute
+    /// references, the origins and up to four attribute sets. It reads the session's own
+    /// fields, so the struct itself should have been prefetched a step earlier.
+    pub(crate) fn prefetch_buffers(&self) {
+        prefetch(self.arena.as_bytes(), 2048);
+        prefetch(self.listed.as_slice(), 1024);
+        prefetch(self.attrs.as_slice(), 64);
+        prefetch(self.origins.as_slice(), 64);
+        prefetch(self.attr_sets.sets.as_slice(), 256);
+        for set in self.attr_sets.sets.iter().take(4) {
+            prefetch(set.as_slice(), 640);
+        }
     }
 
     /// Approximate heap bytes held by this session (for memory reporting).

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::operator::route_hash;
 use super::state::{Session, SessionConfig, Snapshot};
+use crate::prefetch::prefetch;
 use crate::record::{DeadLetter, Sourced, SESSION_CLOSED};
 
 /// What processing a window produces.
@@ -134,6 +135,12 @@ fn keep<T>(mut buf: Vec<T>) -> Vec<T> {
     }
     buf
 }
+
+/// How many key groups (or closing sessions) apart the steps of the window's prefetching are
+/// ([`SessionStore::prefetch_groups`]): far enough for a step's loads to arrive before the
+/// next step reads them, near enough that they are still cached when the group is applied.
+/// 2, 4 and 8 measured the same (docs/performance.md, "Engine").
+const PREFETCH_STEP: usize = 4;
 
 /// A window's event order: `(key hash, timestamp, batch, index)`.
 type OrderEntry = (u64, i64, u32, u32);
@@ -313,6 +320,7 @@ impl SessionStore {
             if emitted.get() >= budget {
                 break;
             }
+            self.prefetch_groups(&order, &groups, &cur.batches, cur.next_group);
             for &(_, _, b, i) in &order[from..to] {
                 let rec = &mut cur.batches[b as usize][i as usize];
                 if rec.event.session_id.is_some() {
@@ -341,6 +349,7 @@ impl SessionStore {
             if emitted.get() >= budget {
                 break;
             }
+            self.prefetch_closing(closing, cur.next_close);
             self.close(m, r, &mut out);
             cur.next_close += 1;
         }
@@ -398,6 +407,67 @@ impl SessionStore {
             next_group: 0,
             closing: None,
             next_close: 0,
+        }
+    }
+
+    /// Prefetches (see [`crate::prefetch`]) what applying the key groups after `g` will read,
+    /// in three steps of [`PREFETCH_STEP`] groups, each reading only what the step before
+    /// fetched: the records of group `g + 3 * step`; the session (struct) of group
+    /// `g + 2 * step`, found through its records' id; the records' attribute and tag maps and
+    /// the session's buffers ([`Session::prefetch_buffers`]) of group `g + step`. Gap-based
+    /// keys get their records prefetched only.
+    fn prefetch_groups(
+        &self,
+        order: &[OrderEntry],
+        groups: &[(i64, u64, usize, usize)],
+        batches: &[Vec<Sourced>],
+        g: usize,
+    ) {
+        let records = |g: usize| {
+            let (from, to) = groups.get(g).map_or((0, 0), |&(_, _, from, to)| (from, to));
+            order[from..to]
+                .iter()
+                .map(|&(_, _, b, i)| &batches[b as usize][i as usize])
+        };
+        let session = |g: usize| {
+            let sid = records(g).next()?.event.session_id.as_deref()?;
+            self.sessions.get(sid)
+        };
+        for rec in records(g + 3 * PREFETCH_STEP) {
+            prefetch(rec, 512);
+        }
+        if let Some(s) = session(g + 2 * PREFETCH_STEP) {
+            prefetch::<Session>(s, 1024);
+        }
+        for rec in records(g + PREFETCH_STEP) {
+            if let Some(a) = &rec.event.attributes {
+                prefetch(a.as_slice(), 1024);
+            }
+            if let Some(t) = &rec.event.tags {
+                prefetch(t.as_slice(), 64);
+            }
+        }
+        if let Some(s) = session(g + PREFETCH_STEP) {
+            s.prefetch_buffers();
+        }
+    }
+
+    /// [`SessionStore::prefetch_groups`] for the close pass over `closing`, from its entry
+    /// `n`: the key of entry `n + 3 * step`, the session struct of `n + 2 * step`, the buffers
+    /// of `n + step` (gap-based sessions are not prefetched).
+    fn prefetch_closing(&self, closing: &[SessionRef], n: usize) {
+        let session = |n: usize| match closing.get(n) {
+            Some(SessionRef::Id(k)) => self.sessions.get(k.as_ref()),
+            _ => None,
+        };
+        if let Some(SessionRef::Id(k)) = closing.get(n + 3 * PREFETCH_STEP) {
+            prefetch(k.as_bytes(), 128);
+        }
+        if let Some(s) = session(n + 2 * PREFETCH_STEP) {
+            prefetch::<Session>(s, 1024);
+        }
+        if let Some(s) = session(n + PREFETCH_STEP) {
+            s.prefetch_buffers();
         }
     }
 
