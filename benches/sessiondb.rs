@@ -127,7 +127,7 @@ fn load(lines: Arc<Vec<Vec<Vec<u8>>>>, cfg: HbaseSinkConfig) -> (Duration, Vec<(
         pipeline::run_to_completion(worker, &built, Duration::from_secs(3600), |_| {});
         if let Ok(mut f) = f2.lock() {
             for s in seen.borrow().iter().filter(|s| s.closed && s.merged_into.is_none()) {
-                f.push((s.project_id, s.session_id.clone(), s.visitor_id.clone()));
+                f.push((s.project_id, s.session_id.to_string(), s.visitor_id.to_string()));
             }
         }
     });

@@ -217,7 +217,7 @@ impl Attach<Snapshot> for CollectFinals {
                         if snap.closed && snap.merged_into.is_none() {
                             v.push(Final {
                                 project_id: snap.project_id,
-                                visitor_id: snap.visitor_id,
+                                visitor_id: snap.visitor_id.to_string(),
                                 events: snap.event_count,
                                 revenue: snap.revenue,
                                 experiments: snap.experiments,

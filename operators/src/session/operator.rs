@@ -69,7 +69,7 @@ pub trait Sessionize<'scope> {
     ///     // Both events are in window 0 (`to_stream` sends at time 0). With a bounded input
     ///     // every window is processed, so the session also closes (30 min after its end).
     ///     events.to_stream(scope).sessionize(cfg).snapshots
-    ///         .map(|s| (s.session_id, s.event_count, s.closed))
+    ///         .map(|s| (s.session_id.to_string(), s.event_count, s.closed))
     ///         .capture()
     /// });
     /// let snaps: Vec<_> = captured.extract().into_iter().flat_map(|(_, v)| v).collect();

@@ -111,13 +111,13 @@ impl SessionConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Output session id (`{visitor_id}@{t}` for sessions without a client id).
-    pub session_id: String,
+    pub session_id: CompactString,
     /// Whether the session is gap-based (the event had no `session_id`).
     pub gap_based: bool,
     /// Project of the first event.
     pub project_id: u64,
     /// Visitor of the first event.
-    pub visitor_id: String,
+    pub visitor_id: CompactString,
     /// Smallest event time, ms.
     pub start: i64,
     /// Largest event time, ms.
@@ -922,10 +922,10 @@ impl Session {
             String::from(buf.as_str())
         });
         Snapshot {
-            session_id: String::from(&*self.id),
+            session_id: CompactString::from(&*self.id),
             gap_based,
             project_id: self.project_id,
-            visitor_id: String::from(self.visitor_id.as_str()),
+            visitor_id: self.visitor_id.clone(),
             start: self.start,
             end: self.end,
             event_count: self.event_count,

@@ -234,7 +234,7 @@ impl<'scope> SinkSnapshotFile<'scope> for StreamVec<'scope, u64, Snapshot> {
             Exchange::new(|_: &Snapshot| 0u64),
             "SnapshotFile",
             move |_cap, _info| {
-                let mut windows: BTreeMap<u64, Vec<(String, String)>> = BTreeMap::new();
+                let mut windows: BTreeMap<u64, Vec<(crate::event::CompactString, String)>> = BTreeMap::new();
                 move |(input, frontier), _output| {
                     input.for_each(|time, data| {
                         let Some(&t) = time.least() else { return };
