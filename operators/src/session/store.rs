@@ -66,6 +66,23 @@ struct GapGroup {
 
 type Pair = (u64, Box<str>);
 
+/// A borrowed [`Pair`]: looks a gap group up without allocating its key. It hashes as the
+/// `Pair` it stands for (the `u64`, then the string as `str` hashes).
+#[derive(Hash)]
+struct PairRef<'a>(u64, &'a str);
+
+impl hashbrown::Equivalent<Pair> for PairRef<'_> {
+    fn equivalent(&self, key: &Pair) -> bool {
+        self.0 == key.0 && self.1 == &*key.1
+    }
+}
+
+impl From<&PairRef<'_>> for Pair {
+    fn from(r: &PairRef<'_>) -> Pair {
+        (r.0, r.1.into())
+    }
+}
+
 /// A reference to an open session, for the close index and the touched list.
 #[derive(Clone, Debug)]
 enum SessionRef {
@@ -412,10 +429,10 @@ impl SessionStore {
 
     /// Prefetches (see [`crate::prefetch`]) what applying the key groups after `g` will read,
     /// in three steps of [`PREFETCH_STEP`] groups, each reading only what the step before
-    /// fetched: the records of group `g + 3 * step`; the session (struct) of group
-    /// `g + 2 * step`, found through its records' id; the records' attribute and tag maps and
-    /// the session's buffers ([`Session::prefetch_buffers`]) of group `g + step`. Gap-based
-    /// keys get their records prefetched only.
+    /// fetched: the records of group `g + 3 * step`; the open sessions (structs) of the key of
+    /// group `g + 2 * step`, found through its records' id or `(project, visitor)` pair; the
+    /// records' attribute and tag maps and those sessions' buffers
+    /// ([`Session::prefetch_buffers`]) of group `g + step`.
     fn prefetch_groups(
         &self,
         order: &[OrderEntry],
@@ -429,14 +446,14 @@ impl SessionStore {
                 .iter()
                 .map(|&(_, _, b, i)| &batches[b as usize][i as usize])
         };
-        let session = |g: usize| {
-            let sid = records(g).next()?.event.session_id.as_deref()?;
-            self.sessions.get(sid)
+        let sessions = |g: usize| match records(g).next().map(|r| &r.event) {
+            Some(e) => self.open_of(e.session_id.as_deref(), e.project_id, &e.visitor_id),
+            None => &[],
         };
         for rec in records(g + 3 * PREFETCH_STEP) {
             prefetch(rec, 512);
         }
-        if let Some(s) = session(g + 2 * PREFETCH_STEP) {
+        for s in sessions(g + 2 * PREFETCH_STEP) {
             prefetch::<Session>(s, 1024);
         }
         for rec in records(g + PREFETCH_STEP) {
@@ -447,27 +464,42 @@ impl SessionStore {
                 prefetch(t.as_slice(), 64);
             }
         }
-        if let Some(s) = session(g + PREFETCH_STEP) {
+        for s in sessions(g + PREFETCH_STEP) {
             s.prefetch_buffers();
         }
     }
 
     /// [`SessionStore::prefetch_groups`] for the close pass over `closing`, from its entry
-    /// `n`: the key of entry `n + 3 * step`, the session struct of `n + 2 * step`, the buffers
-    /// of `n + step` (gap-based sessions are not prefetched).
+    /// `n`: the key of entry `n + 3 * step`, the open sessions of the key of `n + 2 * step`,
+    /// their buffers at `n + step`.
     fn prefetch_closing(&self, closing: &[SessionRef], n: usize) {
-        let session = |n: usize| match closing.get(n) {
-            Some(SessionRef::Id(k)) => self.sessions.get(k.as_ref()),
-            _ => None,
+        let sessions = |n: usize| match closing.get(n) {
+            Some(SessionRef::Id(k)) => self.open_of(Some(k), 0, ""),
+            Some(SessionRef::Gap(p, v, _)) => self.open_of(None, *p, v),
+            None => &[],
         };
-        if let Some(SessionRef::Id(k)) = closing.get(n + 3 * PREFETCH_STEP) {
-            prefetch(k.as_bytes(), 128);
+        match closing.get(n + 3 * PREFETCH_STEP) {
+            Some(SessionRef::Id(k)) => prefetch(k.as_bytes(), 128),
+            Some(SessionRef::Gap(_, v, _)) => prefetch(v.as_bytes(), 128),
+            None => {}
         }
-        if let Some(s) = session(n + 2 * PREFETCH_STEP) {
+        for s in sessions(n + 2 * PREFETCH_STEP) {
             prefetch::<Session>(s, 1024);
         }
-        if let Some(s) = session(n + PREFETCH_STEP) {
+        for s in sessions(n + PREFETCH_STEP) {
             s.prefetch_buffers();
+        }
+    }
+
+    /// The open sessions of a key, for prefetching: the session of a client id, or the first
+    /// two of a `(project, visitor)` pair's gap group (rarely more are open at once).
+    fn open_of(&self, session_id: Option<&str>, project_id: u64, visitor_id: &str) -> &[Session] {
+        match session_id {
+            Some(sid) => self.sessions.get(sid).map_or(&[], |s| std::slice::from_ref(&**s)),
+            None => self
+                .gaps
+                .get(&PairRef(project_id, visitor_id))
+                .map_or(&[], |g| &g.open[..g.open.len().min(2)]),
         }
     }
 
@@ -542,7 +574,7 @@ impl SessionStore {
         match r {
             SessionRef::Id(k) => self.sessions.get(k).map(|s| &**s),
             SessionRef::Gap(p, v, id) => {
-                let g = self.gaps.get(&(*p, v.clone()))?;
+                let g = self.gaps.get(&PairRef(*p, v))?;
                 g.open.iter().find(|s| s.id() == id.as_ref())
             }
         }
@@ -627,8 +659,8 @@ impl SessionStore {
         let cfg = &self.cfg;
         let e = &rec.event;
         let t = e.timestamp;
-        let pair: Pair = (e.project_id, e.visitor_id.as_str().into());
-        let group = self.gaps.entry(pair.clone()).or_default();
+        // Looked up without allocating: a key is built only for a new group.
+        let group = self.gaps.entry_ref(&PairRef(e.project_id, &e.visitor_id)).or_default();
         let mut matches: Vec<usize> = (0..group.open.len())
             .filter(|&i| cfg.within_gap(group.open[i].start(), group.open[i].end(), t))
             .collect();
@@ -688,13 +720,20 @@ impl SessionStore {
         let s = &mut group.open[survivor_at];
         s.accept(e, cfg);
         self.counters.accepted += 1;
-        let id: Box<str> = s.id().into();
-        Self::reindex(cfg, &mut self.close_index, s, m, || {
-            SessionRef::Gap(pair.0, pair.1.clone(), id.clone())
-        });
-        if s.touched != m + 1 {
-            s.touched = m + 1;
-            touched.push(SessionRef::Gap(pair.0, pair.1, id));
+        // As `reindex` does, but the session's reference (two strings) is built only when the
+        // close index or the touched list takes it: its first event, and its first of a window.
+        s.close_at = cfg.close_window(s.end(), m);
+        let (first_indexed, first_touched) = (s.indexed_at == u64::MAX, s.touched != m + 1);
+        if first_indexed || first_touched {
+            let r = SessionRef::Gap(e.project_id, e.visitor_id.as_str().into(), s.id().into());
+            if first_indexed {
+                s.indexed_at = s.close_at;
+                self.close_index.entry(s.close_at).or_default().push(r.clone());
+            }
+            if first_touched {
+                s.touched = m + 1;
+                touched.push(r);
+            }
         }
     }
 
@@ -706,7 +745,7 @@ impl SessionStore {
             SessionRef::Id(k) => self.sessions.get_mut(k.as_ref()).map(|s| &mut **s),
             SessionRef::Gap(p, v, id) => self
                 .gaps
-                .get_mut(&(*p, v.clone()))
+                .get_mut(&PairRef(*p, v))
                 .and_then(|g| g.open.iter_mut().find(|s| s.id() == id.as_ref())),
         };
         let Some(s) = session else { return };
@@ -732,8 +771,9 @@ impl SessionStore {
                 (s, false)
             }
             SessionRef::Gap(p, v, id) => {
-                let key = (*p, v.clone());
-                let Some(g) = self.gaps.get_mut(&key) else { return };
+                let Some(g) = self.gaps.get_mut(&PairRef(*p, v)) else {
+                    return;
+                };
                 let Some(i) = g.open.iter().position(|s| s.id() == id.as_ref()) else {
                     return;
                 };
@@ -787,6 +827,24 @@ mod tests {
     use crate::event::Event;
 
     const W: u64 = 1_000;
+
+    /// A borrowed pair must find the owned one (same hash, same equality), and an entry made
+    /// through it must own the same key: otherwise every gap event would open a new group.
+    #[test]
+    fn a_borrowed_pair_finds_and_makes_the_owned_one() {
+        let mut gaps: HashMap<Pair, u32> = HashMap::new();
+        for (i, v) in ["v1", "visitor-with-a-longer-id", ""].iter().enumerate() {
+            gaps.insert((i as u64, (*v).into()), i as u32);
+        }
+        assert_eq!(gaps.get(&PairRef(1, "visitor-with-a-longer-id")), Some(&1));
+        assert_eq!(gaps.get(&PairRef(2, "")), Some(&2));
+        assert_eq!(gaps.get(&PairRef(1, "v1")), None);
+        *gaps.entry_ref(&PairRef(0, "v1")).or_default() += 10;
+        *gaps.entry_ref(&PairRef(7, "v7")).or_default() += 5;
+        assert_eq!(gaps.len(), 4);
+        assert_eq!(gaps.get(&(0, "v1".into())), Some(&10));
+        assert_eq!(gaps.get(&(7, "v7".into())), Some(&5));
+    }
 
     fn cfg() -> SessionConfig {
         SessionConfig {
