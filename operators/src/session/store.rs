@@ -590,20 +590,33 @@ impl SessionStore {
         }));
     }
 
-    /// Re-indexes a session's closing window after it changed in window `m`.
-    fn reindex(
+    /// After session `s` accepted an event in window `m`: moves its closing window, files its
+    /// close-index entry if it has none yet, and lists it in `touched` at its first event of
+    /// `m`. `r` makes the session's reference, only when one of those takes it (a gap
+    /// session's is two strings to allocate).
+    fn note_accepted(
         cfg: &SessionConfig,
         idx: &mut BTreeMap<u64, Vec<SessionRef>>,
+        touched: &mut Vec<SessionRef>,
         s: &mut Session,
         m: u64,
-        r: impl FnOnce() -> SessionRef,
+        r: impl FnOnce(&Session) -> SessionRef,
     ) {
         // One index entry per session: a later closing window only updates `close_at`, and the
         // entry is re-filed when its window comes (so the index never holds stale copies).
         s.close_at = cfg.close_window(s.end(), m);
-        if s.indexed_at == u64::MAX {
+        let (first_indexed, first_touched) = (s.indexed_at == u64::MAX, s.touched != m + 1);
+        if !(first_indexed || first_touched) {
+            return;
+        }
+        let r = r(s);
+        if first_indexed {
             s.indexed_at = s.close_at;
-            idx.entry(s.close_at).or_default().push(r());
+            idx.entry(s.close_at).or_default().push(r.clone());
+        }
+        if first_touched {
+            s.touched = m + 1;
+            touched.push(r);
         }
     }
 
@@ -640,13 +653,7 @@ impl SessionStore {
         }
         s.accept(e, &self.cfg);
         self.counters.accepted += 1;
-        Self::reindex(&self.cfg, &mut self.close_index, s, m, || {
-            SessionRef::Id(Rc::clone(&key))
-        });
-        if s.touched != m + 1 {
-            s.touched = m + 1;
-            touched.push(SessionRef::Id(key));
-        }
+        Self::note_accepted(&self.cfg, &mut self.close_index, touched, s, m, |_| SessionRef::Id(key));
     }
 
     fn apply_gap(
@@ -720,21 +727,9 @@ impl SessionStore {
         let s = &mut group.open[survivor_at];
         s.accept(e, cfg);
         self.counters.accepted += 1;
-        // As `reindex` does, but the session's reference (two strings) is built only when the
-        // close index or the touched list takes it: its first event, and its first of a window.
-        s.close_at = cfg.close_window(s.end(), m);
-        let (first_indexed, first_touched) = (s.indexed_at == u64::MAX, s.touched != m + 1);
-        if first_indexed || first_touched {
-            let r = SessionRef::Gap(e.project_id, e.visitor_id.as_str().into(), s.id().into());
-            if first_indexed {
-                s.indexed_at = s.close_at;
-                self.close_index.entry(s.close_at).or_default().push(r.clone());
-            }
-            if first_touched {
-                s.touched = m + 1;
-                touched.push(r);
-            }
-        }
+        Self::note_accepted(cfg, &mut self.close_index, touched, s, m, |s| {
+            SessionRef::Gap(e.project_id, e.visitor_id.as_str().into(), s.id().into())
+        });
     }
 
     /// Handles the close-index entry `r` filed at window `m`: closes the session if it is due
