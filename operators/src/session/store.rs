@@ -447,7 +447,10 @@ impl SessionStore {
                 .map(|&(_, _, b, i)| &batches[b as usize][i as usize])
         };
         let sessions = |g: usize| match records(g).next().map(|r| &r.event) {
-            Some(e) => self.open_of(e.session_id.as_deref(), e.project_id, &e.visitor_id),
+            Some(e) => match e.session_id.as_deref() {
+                Some(sid) => self.open_keyed(sid),
+                None => self.open_gap(e.project_id, &e.visitor_id),
+            },
             None => &[],
         };
         for rec in records(g + 3 * PREFETCH_STEP) {
@@ -474,8 +477,8 @@ impl SessionStore {
     /// their buffers at `n + step`.
     fn prefetch_closing(&self, closing: &[SessionRef], n: usize) {
         let sessions = |n: usize| match closing.get(n) {
-            Some(SessionRef::Id(k)) => self.open_of(Some(k), 0, ""),
-            Some(SessionRef::Gap(p, v, _)) => self.open_of(None, *p, v),
+            Some(SessionRef::Id(k)) => self.open_keyed(k),
+            Some(SessionRef::Gap(p, v, _)) => self.open_gap(*p, v),
             None => &[],
         };
         match closing.get(n + 3 * PREFETCH_STEP) {
@@ -491,16 +494,19 @@ impl SessionStore {
         }
     }
 
-    /// The open sessions of a key, for prefetching: the session of a client id, or the first
-    /// two of a `(project, visitor)` pair's gap group (rarely more are open at once).
-    fn open_of(&self, session_id: Option<&str>, project_id: u64, visitor_id: &str) -> &[Session] {
-        match session_id {
-            Some(sid) => self.sessions.get(sid).map_or(&[], |s| std::slice::from_ref(&**s)),
-            None => self
-                .gaps
-                .get(&PairRef(project_id, visitor_id))
-                .map_or(&[], |g| &g.open[..g.open.len().min(2)]),
-        }
+    /// For prefetching: the open session of a client id, if any.
+    fn open_keyed(&self, session_id: &str) -> &[Session] {
+        self.sessions
+            .get(session_id)
+            .map_or(&[], |s| std::slice::from_ref(&**s))
+    }
+
+    /// For prefetching: the first two open sessions of a `(project, visitor)` pair's gap group
+    /// (rarely more are open at once).
+    fn open_gap(&self, project_id: u64, visitor_id: &str) -> &[Session] {
+        self.gaps
+            .get(&PairRef(project_id, visitor_id))
+            .map_or(&[], |g| &g.open[..g.open.len().min(2)])
     }
 
     /// Emits the snapshots of the sessions in `touched` (changed in window `m`), and empties
