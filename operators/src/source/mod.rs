@@ -797,11 +797,18 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
             by_window.sort_unstable_by_key(|(w, _, _)| *w);
             let (mut ev, mut dl) = (events_out.activate(), dead_out.activate());
             for (w, mut events, mut dead) in by_window.drain(..) {
+                // Each window's records go on as the container they were collected in, not
+                // record by record through an output buffer (a copy of every record and a
+                // buffer per ~26 records). The exchange downstream drains it and leaves its
+                // capacity here for the next batch (a single worker's channel keeps it). A
+                // container handed back may hold anything: cleared before reuse.
                 if !events.is_empty() {
-                    ev.session(&c[0].delayed(&w)).give_iterator(events.drain(..));
+                    ev.session(&c[0].delayed(&w)).give_container(&mut events);
+                    events.clear();
                 }
                 if !dead.is_empty() {
-                    dl.session(&c[1].delayed(&w)).give_iterator(dead.drain(..));
+                    dl.session(&c[1].delayed(&w)).give_container(&mut dead);
+                    dead.clear();
                 }
                 spare.push((events, dead));
             }
