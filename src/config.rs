@@ -3,7 +3,7 @@
 
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use sessionflow_operators::session::SessionConfig;
+use sessionflow_operators::session::{Routing, SessionConfig};
 use sessionflow_operators::source::SourceConfig;
 
 /// Parses a duration like `60s`, `30m`, `1h`, `500ms` or a bare number of milliseconds, into ms.
@@ -53,6 +53,14 @@ pub struct JobConfig {
 }
 
 impl JobConfig {
+    /// This job with the session routing for an input of `partitions` partitions read by
+    /// `workers` workers ([`Routing::for_input`]). Every worker must get the same one.
+    pub fn routed(&self, partitions: usize, workers: usize) -> JobConfig {
+        let mut job = self.clone();
+        job.session.routing = Routing::for_input(partitions, workers);
+        job
+    }
+
     /// The job for `session`, with a default source whose window and lateness are the
     /// session's (they must agree: the source assigns the windows the session operator keys on).
     pub fn for_session(session: SessionConfig) -> JobConfig {
@@ -74,6 +82,8 @@ impl SessionArgs {
             lateness_ms: self.lateness,
             max_events: self.max_events,
             emit_state: false,
+            // Chosen per input by the command (`Routing::for_input`).
+            routing: Routing::Hash,
         };
         session.validate()?;
         Ok(JobConfig::for_session(session))

@@ -295,52 +295,9 @@ pub struct GenerateSummary {
 /// (`event_id` or `visitor_id` absent), `oversized` (valid JSON over 64 KiB).
 pub const INVALID_KINDS: [&str; 5] = ["malformed", "wrong_type", "out_of_range", "missing_field", "oversized"];
 
-/// Kafka's (Java client) murmur2 hash of a message key.
-pub fn murmur2(data: &[u8]) -> u32 {
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    const SEED: u32 = 0x9747_b28c;
-    let mut h = SEED ^ (data.len() as u32);
-    let mut chunks = data.chunks_exact(4);
-    for c in &mut chunks {
-        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let rest = chunks.remainder();
-    if rest.len() >= 3 {
-        h ^= u32::from(rest[2]) << 16;
-    }
-    if rest.len() >= 2 {
-        h ^= u32::from(rest[1]) << 8;
-    }
-    if !rest.is_empty() {
-        h ^= u32::from(rest[0]);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
-/// The partition a keyed Kafka producer with the default (murmur2) partitioner picks for
-/// `key` among `partitions` (treated as 1 when 0).
-pub fn kafka_partition(key: &[u8], partitions: u32) -> u32 {
-    (murmur2(key) & 0x7fff_ffff) % partitions.max(1)
-}
-
-/// The partitioning key of an event: its `session_id`, or `"{project_id}:{visitor_id}"` when
-/// it has none.
-pub fn partition_key(session_id: Option<&str>, project_id: u64, visitor_id: &str) -> Vec<u8> {
-    match session_id {
-        Some(s) => s.as_bytes().to_vec(),
-        None => format!("{project_id}:{visitor_id}").into_bytes(),
-    }
-}
+/// Kafka's default partitioner, which `generate` follows (shared with the session operator's
+/// [`Routing`](sessionflow_operators::session::Routing), which can follow it too).
+pub use sessionflow_operators::session::routing::{kafka_partition, partition_key};
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers: hashing, number formatting, sampling.
@@ -2295,22 +2252,6 @@ mod tests {
         for a in bad {
             assert!(a.validate().is_err(), "{a:?}");
         }
-    }
-
-    #[test]
-    fn kafka_murmur2_matches_the_java_client() {
-        // Test vectors of Kafka's Utils.murmur2.
-        assert_eq!(murmur2(b"21") as i32, -973_932_308);
-        assert_eq!(murmur2(b"foobar") as i32, -790_332_482);
-        assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985_981_536);
-        assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1_486_304_829);
-        assert_eq!(
-            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
-            -58_897_971
-        );
-        assert_eq!(murmur2(b"abc") as i32, 479_470_107);
-        assert!(kafka_partition(b"anything", 7) < 7);
-        assert_eq!(kafka_partition(b"anything", 0), 0);
     }
 
     #[test]

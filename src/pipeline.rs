@@ -11,8 +11,9 @@
 //!        v                                                                       |
 //!  [ enrich ... ]  (compose more operators on the event stream here)             |
 //!        |                                                                       |
-//!  sessionize: exchange by hash(session key); per window, when the frontier      |
-//!        |     passes it: apply events in order, dedup, close, emit snapshots    |
+//!  sessionize: exchange to the session key's owner (`Routing`); per window, when |
+//!        |     the frontier passes it: apply events in order, dedup, close,      |
+//!        |     emit snapshots                                                    |
 //!        |----------------------------------------------> session_closed --------+
 //!        v                                                                       v
 //!  snapshots (time = window) --> snapshot file sink (sorted)          dead-letter file sink
@@ -156,7 +157,7 @@ pub fn build<R: PartitionReader>(worker: &mut Worker, job: &JobConfig, reader: R
         // of every batch, which for the events would copy each one.
         input.dead_letters.clone().probe_with(&input_probe);
 
-        // 2. Sessionize (exchanges by session key internally).
+        // 2. Sessionize (exchanges each event to its session key's owner internally).
         // [hbase] Event sinks see every valid event; a restored store resumes sessionize.
         for sink in outputs.event_sinks {
             sink.attach(input.events.clone())

@@ -7,7 +7,8 @@
 //! - [`HbaseSessions`] / [`HbaseEvents`]: the sinks as [`Attach`] values for
 //!   [`crate::pipeline::Outputs`];
 //! - [`restore`]: a worker's [`SessionStore`] as of a resume window, read back from SessionDB
-//!   with one bounded scan per salt bucket the worker owns (never a lookup per event);
+//!   with one bounded scan per salt bucket the worker owns, or per bucket when the session
+//!   routing follows the input's partitions (never a lookup per event);
 //! - [`scan_rows`]: the scan helper behind `sessionflow query` and the tests.
 //!
 //! See `docs/sessiondb.md` for the schema's reasoning, recovery and measurements.
@@ -17,8 +18,7 @@ use std::time::Duration;
 
 use hbase_thrift::hbase::{TRowResult, TScan};
 use sessionflow_operators::record::Sourced;
-use sessionflow_operators::session::operator::key_hash;
-use sessionflow_operators::session::{Session, SessionConfig, SessionStore, Snapshot};
+use sessionflow_operators::session::{Routing, Session, SessionConfig, SessionStore, Snapshot};
 pub use sessionflow_operators::sink::hbase::client::{self, HbaseClient, HbaseError};
 pub use sessionflow_operators::sink::hbase::schema;
 use sessionflow_operators::sink::hbase::schema::{Columns, RowKey, SessionRow, META_ROW, SALTS};
@@ -134,24 +134,23 @@ pub struct Restored {
     pub rows_scanned: usize,
 }
 
-/// The worker (`key_hash % peers`) that owns a session row.
-fn owner(row: &SessionRow, id: &RowKey, peers: usize) -> Result<usize, HbaseError> {
+/// The worker (of `peers`) that owns a session row under `routing`.
+fn owner(row: &SessionRow, id: &RowKey, routing: Routing, peers: usize) -> Result<usize, HbaseError> {
     let bad = |why: &str| HbaseError::BadRow {
         row: row.display_key(),
         reason: why.to_string(),
     };
-    let h = if id.gap_based {
+    if id.gap_based {
         let visitor = row
             .visitor_id
             .as_deref()
             .ok_or_else(|| bad("gap session row without q:visitor_id"))?;
         let visitor = std::str::from_utf8(visitor).map_err(|_| bad("visitor id is not UTF-8"))?;
-        key_hash(None, row.project_id.unwrap_or(id.project_id), visitor)
+        Ok(routing.owner(None, row.project_id.unwrap_or(id.project_id), visitor, peers))
     } else {
         let sid = std::str::from_utf8(&id.session_id).map_err(|_| bad("session id is not UTF-8"))?;
-        key_hash(Some(sid), 0, "")
-    };
-    Ok((h % peers.max(1) as u64) as usize)
+        Ok(routing.owner(Some(sid), 0, "", peers))
+    }
 }
 
 /// Rebuilds worker `worker_index`'s (of `peers`) session store as it stood at the end of
@@ -159,7 +158,8 @@ fn owner(row: &SessionRow, id: &RowKey, peers: usize) -> Result<usize, HbaseErro
 /// exactly at window `resume` (the Kafka source's commit frontier `F`):
 ///
 /// - one scan per salt bucket the worker owns (bucket `b` with `b % peers == index` when
-///   `peers` divides 16, else every bucket, keeping the worker's rows), reading each row's
+///   `peers` divides 16 and the session routing is [`Routing::Hash`], else every bucket,
+///   keeping the rows `session.routing` gives the worker), reading each row's
 ///   latest version below `F * W` (`TScan.timestamp`, which HBase's Thrift1 gateway turns into
 ///   the time range `[0, F * W)`), only rows whose `q:window` then is at least
 ///   `F - max(ceil(gap / W), retain) - 1` (a server-side `SingleColumnValueFilter`: older rows
@@ -241,8 +241,13 @@ pub fn restore(
     let retain = cfg.retain();
     let lowest = resume.saturating_sub(closed_windows.max(retain) + 1);
     let before = schema::as_of_bound(resume - 1, session.window_ms);
-    let owned =
-        |salt: u8| !(SALTS as usize).is_multiple_of(peers.max(1)) || (salt as usize) % peers.max(1) == worker_index;
+    // A row's salt is its key hash modulo 16, so under the hash routing a worker owns whole
+    // salt buckets when the workers divide 16; otherwise every worker scans every bucket.
+    let owned = |salt: u8| {
+        session.routing != Routing::Hash
+            || !(SALTS as usize).is_multiple_of(peers.max(1))
+            || (salt as usize) % peers.max(1) == worker_index
+    };
     let filter = value_filter(&cfg.query_family, schema::col::WINDOW, ">=", &lowest.to_be_bytes());
     // Latest version per session: (gap, id, opened window) -> row. Rows for the same session
     // under two project ids (its first event changed project) keep the newer.
@@ -252,7 +257,7 @@ pub fn restore(
         scan_rows(&mut c, &cfg.table, &cols, scan, |row| {
             out.rows_scanned += 1;
             let Some(id) = row.id.clone() else { return Ok(()) };
-            if owner(&row, &id, peers)? != worker_index {
+            if owner(&row, &id, session.routing, peers)? != worker_index {
                 return Ok(());
             }
             let key = (id.gap_based, id.session_id.clone(), id.opened_window);

@@ -1,6 +1,7 @@
 //! On the real broker: a generated stream (invalid, duplicate, late events) in a 4-partition
-//! topic; `sessionflow run --stop-at-end` with 1 and 3 workers writes byte-for-byte what
-//! `sessionflow replay` writes for the same per-partition files; the committed offsets are the
+//! topic; `sessionflow run --stop-at-end` with 1, 2 and 3 workers writes byte-for-byte what
+//! `sessionflow replay` writes for the same per-partition files (2 workers divide the 4
+//! partitions, so sessions follow them, `Routing::Partitions`; 3 route by key hash); the committed offsets are the
 //! end offsets with the frontier in their metadata, and a second run of the group reads nothing.
 //!
 //! `#[ignore]`d: needs Kafka (`scripts/test.sh` starts it; `KAFKA_BROKERS`, default
@@ -55,7 +56,7 @@ fn fixture() -> &'static Fixture {
 
 #[test]
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
-fn stop_at_end_equals_replay_with_1_and_3_workers() {
+fn stop_at_end_equals_replay_with_1_2_and_3_workers() {
     let f = fixture();
     assert_eq!(f.inputs.len(), PARTITIONS as usize);
     let expected = f.reference.read();
@@ -68,7 +69,7 @@ fn stop_at_end_equals_replay_with_1_and_3_workers() {
         stats["late"].as_u64().unwrap() > 0,
         "no event landed in a closed session: {stats}"
     );
-    for workers in [1, 3] {
+    for workers in [1, 2, 3] {
         let files = Files::new(f.dir.path(), &format!("run{workers}"));
         let group = unique(&format!("g{workers}"));
         let mut args = run_flags(&f.topic, &group, workers);

@@ -115,6 +115,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let guards = timely::execute(config, move |worker| -> Result<Option<Stats>, String> {
         let index = worker.index();
         let reader = MemoryReader::new(Arc::clone(&lines), index, worker.peers());
+        // The generator partitions like Kafka's default partitioner (see `Routing`).
+        let job = job.routed(lines.len(), worker.peers());
         let files = if index == 0 {
             let s = LineFile::create(&out_dir.join("snapshots.jsonl"))?;
             let d = LineFile::create(&out_dir.join("dead_letters.jsonl"))?;

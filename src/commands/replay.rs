@@ -74,6 +74,9 @@ pub fn run(args: ReplayArgs) -> Result<Option<Stats>, String> {
     let guards = timely::execute(config, move |worker| -> Result<Option<Stats>, String> {
         let index = worker.index();
         let peers = worker.peers();
+        // Input file `p` is partition `p`: sessions follow the partitioner that wrote them
+        // when the workers divide the files (see `Routing`).
+        let job = job.routed(args.inputs.len(), peers);
         let reader = FileReader::open(&args.inputs, index, peers);
         let (reader, open_error) = match reader {
             Ok(r) => (r, None),

@@ -309,6 +309,11 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
                 input
             })
         };
+        // Sessions follow the topic's partitioner when the workers divide its partitions (see
+        // `Routing`). The routing must be one for all workers: every process read the count,
+        // and process 0's is the one (it differs only if partitions were added meanwhile).
+        let routed_by = broadcast_from_0(worker, Some(u64::from(partitions))).unwrap_or(u64::from(partitions));
+        let job = job.routed(usize::try_from(routed_by).unwrap_or(0), worker.peers());
         let reader = match KafkaReader::connect(&source, index, worker.peers()) {
             Ok(r) => r,
             Err(e) => {

@@ -1,7 +1,8 @@
 //! The `sessionize` operator: thin operator glue around [`SessionStore`] (one input, two
 //! outputs: snapshots and `session_closed` dead letters).
 //!
-//! Events are exchanged by a hash of their session key, buffered per window, and each window
+//! Events are exchanged to the worker that owns their session key (see
+//! [`Routing`](super::Routing)), buffered per window, and each window
 //! is processed once the input frontier has passed it. The operator holds its capabilities
 //! (one per output, moved together) at the smallest window that still has work (buffered
 //! events or sessions due to close), so windows without data still close sessions and nothing
@@ -80,11 +81,12 @@ pub trait Sessionize<'scope> {
     /// Like [`Sessionize::sessionize`], starting from a store that already holds restored
     /// state (sessions open and closed-set entries at a resume point, see
     /// [`SessionStore::restore_open`]). The store must hold only keys this worker owns
-    /// (`key_hash % peers == index`).
+    /// (`store.config().routing.owner(key, peers) == index`).
     fn sessionize_from(self, store: SessionStore) -> Sessionized<'scope>;
 }
 
-/// The routing hash of an event's session key: `session_id`, else `(project_id, visitor_id)`.
+/// The hash of an event's session key: `session_id`, else `(project_id, visitor_id)`. It orders
+/// a window's keys, and with [`Routing::Hash`](super::Routing::Hash) it routes them.
 /// Portable (FNV-1a then a 64-bit finalizer), so every process of a cluster routes alike.
 pub fn route_hash(rec: &Sourced) -> u64 {
     key_hash(
@@ -94,8 +96,9 @@ pub fn route_hash(rec: &Sourced) -> u64 {
     )
 }
 
-/// The routing hash of a session key (see [`route_hash`]); worker `key_hash % peers` owns it
-/// (timely's exchange takes the hash modulo the number of workers).
+/// The hash of a session key (see [`route_hash`]); under
+/// [`Routing::Hash`](super::Routing::Hash) worker `key_hash % peers` owns it (timely's exchange
+/// takes the hash modulo the number of workers).
 pub fn key_hash(session_id: Option<&str>, project_id: u64, visitor_id: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
@@ -141,7 +144,13 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Sourced> {
         // apart (no `ok_err` step that would move every snapshot once more).
         let mut builder = OperatorBuilder::new("Sessionize".to_owned(), scope);
         let info = builder.operator_info();
-        let mut input = builder.new_input(self, Exchange::new(route_hash));
+        // Each event to the worker that owns its session key (see [`Routing`]).
+        let routing = store.config().routing;
+        let route = move |r: &Sourced| {
+            let e = &r.event;
+            routing.route(e.session_id.as_deref(), e.project_id, &e.visitor_id)
+        };
+        let mut input = builder.new_input(self, Exchange::new(route));
         let (snap_out, snapshots) = builder.new_output::<Vec<Snapshot>>();
         let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
         let mut snap_out: OutputBuilder<u64, CapacityContainerBuilder<Vec<Snapshot>>> = OutputBuilder::from(snap_out);

@@ -13,6 +13,7 @@ use std::cmp::Ordering;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
+use super::routing::Routing;
 use crate::event::{AttrValue, CompactString, Event};
 use crate::json::{self, JsonOut};
 use crate::prefetch::prefetch;
@@ -33,6 +34,9 @@ pub struct SessionConfig {
     /// Attach to each snapshot the session's full state (bytes), for sinks that make the job
     /// resumable from their contents (SessionDB). Off by default (boolean).
     pub emit_state: bool,
+    /// Which worker owns each session key (not semantics: every routing gives the same
+    /// output). [`Routing::Hash`] by default; the jobs pick [`Routing::for_input`].
+    pub routing: Routing,
 }
 
 impl Default for SessionConfig {
@@ -43,6 +47,7 @@ impl Default for SessionConfig {
             lateness_ms: 5_000,
             max_events: 1000,
             emit_state: false,
+            routing: Routing::Hash,
         }
     }
 }

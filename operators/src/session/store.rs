@@ -854,6 +854,7 @@ mod tests {
             lateness_ms: 0,
             max_events: 10,
             emit_state: false,
+            routing: crate::session::Routing::Hash,
         }
     }
 
