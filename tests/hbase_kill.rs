@@ -4,9 +4,9 @@
 //! identical. With 1 worker and with 3 (which do not divide the 4 partitions evenly: worker 0
 //! reads partitions 0 and 3; sessions are routed by key hash, `Routing::Hash`, and each worker
 //! restores its own rows); and with 2 workers stopped by SIGTERM, SIGKILL, SIGTERM (a graceful
-//! stop drains, commits and exits 0; the restart restores what it committed; sessions follow
-//! the partitions, `Routing::Partitions`, so each worker restores its rows out of every salt
-//! bucket). Needs Kafka and HBase (`scripts/services.sh up`;
+//! stop drains, commits and exits 0; the restart restores what it committed; a SessionDB job
+//! routes by key hash even where the workers divide the partitions, so each worker restores
+//! the salt buckets it owns). Needs Kafka and HBase (`scripts/services.sh up`;
 //! KAFKA_BROKERS, HBASE_THRIFT).
 #![allow(clippy::unwrap_used)]
 

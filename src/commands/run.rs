@@ -59,6 +59,7 @@ use crate::commands::hbase_args::{self, HbaseArgs};
 use crate::commands::replay::{check_writable, json_file};
 use crate::config::{parse_duration_ms, SessionArgs};
 use crate::pipeline::{self, Attach, Outputs};
+use crate::sessiondb::SinkMode;
 use crate::stats::Stats;
 
 /// Where a partition without a committed offset starts.
@@ -220,6 +221,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         // The table's own versions bound how far the sink may write past the commits.
         h.max_versions = h.prepare().map_err(|e| e.to_string())?;
     }
+    let restores_sessiondb = hbase.as_ref().is_some_and(|h| h.mode == SinkMode::Sessions);
     let hbase_stats = Arc::new(sessionflow_operators::sink::hbase::SinkStats::default());
     let config = args.cluster.timely_config()?;
     let writes = args.cluster.writes_outputs();
@@ -312,8 +314,16 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         // Sessions follow the topic's partitioner when the workers divide its partitions (see
         // `Routing`). The routing must be one for all workers: every process read the count,
         // and process 0's is the one (it differs only if partitions were added meanwhile).
+        // A SessionDB job routes by key hash: a restore reads each worker's keys from the salt
+        // buckets it owns, and the salt is the key hash (under the partitioner's routing every
+        // worker would scan every bucket).
         let routed_by = broadcast_from_0(worker, Some(u64::from(partitions))).unwrap_or(u64::from(partitions));
-        let job = job.routed(usize::try_from(routed_by).unwrap_or(0), worker.peers());
+        let routed_by = if restores_sessiondb {
+            0
+        } else {
+            usize::try_from(routed_by).unwrap_or(0)
+        };
+        let job = job.routed(routed_by, worker.peers());
         let reader = match KafkaReader::connect(&source, index, worker.peers()) {
             Ok(r) => r,
             Err(e) => {
