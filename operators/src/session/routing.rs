@@ -6,7 +6,9 @@
 //! operator. With [`Routing::Hash`] a share `1 - 1/workers` of them does; with
 //! [`Routing::Partitions`], on a topic keyed by session (the producer's default partitioner
 //! picks the partition from the key), none does, and each worker keeps the events it read in
-//! its own cache: ~7% less CPU for the 2-worker Kafka job (docs/performance.md, "Engine").
+//! its own cache: ~5% less CPU for the 2-worker Kafka job and replay (docs/performance.md,
+//! "Engine"). A SessionDB job keeps [`Routing::Hash`]: its restore reads each worker's keys
+//! from the salt buckets it owns, and the salt is the key hash.
 
 use serde::{Deserialize, Serialize};
 
