@@ -317,13 +317,14 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         // A SessionDB job routes by key hash: a restore reads each worker's keys from the salt
         // buckets it owns, and the salt is the key hash (under the partitioner's routing every
         // worker would scan every bucket).
-        let routed_by = broadcast_from_0(worker, Some(u64::from(partitions))).unwrap_or(u64::from(partitions));
-        let routed_by = if restores_sessiondb {
-            0
+        // (`restores_sessiondb` comes from the flags, the same in every process, so either
+        // every worker takes part in the broadcast or none does.)
+        let job = if restores_sessiondb {
+            job.clone()
         } else {
-            usize::try_from(routed_by).unwrap_or(0)
+            let count = broadcast_from_0(worker, Some(u64::from(partitions))).unwrap_or(u64::from(partitions));
+            job.routed(usize::try_from(count).unwrap_or(0), worker.peers())
         };
-        let job = job.routed(routed_by, worker.peers());
         let reader = match KafkaReader::connect(&source, index, worker.peers()) {
             Ok(r) => r,
             Err(e) => {
