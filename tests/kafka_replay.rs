@@ -1,8 +1,9 @@
 //! On the real broker: a generated stream (invalid, duplicate, late events) in a 4-partition
 //! topic; `sessionflow run --stop-at-end` with 1, 2 and 3 workers writes byte-for-byte what
 //! `sessionflow replay` writes for the same per-partition files (2 workers divide the 4
-//! partitions, so sessions follow them, `Routing::Partitions`; 3 route by key hash); the committed offsets are the
-//! end offsets with the frontier in their metadata, and a second run of the group reads nothing.
+//! partitions, so sessions follow them, `Routing::Partitions`; 3 route by key hash); the
+//! committed offsets are the end offsets with the frontier in their metadata, and a second run
+//! of the group reads nothing.
 //!
 //! `#[ignore]`d: needs Kafka (`scripts/test.sh` starts it; `KAFKA_BROKERS`, default
 //! 127.0.0.1:9092).
