@@ -5,6 +5,8 @@
 //! - [`source`]: partitioned input with per-partition watermarks and window assignment.
 //! - [`session`]: session state, the keyed store and the `sessionize` operator.
 //! - [`sink`]: output operators.
+//! - [`local_exchange`]: an exchange pact that passes the records staying on their worker on
+//!   whole.
 //!
 //! Every operator is an extension trait named after its method, e.g. `stream.sessionize(cfg)`.
 
@@ -12,6 +14,7 @@ mod caps;
 pub mod event;
 mod fast_event;
 pub mod json;
+pub mod local_exchange;
 mod prefetch;
 pub mod record;
 mod scratch;

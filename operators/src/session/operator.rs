@@ -14,7 +14,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::StreamVec;
@@ -22,6 +21,7 @@ use timely::dataflow::StreamVec;
 use super::state::{SessionConfig, Snapshot};
 use super::store::{SessionCounters, SessionOutput, SessionStore};
 use crate::caps::{self, Caps};
+use crate::local_exchange::local_first;
 use crate::record::{DeadLetter, Sourced};
 
 /// Live figures of one worker's sessionize operator.
@@ -144,13 +144,14 @@ impl<'scope> Sessionize<'scope> for StreamVec<'scope, u64, Sourced> {
         // apart (no `ok_err` step that would move every snapshot once more).
         let mut builder = OperatorBuilder::new("Sessionize".to_owned(), scope);
         let info = builder.operator_info();
-        // Each event to the worker that owns its session key (see [`Routing`]).
+        // Each event to the worker that owns its session key (see [`Routing`]); those this
+        // worker owns stay in their container (see [`local_first`]).
         let routing = store.config().routing;
         let route = move |r: &Sourced| {
             let e = &r.event;
             routing.route(e.session_id.as_deref(), e.project_id, &e.visitor_id)
         };
-        let mut input = builder.new_input(self, Exchange::new(route));
+        let mut input = builder.new_input(self, local_first(scope.index(), route));
         let (snap_out, snapshots) = builder.new_output::<Vec<Snapshot>>();
         let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
         let mut snap_out: OutputBuilder<u64, CapacityContainerBuilder<Vec<Snapshot>>> = OutputBuilder::from(snap_out);
