@@ -54,7 +54,7 @@ impl<D, H> LocalFirst<D, H> {
 
 impl<D, H> Distributor<Vec<D>> for LocalFirst<D, H>
 where
-    D: Clone + 'static,
+    D: 'static,
     H: FnMut(&D) -> u64,
 {
     fn partition<T: Clone, P: Push<Message<T, Vec<D>>>>(
