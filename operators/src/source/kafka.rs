@@ -191,6 +191,13 @@ pub fn client_config(
     cfg.set("bootstrap.servers", brokers);
     // Our log callback decides what to print; librdkafka need not format debug lines.
     cfg.set_log_level(RDKafkaLogLevel::Warning);
+    // librdkafka's first (bootstrap) connection also waits out its "sparse connection"
+    // interval, half of this backoff: with the default 100 ms, a new client's first metadata
+    // request waited ~50 ms for a broker already connected, and a job's start took ~130 ms to
+    // its first message (a metadata client, then the consumers). 20 ms makes it ~45 ms. A
+    // lost broker is retried after 20 ms, then 40, 80 ... up to `reconnect.backoff.max.ms`
+    // (10 s), as before.
+    cfg.set("reconnect.backoff.ms", "20");
     for (k, v) in ours {
         cfg.set(*k, v.as_str());
     }
@@ -1294,6 +1301,11 @@ mod tests {
         assert_eq!(p.get("fetch.min.bytes"), None);
         assert_eq!(p.get("bootstrap.servers"), Some("b:1"));
         assert_eq!(p.log_level as i32, RDKafkaLogLevel::Warning as i32);
+        // Our short reconnect backoff (for a prompt first connection), which -X overrides.
+        assert_eq!(p.get("reconnect.backoff.ms"), Some("20"));
+        let slow = [("reconnect.backoff.ms".to_string(), "100".to_string())];
+        let c = client_config("b:1", &[], &slow, ClientKind::Consumer);
+        assert_eq!(c.get("reconnect.backoff.ms"), Some("100"));
     }
 
     #[test]
