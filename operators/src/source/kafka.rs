@@ -193,9 +193,9 @@ pub fn client_config(
     cfg.set_log_level(RDKafkaLogLevel::Warning);
     // librdkafka's first (bootstrap) connection also waits out its "sparse connection"
     // interval, half of this backoff: with the default 100 ms, a new client's first metadata
-    // request waited ~50 ms for a broker already connected, and a job's start took ~130 ms to
-    // its first message (a metadata client, then the consumers). 20 ms makes it ~45 ms. A
-    // lost broker is retried after 20 ms, then 40, 80 ... up to `reconnect.backoff.max.ms`
+    // request waited ~50 ms for a broker it was already connecting to, and a job took ~120 ms
+    // to its first message (a metadata client, then the consumers). 20 ms makes it 25-45 ms.
+    // A lost broker is retried after 20 ms, then 40, 80 ... up to `reconnect.backoff.max.ms`
     // (10 s), as before.
     cfg.set("reconnect.backoff.ms", "20");
     for (k, v) in ours {
