@@ -46,7 +46,9 @@ use timely::scheduling::SyncActivator;
 
 use crate::record::DeadLetter;
 use crate::session::Snapshot;
-use crate::source::kafka::{block_on, client_config, metadata_config, retry, topic_partitions, ClientKind, ClientLog};
+use crate::source::kafka::{
+    block_on, client_config, metadata_config, request_timeout, retry, topic_partitions, ClientKind, ClientLog,
+};
 
 /// Settings of one Kafka sink.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -668,7 +670,7 @@ pub fn ensure_topic(
         &format!("cannot create topic {topic} on {brokers}"),
         deadline,
         || {
-            match topic_partitions(client.client(), topic) {
+            match topic_partitions(client.client(), topic, request_timeout(deadline)) {
                 Ok(n) => return Ok(n),
                 Err(e) if created || !e.ends_with("does not exist") => return Err(e),
                 Err(_) => {}
@@ -696,7 +698,7 @@ pub fn ensure_topic(
                 }
             }
             created = true;
-            topic_partitions(client.client(), topic)
+            topic_partitions(client.client(), topic, request_timeout(deadline))
         },
     )
 }

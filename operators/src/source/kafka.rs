@@ -36,8 +36,9 @@
 //!   asynchronous commit without a configured callback). Cut sets waiting behind a slow commit
 //!   merge into one; a commit never stores a cut older than one already stored.
 //! - Broker down at start: every blocking call made before the dataflow runs (metadata,
-//!   committed offsets, watermarks) is retried with backoff until `connect_timeout_ms`, each
-//!   failure logged on stderr; then a clear error. Once running, librdkafka reconnects by itself
+//!   committed offsets, watermarks) is retried with backoff until `connect_timeout_ms` (a
+//!   request's own timeout ends there too), each failure logged on stderr; then a clear error.
+//!   Once running, librdkafka reconnects by itself
 //!   (its errors are logged, rate-limited); only fatal consumer errors stop the source.
 //! - Partitions added to the topic while the job runs stop it with an error that says so (each
 //!   worker's partitions are fixed at the start; leaving new ones unread would lose their
@@ -80,6 +81,18 @@ use crate::sink::kafka::{knows_a_broker, StrandedClock, STRANDED_AFTER};
 
 /// How long a blocking metadata/offset request may take before it is retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// The least time a request retried until a deadline is given, even at the deadline.
+const MIN_REQUEST_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The timeout of one blocking request retried until `deadline` (see [`retry`]):
+/// [`REQUEST_TIMEOUT`], but no later than the deadline, so that the retries end there
+/// (`--connect-timeout 5s` gives up after 5 s, not after the last 3 s request), and at least
+/// [`MIN_REQUEST_TIMEOUT`].
+pub fn request_timeout(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .clamp(MIN_REQUEST_TIMEOUT, REQUEST_TIMEOUT)
+}
 /// Re-check delay when the queue is empty (the non-empty callback usually wakes us first).
 const IDLE_RECHECK: Duration = Duration::from_millis(100);
 /// How soon a source holding a partition back (watermark alignment) looks again.
@@ -340,10 +353,11 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// The number of partitions of `topic` (an error when it does not exist or has none).
-pub fn topic_partitions<C: ClientContext>(client: &Client<C>, topic: &str) -> Result<u32, String> {
+/// The number of partitions of `topic` (an error when it does not exist or has none), asked
+/// with a metadata request of at most `timeout`.
+pub fn topic_partitions<C: ClientContext>(client: &Client<C>, topic: &str, timeout: Duration) -> Result<u32, String> {
     let md = client
-        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .fetch_metadata(Some(topic), timeout)
         .map_err(|e| format!("cannot fetch metadata: {e}"))?;
     let t = md
         .topics()
@@ -392,7 +406,7 @@ pub fn wait_for_topic(
         log.label(),
         &format!("cannot reach topic {topic} on {brokers}"),
         deadline,
-        || topic_partitions(client.client(), topic),
+        || topic_partitions(client.client(), topic, request_timeout(deadline)),
     )
 }
 
@@ -803,7 +817,7 @@ impl KafkaReader {
 
         let what = format!("cannot reach topic {} on {}", cfg.topic, cfg.brokers);
         let count = retry(log.label(), &what, deadline, || {
-            topic_partitions(consumer.client(), &cfg.topic)
+            topic_partitions(consumer.client(), &cfg.topic, request_timeout(deadline))
         })?;
         let mine: Vec<u32> = (0..count).filter(|p| *p as usize % peers.max(1) == index).collect();
         let mut reader = KafkaReader {
@@ -839,7 +853,7 @@ impl KafkaReader {
         let what = format!("cannot read the committed offsets of group {}", cfg.group);
         let committed = retry(log.label(), &what, deadline, || {
             consumer
-                .committed_offsets(query.clone(), REQUEST_TIMEOUT)
+                .committed_offsets(query.clone(), request_timeout(deadline))
                 .map_err(|e| e.to_string())
         })?;
         let committed_at = |p: u32| -> (Option<u64>, Option<Cut>) {
@@ -882,7 +896,7 @@ impl KafkaReader {
                 let what = format!("cannot read the end offset of partition {p}");
                 let (low, high) = retry(log.label(), &what, deadline, || {
                     consumer
-                        .fetch_watermarks(&cfg.topic, p as i32, REQUEST_TIMEOUT)
+                        .fetch_watermarks(&cfg.topic, p as i32, request_timeout(deadline))
                         .map_err(|e| e.to_string())
                 })?;
                 let (low, high) = (low.max(0) as u64, high.max(0) as u64);
@@ -1357,7 +1371,7 @@ mod tests {
         let consumer = new_consumer(&cfg, context, &Arc::new(OnceLock::new())).unwrap();
         let first = ConsumerHandle(Arc::new(consumer));
         // Reach the broker first, so that the close has a live group state to end.
-        let answer = topic_partitions(first.client(), "sf-test-close-missing").unwrap_err();
+        let answer = topic_partitions(first.client(), "sf-test-close-missing", REQUEST_TIMEOUT).unwrap_err();
         assert!(answer.ends_with("does not exist"), "{answer}");
         let second = first.clone();
         drop(first);
@@ -1369,6 +1383,19 @@ mod tests {
     #[test]
     fn block_on_runs_a_ready_future() {
         assert_eq!(block_on(async { 41 + 1 }), 42);
+    }
+
+    #[test]
+    fn a_retried_request_ends_at_the_deadline() {
+        let now = Instant::now();
+        assert_eq!(request_timeout(now + Duration::from_secs(60)), REQUEST_TIMEOUT);
+        let near = request_timeout(now + Duration::from_millis(1500));
+        assert!(
+            near <= Duration::from_millis(1500) && near > Duration::from_millis(1000),
+            "{near:?}"
+        );
+        assert_eq!(request_timeout(now), MIN_REQUEST_TIMEOUT);
+        assert_eq!(request_timeout(now - Duration::from_secs(1)), MIN_REQUEST_TIMEOUT);
     }
 
     #[test]
