@@ -9,6 +9,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::mpsc::SyncSender;
+use std::thread::JoinHandle;
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -22,16 +24,33 @@ use crate::session::Snapshot;
 /// A path that exists and is not a regular file (`/dev/null`, `/dev/stdout`, a FIFO) is written
 /// directly: renaming a temporary file onto it would replace the device (as root, `/dev/null`
 /// itself) with a regular file.
+///
+/// Lines are written on the caller's thread ([`LineFile::write_line`]), or handed over in
+/// batches to a writer thread of the file's own ([`LineFile::write_lines`]), so that the worker
+/// writing the run's snapshots does not also spend its time copying them to the kernel.
 pub struct LineFile {
     path: PathBuf,
     /// The temporary file renamed into place, or `None` when writing `path` directly.
     tmp: Option<PathBuf>,
-    out: Option<BufWriter<File>>,
-    error: Option<String>,
+    /// What writes the lines; on the writer thread while there is one.
+    core: Option<Core>,
+    /// The writer thread, once [`LineFile::write_lines`] started it.
+    writer: Option<Writer>,
+    /// Why the lines handed to the writer thread may not all be written (it failed).
+    lost: Option<String>,
     /// Flushed and synced by [`LineFile::prepare`], waiting for [`LineFile::commit`].
     prepared: bool,
+}
+
+/// The writing half of a [`LineFile`]: the buffered file and what was written to it.
+struct Core {
+    path: PathBuf,
+    /// Whether the file is a regular (temporary) file, which early writeback applies to.
+    regular: bool,
+    out: Option<BufWriter<File>>,
+    error: Option<String>,
     /// Lines written so far.
-    pub lines: u64,
+    lines: u64,
     /// Bytes written so far (lines and their newlines).
     bytes: u64,
     /// Bytes before this offset were handed to the kernel with advice to write them back.
@@ -40,9 +59,20 @@ pub struct LineFile {
     write_back_every: u64,
 }
 
+/// A [`LineFile`]'s writer thread: it owns the [`Core`] until it is joined.
+struct Writer {
+    tx: SyncSender<Vec<String>>,
+    thread: JoinHandle<Core>,
+}
+
 /// Every this many bytes written, a regular output file's latest bytes are handed to the
-/// kernel's writeback (see [`LineFile::write_back_early`]).
+/// kernel's writeback (see [`Core::write_back_early`]).
 const WRITE_BACK_EVERY: u64 = 64 << 20;
+
+/// Batches waiting for the writer thread beyond the one it writes: one, so that the worker
+/// prepares the next window while the thread writes the last, and a slow disk holds back the
+/// worker (as a direct write would) instead of piling windows up in memory.
+const WRITER_QUEUE: usize = 1;
 
 impl LineFile {
     /// Creates `path.tmp` (or opens `path` itself when it is a device or a pipe); the error
@@ -61,19 +91,198 @@ impl LineFile {
         };
         Ok(LineFile {
             path: path.to_path_buf(),
+            core: Some(Core {
+                path: path.to_path_buf(),
+                regular: tmp.is_some(),
+                out: Some(BufWriter::with_capacity(1 << 20, file)),
+                error: None,
+                lines: 0,
+                bytes: 0,
+                advised: 0,
+                write_back_every: WRITE_BACK_EVERY,
+            }),
             tmp,
-            out: Some(BufWriter::with_capacity(1 << 20, file)),
-            error: None,
+            writer: None,
+            lost: None,
             prepared: false,
+        })
+    }
+
+    /// Appends one line (a newline is added) on this thread, after the lines handed to the
+    /// writer thread, if any. The first error is kept and reported by `finish`.
+    pub fn write_line(&mut self, line: &[u8]) {
+        self.join_writer();
+        if let Some(core) = self.core.as_mut() {
+            core.write_line(line);
+        }
+    }
+
+    /// Hands `lines` (each without its newline) to the file's writer thread, started on the
+    /// first call, which appends them in order; waits only while the thread is a batch
+    /// behind (see [`WRITER_QUEUE`]). The first error is kept and reported by `finish`.
+    pub fn write_lines(&mut self, lines: Vec<String>) {
+        if self.writer.is_none() {
+            self.start_writer();
+        }
+        match &self.writer {
+            Some(w) => {
+                if let Err(back) = w.tx.send(lines) {
+                    // The thread is gone (it failed): join reports why.
+                    self.join_writer();
+                    self.lost.get_or_insert_with(|| {
+                        format!("cannot write output {}: its writer thread stopped", self.path.display())
+                    });
+                    drop(back);
+                }
+            }
+            // No thread could be started: written here instead.
+            None => {
+                if let Some(core) = self.core.as_mut() {
+                    for line in &lines {
+                        core.write_line(line.as_bytes());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves the core to a new writer thread (it stays here when no thread can be started).
+    fn start_writer(&mut self) {
+        let Some(mut core) = self.core.take() else { return };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<String>>(WRITER_QUEUE);
+        let (core_tx, core_rx) = std::sync::mpsc::channel::<Core>();
+        let spawned = std::thread::Builder::new().name("line-file".into()).spawn(move || {
+            let mut core = core_rx.recv().unwrap_or_else(|_| Core::gone());
+            for batch in rx {
+                for line in &batch {
+                    core.write_line(line.as_bytes());
+                }
+            }
+            core
+        });
+        match spawned {
+            Ok(thread) => {
+                // The thread is waiting for it: sending cannot fail.
+                if let Err(back) = core_tx.send(core) {
+                    core = back.0;
+                    self.core = Some(core);
+                    return;
+                }
+                self.writer = Some(Writer { tx, thread });
+            }
+            Err(_) => self.core = Some(core),
+        }
+    }
+
+    /// Waits for the writer thread, if any, to write what it was handed, and takes the core
+    /// back.
+    fn join_writer(&mut self) {
+        let Some(Writer { tx, thread }) = self.writer.take() else {
+            return;
+        };
+        drop(tx);
+        match thread.join() {
+            Ok(core) => self.core = Some(core),
+            Err(_) => {
+                self.lost.get_or_insert_with(|| {
+                    format!("cannot write output {}: its writer thread failed", self.path.display())
+                });
+            }
+        }
+    }
+
+    /// Flushes, syncs and renames the file into place (a device or pipe is only flushed).
+    /// On an error the temporary file is removed.
+    pub fn finish(&mut self) -> Result<(), String> {
+        self.prepare()?;
+        self.commit()
+    }
+
+    /// The first half of [`LineFile::finish`]: flushes and syncs, so that only the rename is
+    /// left. On an error the temporary file is removed.
+    pub fn prepare(&mut self) -> Result<(), String> {
+        let result = self.flush_and_sync();
+        if result.is_err() {
+            self.abandon();
+        }
+        result
+    }
+
+    fn flush_and_sync(&mut self) -> Result<(), String> {
+        self.join_writer();
+        if let Some(e) = self.lost.take() {
+            return Err(e);
+        }
+        let Some(core) = self.core.as_mut() else {
+            return Err(format!("output {} already finished", self.path.display()));
+        };
+        if let Some(e) = core.error.take() {
+            return Err(e);
+        }
+        let Some(out) = core.out.take() else {
+            return Err(format!("output {} already finished", self.path.display()));
+        };
+        let fail = |e: std::io::Error| format!("cannot write output {}: {e}", self.path.display());
+        let file = out.into_inner().map_err(|e| fail(e.into_error()))?;
+        if self.tmp.is_some() {
+            file.sync_all().map_err(fail)?;
+        }
+        self.prepared = true;
+        Ok(())
+    }
+
+    /// The second half of [`LineFile::finish`]: renames the prepared file into place.
+    pub fn commit(&mut self) -> Result<(), String> {
+        if !std::mem::take(&mut self.prepared) {
+            return Err(format!("output {} is not prepared", self.path.display()));
+        }
+        match &self.tmp {
+            Some(tmp) => std::fs::rename(tmp, &self.path).map_err(|e| {
+                let _ = std::fs::remove_file(tmp);
+                format!("cannot write output {}: {e}", self.path.display())
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes the temporary file (after a failed run).
+    pub fn abandon(&mut self) {
+        self.join_writer();
+        if let Some(core) = self.core.as_mut() {
+            core.out = None;
+        }
+        self.prepared = false;
+        if let Some(tmp) = &self.tmp {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+impl Drop for LineFile {
+    /// The writer thread never outlives its file: it finishes what it was handed first.
+    fn drop(&mut self) {
+        self.join_writer();
+    }
+}
+
+impl Core {
+    /// A core whose file is gone: it writes nothing and reports that (never used: the writer
+    /// thread always receives its core).
+    fn gone() -> Core {
+        Core {
+            path: PathBuf::new(),
+            regular: false,
+            out: None,
+            error: Some("output writer lost its file".into()),
             lines: 0,
             bytes: 0,
             advised: 0,
             write_back_every: WRITE_BACK_EVERY,
-        })
+        }
     }
 
-    /// Appends one line (a newline is added). The first error is kept and reported by `finish`.
-    pub fn write_line(&mut self, line: &[u8]) {
+    /// Appends one line (a newline is added). The first error is kept.
+    fn write_line(&mut self, line: &[u8]) {
         if let Some(out) = self.out.as_mut() {
             if let Err(e) = out.write_all(line).and_then(|_| out.write_all(b"\n")) {
                 self.error = Some(format!("cannot write output {}: {e}", self.path.display()));
@@ -102,68 +311,12 @@ impl LineFile {
             return;
         };
         #[cfg(target_os = "linux")]
-        if self.tmp.is_some() {
+        if self.regular {
             let _ = rustix::fs::fadvise(out.get_ref(), self.advised, Some(len), rustix::fs::Advice::DontNeed);
         }
         #[cfg(not(target_os = "linux"))]
         let _ = len;
         self.advised = handed;
-    }
-
-    /// Flushes, syncs and renames the file into place (a device or pipe is only flushed).
-    /// On an error the temporary file is removed.
-    pub fn finish(&mut self) -> Result<(), String> {
-        self.prepare()?;
-        self.commit()
-    }
-
-    /// The first half of [`LineFile::finish`]: flushes and syncs, so that only the rename is
-    /// left. On an error the temporary file is removed.
-    pub fn prepare(&mut self) -> Result<(), String> {
-        let result = self.flush_and_sync();
-        if result.is_err() {
-            self.abandon();
-        }
-        result
-    }
-
-    fn flush_and_sync(&mut self) -> Result<(), String> {
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
-        let Some(out) = self.out.take() else {
-            return Err(format!("output {} already finished", self.path.display()));
-        };
-        let fail = |e: std::io::Error| format!("cannot write output {}: {e}", self.path.display());
-        let file = out.into_inner().map_err(|e| fail(e.into_error()))?;
-        if self.tmp.is_some() {
-            file.sync_all().map_err(fail)?;
-        }
-        self.prepared = true;
-        Ok(())
-    }
-
-    /// The second half of [`LineFile::finish`]: renames the prepared file into place.
-    pub fn commit(&mut self) -> Result<(), String> {
-        if !std::mem::take(&mut self.prepared) {
-            return Err(format!("output {} is not prepared", self.path.display()));
-        }
-        match &self.tmp {
-            Some(tmp) => std::fs::rename(tmp, &self.path).map_err(|e| {
-                let _ = std::fs::remove_file(tmp);
-                format!("cannot write output {}: {e}", self.path.display())
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// Removes the temporary file (after a failed run).
-    pub fn abandon(&mut self) {
-        self.out = None;
-        self.prepared = false;
-        if let Some(tmp) = &self.tmp {
-            let _ = std::fs::remove_file(tmp);
-        }
     }
 }
 
@@ -195,8 +348,11 @@ pub type SharedLineFile = Rc<RefCell<LineFile>>;
 pub trait SinkSnapshotFile<'scope> {
     /// Routes every snapshot to worker 0, which writes each window once the frontier passed it,
     /// sorted by `(session_id, line)`: the file is sorted by `(window, session_id, line)` and
-    /// byte-identical for any number of workers. Workers other than 0 pass `None`.
-    /// Returns an empty stream whose frontier is the written frontier (to probe).
+    /// byte-identical for any number of workers. Workers other than 0 pass `None`. The lines
+    /// go to the file's writer thread ([`LineFile::write_lines`]): worker 0 does not copy the
+    /// run's output to the kernel itself (on a slow disk it waits, a window behind).
+    /// Returns an empty stream whose frontier is the handed-over frontier (to probe); the
+    /// output is durable only once [`LineFile::finish`] (or [`finish_all`]) returned.
     ///
     /// ```
     /// use sessionflow_operators::sink::files::{LineFile, SinkSnapshotFile};
@@ -248,10 +404,10 @@ impl<'scope> SinkSnapshotFile<'scope> for StreamVec<'scope, u64, Snapshot> {
                         let mut lines = entry.remove();
                         lines.sort_unstable();
                         if let Some(f) = &file {
-                            let mut f = f.borrow_mut();
-                            for (_, json) in &lines {
-                                f.write_line(json.as_bytes());
-                            }
+                            // Written by the file's own thread: this worker goes on with its
+                            // sessions while the window's lines are copied to the kernel.
+                            f.borrow_mut()
+                                .write_lines(lines.into_iter().map(|(_, json)| json).collect());
                         }
                     }
                 }
@@ -344,7 +500,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.jsonl");
         let mut f = LineFile::create(&path).unwrap();
-        f.write_back_every = 1024;
+        f.core.as_mut().unwrap().write_back_every = 1024;
         let line = |i: usize| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 300));
         let mut expected = String::new();
         for i in 0..20_000 {
@@ -353,9 +509,10 @@ mod tests {
             expected.push('\n');
         }
         // Advised up to what was handed over, never past what was written.
-        assert!(f.advised > 0 && f.advised <= f.bytes, "{} of {}", f.advised, f.bytes);
-        assert!(f.bytes - f.advised < 1024 + (1 << 20), "advice kept up");
-        assert_eq!(f.bytes, expected.len() as u64);
+        let c = f.core.as_ref().unwrap();
+        assert!(c.advised > 0 && c.advised <= c.bytes, "{} of {}", c.advised, c.bytes);
+        assert!(c.bytes - c.advised < 1024 + (1 << 20), "advice kept up");
+        assert_eq!(c.bytes, expected.len() as u64);
         f.finish().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
     }
@@ -391,6 +548,68 @@ mod tests {
         finish_all([&fa, &fb]).unwrap();
         assert_eq!(std::fs::read_to_string(&a).unwrap(), "1\n");
         assert_eq!(std::fs::read_to_string(&b).unwrap(), "2\n");
+    }
+
+    /// Lines handed to the writer thread in batches are written in order, before any line
+    /// written directly after them, and the file is whole once finished.
+    #[test]
+    fn batches_written_by_the_writer_thread_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut f = LineFile::create(&path).unwrap();
+        f.core.as_mut().unwrap().write_back_every = 4096;
+        let mut expected = String::new();
+        for b in 0..50 {
+            let batch: Vec<String> = (0..200).map(|i| format!("{{\"b\":{b},\"i\":{i}}}")).collect();
+            batch.iter().for_each(|l| {
+                expected.push_str(l);
+                expected.push('\n');
+            });
+            f.write_lines(batch);
+            assert!(f.writer.is_some(), "written by the thread");
+        }
+        f.write_line(b"last");
+        expected.push_str("last\n");
+        assert!(f.writer.is_none(), "a direct write waits for the thread");
+        assert_eq!(f.core.as_ref().unwrap().lines, 50 * 200 + 1);
+        assert!(!path.exists());
+        f.finish().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
+    }
+
+    /// A write that fails on the writer thread (`/dev/full`) fails the run's outputs as one
+    /// on the caller's thread does: nothing is put in place.
+    #[test]
+    fn a_write_failing_on_the_writer_thread_fails_finishing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.jsonl");
+        let fa = RefCell::new(LineFile::create(&a).unwrap());
+        let full = RefCell::new(LineFile::create(Path::new("/dev/full")).unwrap());
+        fa.borrow_mut().write_lines(vec!["{}".into()]);
+        // More than the buffer holds, so that the thread itself meets the error.
+        full.borrow_mut().write_lines(vec!["x".repeat(2 << 20)]);
+        let err = finish_all([&fa, &full]).unwrap_err();
+        assert!(err.contains("/dev/full"), "{err}");
+        assert!(!a.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no temporary file left"
+        );
+    }
+
+    /// A file dropped unfinished (a failed run) waits for its writer thread and leaves the
+    /// output where it was.
+    #[test]
+    fn a_file_dropped_unfinished_stops_its_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let mut f = LineFile::create(&path).unwrap();
+        f.write_lines(vec!["{}".into(); 1000]);
+        f.abandon();
+        assert!(f.writer.is_none());
+        drop(f);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     /// `--output /dev/null` (or a pipe) must not replace the device with a regular file.
