@@ -2399,7 +2399,15 @@ mod tests {
                 .and_then(|a| a.as_object().cloned())
                 .map(|m| m.into_iter().collect())
                 .unwrap_or_default();
-            pairs.extend(extra.into_iter().map(|(k, v)| (format!("x{k}"), v.into())));
+            // Extra keys are new keys: one the event's own attributes already have (`xp` from
+            // `p`) would be a repeated key where the case asks for none.
+            let own: std::collections::BTreeSet<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
+            pairs.extend(
+                extra
+                    .into_iter()
+                    .map(|(k, v)| (format!("x{k}"), v.into()))
+                    .filter(|(k, _)| !own.contains(k)),
+            );
             // Fisher-Yates with a small LCG from the seed.
             let mut r = seed | 1;
             for i in (1..pairs.len()).rev() {
