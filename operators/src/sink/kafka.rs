@@ -669,8 +669,8 @@ pub fn ensure_topic(
         log.label(),
         &format!("cannot create topic {topic} on {brokers}"),
         deadline,
-        || {
-            match topic_partitions(client.client(), topic, request_timeout(deadline)) {
+        |timeout| {
+            match topic_partitions(client.client(), topic, timeout) {
                 Ok(n) => return Ok(n),
                 Err(e) if created || !e.ends_with("does not exist") => return Err(e),
                 Err(_) => {}
@@ -698,6 +698,7 @@ pub fn ensure_topic(
                 }
             }
             created = true;
+            // The creation took part of the attempt's time: what is left of it, afresh.
             topic_partitions(client.client(), topic, request_timeout(deadline))
         },
     )

@@ -38,8 +38,8 @@
 //! - Broker down at start: every blocking call made before the dataflow runs (metadata,
 //!   committed offsets, watermarks) is retried with backoff until `connect_timeout_ms` (a
 //!   request's own timeout ends there too), each failure logged on stderr; then a clear error.
-//!   Once running, librdkafka reconnects by itself
-//!   (its errors are logged, rate-limited); only fatal consumer errors stop the source.
+//!   Once running, librdkafka reconnects by itself (its errors are logged, rate-limited); only
+//!   fatal consumer errors stop the source.
 //! - Partitions added to the topic while the job runs stop it with an error that says so (each
 //!   worker's partitions are fixed at the start; leaving new ones unread would lose their
 //!   events silently, with `latest` for good): a restart reads them, from `start`. The
@@ -83,16 +83,6 @@ use crate::sink::kafka::{knows_a_broker, StrandedClock, STRANDED_AFTER};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// The least time a request retried until a deadline is given, even at the deadline.
 const MIN_REQUEST_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// The timeout of one blocking request retried until `deadline` (see [`retry`]):
-/// [`REQUEST_TIMEOUT`], but no later than the deadline, so that the retries end there
-/// (`--connect-timeout 5s` gives up after 5 s, not after the last 3 s request), and at least
-/// [`MIN_REQUEST_TIMEOUT`].
-pub fn request_timeout(deadline: Instant) -> Duration {
-    deadline
-        .saturating_duration_since(Instant::now())
-        .clamp(MIN_REQUEST_TIMEOUT, REQUEST_TIMEOUT)
-}
 /// Re-check delay when the queue is empty (the non-empty callback usually wakes us first).
 const IDLE_RECHECK: Duration = Duration::from_millis(100);
 /// How soon a source holding a partition back (watermark alignment) looks again.
@@ -299,16 +289,17 @@ impl ClientLog {
 
 /// Runs `attempt` until it succeeds or `deadline` passes, sleeping 0.2 s, 0.4 s ... (at most
 /// 5 s) between attempts and logging every failure on stderr. The final error names `what`.
+/// Each attempt is given the timeout of its blocking request ([`request_timeout`]).
 pub fn retry<T>(
     label: &str,
     what: &str,
     deadline: Instant,
-    mut attempt: impl FnMut() -> Result<T, String>,
+    mut attempt: impl FnMut(Duration) -> Result<T, String>,
 ) -> Result<T, String> {
     let started = Instant::now();
     let mut pause = Duration::from_millis(200);
     loop {
-        match attempt() {
+        match attempt(request_timeout(deadline)) {
             Ok(v) => return Ok(v),
             Err(e) => {
                 let now = Instant::now();
@@ -329,6 +320,16 @@ pub fn retry<T>(
             }
         }
     }
+}
+
+/// The timeout of one blocking request retried until `deadline` (see [`retry`]):
+/// [`REQUEST_TIMEOUT`], but no later than the deadline, so that the retries end there
+/// (`--connect-timeout 5s` gives up after 5 s, not after the last 3 s request), and at least
+/// [`MIN_REQUEST_TIMEOUT`].
+pub(crate) fn request_timeout(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .clamp(MIN_REQUEST_TIMEOUT, REQUEST_TIMEOUT)
 }
 
 struct ThreadWaker(std::thread::Thread);
@@ -406,7 +407,7 @@ pub fn wait_for_topic(
         log.label(),
         &format!("cannot reach topic {topic} on {brokers}"),
         deadline,
-        || topic_partitions(client.client(), topic, request_timeout(deadline)),
+        |timeout| topic_partitions(client.client(), topic, timeout),
     )
 }
 
@@ -708,7 +709,8 @@ impl KafkaCommitter {
             return Ok(());
         }
         let deadline = Instant::now() + self.timeout;
-        retry(self.log.label(), "cannot commit the final offsets", deadline, || {
+        // A commit's own wait is librdkafka's (the final commit is not a start-up request).
+        retry(self.log.label(), "cannot commit the final offsets", deadline, |_| {
             shared.commit(cuts)
         })
     }
@@ -816,8 +818,8 @@ impl KafkaReader {
         let consumer = ConsumerHandle(Arc::new(new_consumer(&client_cfg, context, &activator)?));
 
         let what = format!("cannot reach topic {} on {}", cfg.topic, cfg.brokers);
-        let count = retry(log.label(), &what, deadline, || {
-            topic_partitions(consumer.client(), &cfg.topic, request_timeout(deadline))
+        let count = retry(log.label(), &what, deadline, |timeout| {
+            topic_partitions(consumer.client(), &cfg.topic, timeout)
         })?;
         let mine: Vec<u32> = (0..count).filter(|p| *p as usize % peers.max(1) == index).collect();
         let mut reader = KafkaReader {
@@ -851,9 +853,9 @@ impl KafkaReader {
             query.add_partition(&cfg.topic, p as i32);
         }
         let what = format!("cannot read the committed offsets of group {}", cfg.group);
-        let committed = retry(log.label(), &what, deadline, || {
+        let committed = retry(log.label(), &what, deadline, |timeout| {
             consumer
-                .committed_offsets(query.clone(), request_timeout(deadline))
+                .committed_offsets(query.clone(), timeout)
                 .map_err(|e| e.to_string())
         })?;
         let committed_at = |p: u32| -> (Option<u64>, Option<Cut>) {
@@ -894,9 +896,9 @@ impl KafkaReader {
             let latest = start.is_none() && cfg.start == StartOffset::Latest;
             if cfg.stop_at_end || latest || (start.is_none() && resume_frontier.is_some()) {
                 let what = format!("cannot read the end offset of partition {p}");
-                let (low, high) = retry(log.label(), &what, deadline, || {
+                let (low, high) = retry(log.label(), &what, deadline, |timeout| {
                     consumer
-                        .fetch_watermarks(&cfg.topic, p as i32, request_timeout(deadline))
+                        .fetch_watermarks(&cfg.topic, p as i32, timeout)
                         .map_err(|e| e.to_string())
                 })?;
                 let (low, high) = (low.max(0) as u64, high.max(0) as u64);
@@ -1401,7 +1403,7 @@ mod tests {
     #[test]
     fn retry_gives_up_at_the_deadline_with_the_last_error() {
         let mut n = 0;
-        let r: Result<(), String> = retry("test", "cannot do it", Instant::now(), || {
+        let r: Result<(), String> = retry("test", "cannot do it", Instant::now(), |_| {
             n += 1;
             Err(format!("attempt {n}"))
         });
