@@ -62,7 +62,8 @@ struct Core {
 /// A [`LineFile`]'s writer thread: it owns the [`Core`] until it is joined.
 struct Writer {
     tx: SyncSender<Vec<String>>,
-    thread: JoinHandle<Core>,
+    /// Gives the core back (`None` if it never received it).
+    thread: JoinHandle<Option<Core>>,
 }
 
 /// Every this many bytes written, a regular output file's latest bytes are handed to the
@@ -152,13 +153,13 @@ impl LineFile {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<String>>(WRITER_QUEUE);
         let (core_tx, core_rx) = std::sync::mpsc::channel::<Core>();
         let spawned = std::thread::Builder::new().name("line-file".into()).spawn(move || {
-            let mut core = core_rx.recv().unwrap_or_else(|_| Core::gone());
+            let mut core = core_rx.recv().ok()?;
             for batch in rx {
                 for line in &batch {
                     core.write_line(line.as_bytes());
                 }
             }
-            core
+            Some(core)
         });
         match spawned {
             Ok(thread) => {
@@ -182,8 +183,8 @@ impl LineFile {
         };
         drop(tx);
         match thread.join() {
-            Ok(core) => self.core = Some(core),
-            Err(_) => {
+            Ok(Some(core)) => self.core = Some(core),
+            Ok(None) | Err(_) => {
                 self.lost.get_or_insert_with(|| {
                     format!("cannot write output {}: its writer thread failed", self.path.display())
                 });
@@ -266,21 +267,6 @@ impl Drop for LineFile {
 }
 
 impl Core {
-    /// A core whose file is gone: it writes nothing and reports that (never used: the writer
-    /// thread always receives its core).
-    fn gone() -> Core {
-        Core {
-            path: PathBuf::new(),
-            regular: false,
-            out: None,
-            error: Some("output writer lost its file".into()),
-            lines: 0,
-            bytes: 0,
-            advised: 0,
-            write_back_every: WRITE_BACK_EVERY,
-        }
-    }
-
     /// Appends one line (a newline is added). The first error is kept.
     fn write_line(&mut self, line: &[u8]) {
         if let Some(out) = self.out.as_mut() {
