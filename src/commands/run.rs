@@ -393,6 +393,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         // Step until the output is complete; stop at once on any worker's failure, and
         // gracefully on a signal.
         let mut last = Instant::now();
+        let refresh = figures_refresh(args.progress);
         let mut stopping: Option<Instant> = None;
         while !built.probe.done() {
             worker.step_or_park(Some(Duration::from_millis(5)));
@@ -452,7 +453,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
                     return Ok(None);
                 }
             }
-            if last.elapsed() >= Duration::from_millis(200) {
+            if last.elapsed() >= refresh {
                 last = Instant::now();
                 let (src, ses) = (built.source.borrow(), built.session.borrow());
                 if let Ok(mut f) = figures.lock() {
@@ -723,6 +724,20 @@ fn broadcast_from_0(worker: &mut Worker, flag: Option<u64>) -> Option<u64> {
     v
 }
 
+/// How often each worker refreshes the figures the progress line prints, for a line every
+/// `progress_ms` (0: none): a tenth of that, within 5-200 ms. The line's events/s compares two
+/// samples of the figures; refreshed every 200 ms, lines 100 ms apart showed 0 and double the
+/// rate in turn. (A worker refreshes between steps, so one busy with a large window for longer
+/// still shows its count late.)
+fn figures_refresh(progress_ms: u64) -> Duration {
+    let ms = if progress_ms == 0 {
+        200
+    } else {
+        (progress_ms / 10).clamp(5, 200)
+    };
+    Duration::from_millis(ms)
+}
+
 fn progress_loop(
     figures: &Mutex<Vec<Figures>>,
     lags: &Mutex<Vec<Arc<AtomicI64>>>,
@@ -775,6 +790,15 @@ fn progress_loop(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn figures_refresh_well_within_the_progress_interval() {
+        assert_eq!(figures_refresh(5_000), Duration::from_millis(200));
+        assert_eq!(figures_refresh(1_000), Duration::from_millis(100));
+        assert_eq!(figures_refresh(100), Duration::from_millis(10));
+        assert_eq!(figures_refresh(1), Duration::from_millis(5));
+        assert_eq!(figures_refresh(0), Duration::from_millis(200));
+    }
 
     #[test]
     fn stop_report_names_the_smallest_committed_window_and_any_timeout() {
