@@ -136,7 +136,9 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         };
         let built = pipeline::build(worker, &job, reader, outputs);
         let figs = Arc::clone(&figs);
-        pipeline::run_to_completion(worker, &built, Duration::from_millis(100), |b| {
+        // A tenth of the progress line's 250 ms, so its events/s does not swing with the
+        // sampling (see `run`'s `figures_refresh`).
+        pipeline::run_to_completion(worker, &built, Duration::from_millis(25), |b| {
             let src = b.source.borrow();
             let ses = b.session.borrow();
             if let Ok(mut f) = figs.lock() {
