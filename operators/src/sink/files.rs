@@ -139,9 +139,7 @@ impl LineFile {
             // No thread could be started: written here instead.
             None => {
                 if let Some(core) = self.core.as_mut() {
-                    for line in &lines {
-                        core.write_line(line.as_bytes());
-                    }
+                    core.write_lines(&lines);
                 }
             }
         }
@@ -155,9 +153,7 @@ impl LineFile {
         let spawned = std::thread::Builder::new().name("line-file".into()).spawn(move || {
             let mut core = core_rx.recv().ok()?;
             for batch in rx {
-                for line in &batch {
-                    core.write_line(line.as_bytes());
-                }
+                core.write_lines(&batch);
             }
             Some(core)
         });
@@ -280,6 +276,13 @@ impl Core {
                     self.write_back_early();
                 }
             }
+        }
+    }
+
+    /// Appends each of `lines` as [`Core::write_line`] does.
+    fn write_lines(&mut self, lines: &[String]) {
+        for line in lines {
+            self.write_line(line.as_bytes());
         }
     }
 
