@@ -136,9 +136,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
         };
         let built = pipeline::build(worker, &job, reader, outputs);
         let figs = Arc::clone(&figs);
-        // A tenth of the progress line's 250 ms, so its events/s does not swing with the
-        // sampling (see `run`'s `figures_refresh`).
-        pipeline::run_to_completion(worker, &built, Duration::from_millis(25), |b| {
+        let refresh = super::run::figures_refresh(PROGRESS_EVERY.as_millis() as u64);
+        pipeline::run_to_completion(worker, &built, refresh, |b| {
             let src = b.source.borrow();
             let ses = b.session.borrow();
             if let Ok(mut f) = figs.lock() {
@@ -234,10 +233,13 @@ impl Attach<Snapshot> for CollectFinals {
     }
 }
 
+/// Interval of the demo's progress line.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
 fn progress_loop(figures: &Mutex<Vec<Figures>>, done: &AtomicBool, total: u64, started: Instant) {
     let mut last = (Instant::now(), 0u64, 0u64, 0u64);
     while !done.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(PROGRESS_EVERY);
         let Ok(f) = figures.lock() else { return };
         let read: u64 = f.iter().map(|x| x.events_read).sum();
         let open: u64 = f.iter().map(|x| x.open_sessions).sum();

@@ -729,7 +729,7 @@ fn broadcast_from_0(worker: &mut Worker, flag: Option<u64>) -> Option<u64> {
 /// samples of the figures; refreshed every 200 ms, lines 100 ms apart showed 0 and double the
 /// rate in turn. (A worker refreshes between steps, so one busy with a large window for longer
 /// still shows its count late.)
-fn figures_refresh(progress_ms: u64) -> Duration {
+pub(super) fn figures_refresh(progress_ms: u64) -> Duration {
     let ms = if progress_ms == 0 {
         200
     } else {
