@@ -571,7 +571,7 @@ fn connect_producer(
     first: Option<&(Vec<u8>, &[u8])>,
 ) -> Result<BaseProducer<Deliveries>, String> {
     let ours: Vec<(&str, String)> = PRODUCER_OPTIONS.map(|(k, v)| (k, v.to_string())).into();
-    let producer: BaseProducer<Deliveries> = client_config(brokers, &ours, &[], ClientKind::Producer)
+    let producer: BaseProducer<Deliveries> = client_config(brokers, &ours, &[], ClientKind::Producer)?
         .create_with_context(Deliveries::new(format!("bench -> {topic}")))
         .map_err(|e| e.to_string())?;
     if let Some((key, value)) = first {
@@ -701,7 +701,7 @@ fn consumer_at_start(
         // (3-4 s of the 1M topic spent in empty polls).
         ours.extend(PREFETCH_OPTIONS.map(|(k, v)| (k, v.to_string())));
     }
-    let consumer: BaseConsumer = client_config(brokers, &ours, &[], ClientKind::Consumer)
+    let consumer: BaseConsumer = client_config(brokers, &ours, &[], ClientKind::Consumer)?
         .create()
         .map_err(|e| e.to_string())?;
     let mut ends = vec![0; PARTITIONS as usize];

@@ -35,6 +35,46 @@ fn missing_input_is_a_clear_error_naming_the_path() {
     assert!(!dir.path().join("stats.json").exists());
 }
 
+/// `-X` cannot turn off what the job's guarantees rest on: the run stops before it connects
+/// (no broker listens on port 1, and the connect timeout would take a minute).
+#[test]
+fn an_option_that_would_commit_offsets_ahead_of_the_output_is_refused_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |options: &[&str]| {
+        let mut c = bin();
+        c.args(["run", "--brokers", "127.0.0.1:1", "--topic", "t", "--group", "g"]);
+        c.args(["--stop-at-end", "--snapshot-topic", "snaps", "--output"]);
+        c.arg(dir.path().join("out.jsonl"));
+        c.args(options);
+        let start = std::time::Instant::now();
+        let out = c.output().unwrap();
+        (out, start.elapsed())
+    };
+    for (option, says) in [
+        (
+            "enable.auto.commit=true",
+            "sessionflow sets enable.auto.commit=false itself",
+        ),
+        (
+            "consumer:enable.auto.offset.store=1",
+            "sessionflow sets enable.auto.offset.store=false itself",
+        ),
+        ("producer:acks=1", "sessionflow sets acks=all itself"),
+        ("group.id=other", "sessionflow sets group.id=g itself (--group sets it)"),
+        (
+            "enable.partition.eof=false",
+            "sessionflow sets enable.partition.eof=true itself",
+        ),
+    ] {
+        let (out, took) = run(&["-X", option]);
+        assert!(!out.status.success(), "{option}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("-X {option}: {says}")), "stderr: {err}");
+        assert!(took < std::time::Duration::from_secs(30), "{option}: took {took:?}");
+    }
+    assert!(!dir.path().join("out.jsonl").exists());
+}
+
 #[test]
 fn unwritable_output_is_a_clear_error_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -50,7 +50,8 @@ pub struct KafkaGenerateArgs {
     /// default lines are produced as fast as the broker takes them.
     #[arg(long, requires = "brokers")]
     pub realtime: bool,
-    /// A librdkafka option `key=value` for the producer (applied after ours; repeat).
+    /// A librdkafka option `key=value` for the producer (applied after ours; repeat);
+    /// `acks` and `enable.idempotence` may only repeat ours (all, true).
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_option, requires = "brokers")]
     pub options: Vec<(String, String)>,
     /// How long to keep retrying to reach the brokers at start (e.g. 60s).
@@ -171,14 +172,6 @@ impl ProducerContext for Deliveries {
 /// Produces the stream `args` describes to `topic` (see the module docs).
 pub fn produce(args: &GenerateArgs, kafka: &KafkaGenerateArgs, brokers: &str, topic: &str) -> Result<Produced, String> {
     args.validate()?;
-    let deadline = Instant::now() + Duration::from_millis(kafka.connect_timeout);
-    let count = ensure_topic(brokers, topic, args.partitions, &kafka.options, deadline)?;
-    if count < args.partitions {
-        return Err(format!(
-            "topic {topic} has {count} partitions, fewer than --partitions {}",
-            args.partitions
-        ));
-    }
     let ours = [
         // Every message acknowledged by all in-sync replicas.
         ("acks", "all".to_string()),
@@ -187,7 +180,16 @@ pub fn produce(args: &GenerateArgs, kafka: &KafkaGenerateArgs, brokers: &str, to
         // Names this producer in the broker's logs.
         ("client.id", "sessionflow-generate".to_string()),
     ];
-    let config = client_config(brokers, &ours, &kafka.options, ClientKind::Producer);
+    // Before the topic is created: an -X option that would change ours is an error at once.
+    let config = client_config(brokers, &ours, &kafka.options, ClientKind::Producer)?;
+    let deadline = Instant::now() + Duration::from_millis(kafka.connect_timeout);
+    let count = ensure_topic(brokers, topic, args.partitions, &kafka.options, deadline)?;
+    if count < args.partitions {
+        return Err(format!(
+            "topic {topic} has {count} partitions, fewer than --partitions {}",
+            args.partitions
+        ));
+    }
     let producer: BaseProducer<Deliveries> = config
         .create_with_context(Deliveries::new(format!("generate -> {topic}")))
         .map_err(|e| format!("cannot create a Kafka producer: {e}"))?;

@@ -106,7 +106,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub stop_at_end: bool,
     /// A librdkafka option `key=value` for every Kafka client (applied after ours; repeat).
-    /// Prefix the key with `consumer:` or `producer:` for one kind of client only.
+    /// Prefix the key with `consumer:` or `producer:` for one kind of client only. Options the
+    /// job's guarantees rest on (group.id, enable.auto.commit, enable.auto.offset.store,
+    /// auto.offset.reset, enable.partition.eof, acks, enable.idempotence, bootstrap.servers)
+    /// may only repeat the value the job sets.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_option)]
     pub options: Vec<(String, String)>,
     /// A partition without a message for this long stops holding the frontier (e.g. 30s).
@@ -209,6 +212,30 @@ fn sink_config(args: &RunArgs, topic: &str) -> KafkaSinkConfig {
 /// `--stop-at-end` run: no file is written and nothing committed.
 pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
     let mut job = args.session.job()?;
+    let source = KafkaSourceConfig {
+        brokers: args.brokers.clone(),
+        topic: args.topic.clone(),
+        group: args.group.clone(),
+        start: match args.start {
+            Start::Earliest => StartOffset::Earliest,
+            Start::Latest => StartOffset::Latest,
+        },
+        stop_at_end: args.stop_at_end,
+        idle_timeout_ms: args.idle_timeout,
+        connect_timeout_ms: args.connect_timeout,
+        final_commit_timeout_ms: args.final_commit_timeout,
+        stats_interval_ms: if args.progress > 0 {
+            args.progress.clamp(1_000, 60_000)
+        } else {
+            0
+        },
+        options: args.options.clone(),
+    };
+    // An -X option that would change what the job's guarantees rest on: an error at once.
+    source.consumer_config(0)?;
+    for topic in [&args.snapshot_topic, &args.dead_letter_topic].into_iter().flatten() {
+        sink_config(&args, topic).producer_config()?;
+    }
     job.source.max_windows_ahead = args.max_windows_ahead;
     job.source.commit_interval_ms = args.commit_interval;
     // A failed input (or commit) keeps the windows it held open until the loop below stops
@@ -247,25 +274,6 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         ensure_topic(&args.brokers, topic, partitions, &args.options, deadline)?;
     }
 
-    let source = KafkaSourceConfig {
-        brokers: args.brokers.clone(),
-        topic: args.topic.clone(),
-        group: args.group.clone(),
-        start: match args.start {
-            Start::Earliest => StartOffset::Earliest,
-            Start::Latest => StartOffset::Latest,
-        },
-        stop_at_end: args.stop_at_end,
-        idle_timeout_ms: args.idle_timeout,
-        connect_timeout_ms: args.connect_timeout,
-        final_commit_timeout_ms: args.final_commit_timeout,
-        stats_interval_ms: if args.progress > 0 {
-            args.progress.clamp(1_000, 60_000)
-        } else {
-            0
-        },
-        options: args.options.clone(),
-    };
     let workers = args.cluster.workers;
     let figures = Arc::new(Mutex::new(vec![Figures::default(); workers]));
     let lags: Arc<Mutex<Vec<Arc<AtomicI64>>>> = Arc::new(Mutex::new(Vec::new()));

@@ -59,8 +59,25 @@ pub struct KafkaSinkConfig {
     /// Topic written to (a name).
     pub topic: String,
     /// librdkafka options as `(key, value)`, applied after ours (`-X key=value`; a key
-    /// prefixed `producer:` applies to producers only, `consumer:` ones are skipped).
+    /// prefixed `producer:` applies to producers only, `consumer:` ones are skipped); one that
+    /// would change a [`FIXED_OPTIONS`](crate::source::kafka::FIXED_OPTIONS) option is an error.
     pub options: Vec<(String, String)>,
+}
+
+impl KafkaSinkConfig {
+    /// The settings of the sink's producer: ours, then the `-X` options (an error if one would
+    /// change a fixed option). Nothing connects: `run` calls it first to reject such an option
+    /// before any dataflow starts.
+    pub fn producer_config(&self) -> Result<ClientConfig, String> {
+        let mut ours: Vec<(&str, String)> = PRODUCER_OPTIONS.map(|(k, v)| (k, v.to_string())).into();
+        ours.extend([
+            // Names this sink in the broker's logs.
+            ("client.id", format!("sessionflow-sink-{}", self.topic)),
+            // The brokers the producer knows, to notice it lost them all (see the module doc).
+            ("statistics.interval.ms", STATS_INTERVAL_MS.to_string()),
+        ]);
+        client_config(&self.brokers, &ours, &self.options, ClientKind::Producer)
+    }
 }
 
 /// How a record becomes a Kafka message.
@@ -411,14 +428,7 @@ impl KafkaSink {
             replacements: AtomicU64::new(0),
             replacement_request: Mutex::new(None),
         });
-        let mut ours: Vec<(&str, String)> = PRODUCER_OPTIONS.map(|(k, v)| (k, v.to_string())).into();
-        ours.extend([
-            // Names this sink in the broker's logs.
-            ("client.id", format!("sessionflow-sink-{}", cfg.topic)),
-            // The brokers the producer knows, to notice it lost them all (see the module doc).
-            ("statistics.interval.ms", STATS_INTERVAL_MS.to_string()),
-        ]);
-        let config = client_config(&cfg.brokers, &ours, &cfg.options, ClientKind::Producer);
+        let config = cfg.producer_config()?;
         let producer = new_producer(&config, &log, &shared)?;
         Ok(KafkaSink {
             producer,
@@ -656,7 +666,7 @@ pub fn ensure_topic(
     deadline: Instant,
 ) -> Result<u32, String> {
     let log = Arc::new(ClientLog::new(format!("kafka admin {brokers}")));
-    let config = metadata_config(brokers, "sessionflow-admin", extra);
+    let config = metadata_config(brokers, "sessionflow-admin", extra)?;
     let context = || crate::source::kafka::LogContext(Arc::clone(&log));
     // Metadata through a plain client; an admin client only to create a missing topic: its
     // polling thread wakes every 100 ms, and dropping the client waits for it.

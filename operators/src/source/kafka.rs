@@ -158,6 +158,40 @@ impl Default for KafkaSourceConfig {
     }
 }
 
+impl KafkaSourceConfig {
+    /// The settings of worker `index`'s consumer: ours, then the `-X` options (an error if one
+    /// would change a [`FIXED_OPTIONS`] option). Nothing connects: `run` calls it first to
+    /// reject such an option before any dataflow starts.
+    pub fn consumer_config(&self, index: usize) -> Result<ClientConfig, String> {
+        let mut ours = vec![
+            // Offsets are committed under this group; partitions are assigned, never
+            // subscribed, so the group never rebalances.
+            ("group.id", self.group.clone()),
+            // Offsets are committed only once the output is durable (consistent cuts).
+            ("enable.auto.commit", "false".to_string()),
+            // ... and never stored implicitly by poll() either.
+            ("enable.auto.offset.store", "false".to_string()),
+            // A partition without a (valid) committed offset starts here.
+            ("auto.offset.reset", self.start.name().to_string()),
+            // --stop-at-end: an EOF event tells that a partition reached its end even when its
+            // last offsets are not messages (transaction markers, compaction).
+            ("enable.partition.eof", self.stop_at_end.to_string()),
+            // Names this worker in the broker's logs.
+            ("client.id", format!("sessionflow-source-{index}")),
+        ];
+        ours.extend(PREFETCH_OPTIONS.map(|(k, v)| (k, v.to_string())));
+        // The consumer-lag gauge of the progress line and the brokers the consumer knows (to
+        // notice it lost them all, see `KafkaReader::read`) come from librdkafka's statistics.
+        let stats_ms = if self.stats_interval_ms > 0 {
+            self.stats_interval_ms
+        } else {
+            1000
+        };
+        ours.push(("statistics.interval.ms", stats_ms.to_string()));
+        client_config(&self.brokers, &ours, &self.options, ClientKind::Consumer)
+    }
+}
+
 /// The kind of Kafka client an option list is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientKind {
@@ -181,15 +215,109 @@ pub fn parse_option(text: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
+/// How a [`FIXED_OPTIONS`] value is compared: librdkafka takes several spellings of some.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spelling {
+    /// Compared as written (names, addresses).
+    Exact,
+    /// A boolean: `true`, `t`, `1` or `false`, `f`, `0`, in any case.
+    Bool,
+    /// `acks`: `all` or `-1`, else a number.
+    Acks,
+    /// `auto.offset.reset`: `earliest` (`smallest`, `beginning`) or `latest` (`largest`,
+    /// `end`), in any case.
+    Reset,
+}
+
+/// The options sessionflow's guarantees rest on, each with why. Where a client sets one,
+/// `-X` may repeat its value (in any spelling librdkafka takes), never change it: a changed
+/// one is an error before anything connects, not a job that silently commits offsets ahead of
+/// its output or loses acknowledged snapshots. Every other option `-X` overrides.
+pub const FIXED_OPTIONS: [(&str, &str); 8] = [
+    ("bootstrap.servers", "--brokers sets it"),
+    ("group.id", "--group sets it"),
+    (
+        "enable.auto.commit",
+        "offsets are committed only once the output is durable, by sessionflow",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed only once the output is durable, by sessionflow",
+    ),
+    ("auto.offset.reset", "--start sets it"),
+    ("enable.partition.eof", "--stop-at-end finds each partition's end by it"),
+    ("acks", "a message counts as written once every in-sync replica has it"),
+    (
+        "enable.idempotence",
+        "a retried message must be neither duplicated nor reordered",
+    ),
+];
+
+/// librdkafka's other names for [`FIXED_OPTIONS`] keys.
+const FIXED_ALIASES: [(&str, &str); 3] = [
+    ("metadata.broker.list", "bootstrap.servers"),
+    ("auto.commit.enable", "enable.auto.commit"),
+    ("request.required.acks", "acks"),
+];
+
+fn spelling(key: &str) -> Spelling {
+    match key {
+        "enable.auto.commit" | "enable.auto.offset.store" | "enable.partition.eof" | "enable.idempotence" => {
+            Spelling::Bool
+        }
+        "acks" => Spelling::Acks,
+        "auto.offset.reset" => Spelling::Reset,
+        _ => Spelling::Exact,
+    }
+}
+
+/// `value` as librdkafka reads it, for comparing two spellings of one option.
+fn canonical(spelling: Spelling, value: &str) -> String {
+    let v = value.trim();
+    let lower = v.to_ascii_lowercase();
+    match (spelling, lower.as_str()) {
+        (Spelling::Exact, _) => v.to_string(),
+        (Spelling::Bool, "true" | "t" | "1") => "true".into(),
+        (Spelling::Bool, "false" | "f" | "0") => "false".into(),
+        (Spelling::Acks, "all" | "-1") => "all".into(),
+        (Spelling::Reset, "earliest" | "smallest" | "beginning") => "earliest".into(),
+        (Spelling::Reset, "latest" | "largest" | "end") => "latest".into(),
+        _ => lower,
+    }
+}
+
+/// An error if the user's `key=value` (`typed` as given, with its prefix) would change a
+/// [`FIXED_OPTIONS`] option that `cfg` (the client's settings so far) sets.
+fn check_fixed(cfg: &ClientConfig, typed: &str, key: &str, value: &str) -> Result<(), String> {
+    let name = FIXED_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == key)
+        .map_or(key, |(_, name)| *name);
+    let Some((_, why)) = FIXED_OPTIONS.iter().find(|(k, _)| *k == name) else {
+        return Ok(());
+    };
+    let Some(ours) = cfg.get(name) else {
+        return Ok(());
+    };
+    let spelling = spelling(name);
+    if canonical(spelling, ours) == canonical(spelling, value) {
+        return Ok(());
+    }
+    Err(format!(
+        "-X {typed}={value}: sessionflow sets {name}={ours} itself ({why}); remove the option"
+    ))
+}
+
 /// A client configuration: `ours` (each hard-coded option is commented where it is set), then
-/// the user's `extra` options, which win. An extra key prefixed `consumer:` or `producer:`
-/// applies to that kind of client only (admin clients take the unprefixed ones).
+/// the user's `extra` options, which win, except over the [`FIXED_OPTIONS`] (an error). An
+/// extra key prefixed `consumer:` or `producer:` applies to that kind of client only (admin
+/// clients take the unprefixed ones).
 pub fn client_config(
     brokers: &str,
     ours: &[(&str, String)],
     extra: &[(String, String)],
     kind: ClientKind,
-) -> ClientConfig {
+) -> Result<ClientConfig, String> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers);
     // Our log callback decides what to print; librdkafka need not format debug lines.
@@ -210,6 +338,7 @@ pub fn client_config(
             (Some(("consumer" | "producer", _)), _) => continue,
             _ => k.as_str(),
         };
+        check_fixed(&cfg, k, key, v)?;
         cfg.set(key, v.as_str());
     }
     // rust-rdkafka applies this level after librdkafka read the options, over the one `debug`
@@ -219,7 +348,7 @@ pub fn client_config(
     } else if let Some(level) = cfg.get("log_level").and_then(|l| l.trim().parse::<u8>().ok()) {
         cfg.set_log_level(log_level(level));
     }
-    cfg
+    Ok(cfg)
 }
 
 /// librdkafka's (syslog) level number as rust-rdkafka's level.
@@ -381,7 +510,7 @@ pub fn topic_partitions<C: ClientContext>(client: &Client<C>, topic: &str, timeo
 
 /// The settings of a client that only asks for metadata (a plain client with no group, or an
 /// admin client), named `client_id` in the broker's logs, with the user's `extra` options.
-pub fn metadata_config(brokers: &str, client_id: &str, extra: &[(String, String)]) -> ClientConfig {
+pub fn metadata_config(brokers: &str, client_id: &str, extra: &[(String, String)]) -> Result<ClientConfig, String> {
     let ours = [
         // Names this process in the broker's logs.
         ("client.id", client_id.to_string()),
@@ -400,7 +529,7 @@ pub fn wait_for_topic(
     deadline: Instant,
 ) -> Result<u32, String> {
     let log = Arc::new(ClientLog::new(format!("kafka {brokers}")));
-    let client: BaseConsumer<LogContext> = metadata_config(brokers, "sessionflow-metadata", extra)
+    let client: BaseConsumer<LogContext> = metadata_config(brokers, "sessionflow-metadata", extra)?
         .create_with_context(LogContext(Arc::clone(&log)))
         .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
     retry(
@@ -780,32 +909,7 @@ impl KafkaReader {
         let stranded = Arc::new(StrandedClock::default());
         let partitions_seen = Arc::new(AtomicU32::new(0));
         let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
-        let mut ours = vec![
-            // Offsets are committed under this group; partitions are assigned, never
-            // subscribed, so the group never rebalances.
-            ("group.id", cfg.group.clone()),
-            // Offsets are committed only once the output is durable (consistent cuts).
-            ("enable.auto.commit", "false".to_string()),
-            // ... and never stored implicitly by poll() either.
-            ("enable.auto.offset.store", "false".to_string()),
-            // A partition without a (valid) committed offset starts here.
-            ("auto.offset.reset", cfg.start.name().to_string()),
-            // --stop-at-end: an EOF event tells that a partition reached its end even when its
-            // last offsets are not messages (transaction markers, compaction).
-            ("enable.partition.eof", cfg.stop_at_end.to_string()),
-            // Names this worker in the broker's logs.
-            ("client.id", format!("sessionflow-source-{index}")),
-        ];
-        ours.extend(PREFETCH_OPTIONS.map(|(k, v)| (k, v.to_string())));
-        // The consumer-lag gauge of the progress line and the brokers the consumer knows (to
-        // notice it lost them all, see `KafkaReader::read`) come from librdkafka's statistics.
-        let stats_ms = if cfg.stats_interval_ms > 0 {
-            cfg.stats_interval_ms
-        } else {
-            1000
-        };
-        ours.push(("statistics.interval.ms", stats_ms.to_string()));
-        let client_cfg = client_config(&cfg.brokers, &ours, &cfg.options, ClientKind::Consumer);
+        let client_cfg = cfg.consumer_config(index)?;
         let activator: Arc<OnceLock<SyncActivator>> = Arc::new(OnceLock::new());
         let context = SourceContext {
             log: Arc::clone(&log),
@@ -1308,11 +1412,11 @@ mod tests {
             ("producer:acks".to_string(), "1".to_string()),
         ];
         let ours = [("linger.ms", "1".to_string())];
-        let c = client_config("b:1", &ours, &extra, ClientKind::Consumer);
+        let c = client_config("b:1", &ours, &extra, ClientKind::Consumer).unwrap();
         assert_eq!(c.get("linger.ms"), Some("7"));
         assert_eq!(c.get("fetch.min.bytes"), Some("9"));
         assert_eq!(c.get("acks"), None);
-        let p = client_config("b:1", &ours, &extra, ClientKind::Producer);
+        let p = client_config("b:1", &ours, &extra, ClientKind::Producer).unwrap();
         assert_eq!(p.get("acks"), Some("1"));
         assert_eq!(p.get("fetch.min.bytes"), None);
         assert_eq!(p.get("bootstrap.servers"), Some("b:1"));
@@ -1320,14 +1424,96 @@ mod tests {
         // Our short reconnect backoff (for a prompt first connection), which -X overrides.
         assert_eq!(p.get("reconnect.backoff.ms"), Some("20"));
         let slow = [("reconnect.backoff.ms".to_string(), "100".to_string())];
-        let c = client_config("b:1", &[], &slow, ClientKind::Consumer);
+        let c = client_config("b:1", &[], &slow, ClientKind::Consumer).unwrap();
         assert_eq!(c.get("reconnect.backoff.ms"), Some("100"));
+    }
+
+    #[test]
+    fn an_option_the_guarantees_rest_on_may_be_repeated_but_not_changed() {
+        let source = KafkaSourceConfig {
+            brokers: "b:1".into(),
+            group: "g".into(),
+            stop_at_end: true,
+            ..KafkaSourceConfig::default()
+        };
+        let with = |options: &[(&str, &str)]| {
+            let options = options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            KafkaSourceConfig {
+                options,
+                ..source.clone()
+            }
+            .consumer_config(0)
+        };
+        // Each fixed option the consumer sets, changed (also by an alias): an error that names
+        // the option, the value sessionflow sets and why.
+        for (k, v, ours) in [
+            ("enable.auto.commit", "true", "enable.auto.commit=false"),
+            ("auto.commit.enable", "1", "enable.auto.commit=false"),
+            (
+                "consumer:enable.auto.offset.store",
+                "true",
+                "enable.auto.offset.store=false",
+            ),
+            ("group.id", "other", "group.id=g"),
+            ("group.id", "G", "group.id=g"),
+            ("auto.offset.reset", "latest", "auto.offset.reset=earliest"),
+            ("enable.partition.eof", "false", "enable.partition.eof=true"),
+            ("bootstrap.servers", "c:1", "bootstrap.servers=b:1"),
+            ("metadata.broker.list", "c:1", "bootstrap.servers=b:1"),
+        ] {
+            let err = with(&[(k, v)]).unwrap_err();
+            assert!(
+                err.starts_with(&format!("-X {k}={v}: sessionflow sets {ours} itself (")),
+                "{err}"
+            );
+        }
+        // The same values in other spellings, an option for producers only, and every other
+        // option (ours or not) are taken.
+        let c = with(&[
+            ("enable.auto.commit", "FALSE"),
+            ("auto.commit.enable", "0"),
+            ("enable.auto.offset.store", "f"),
+            ("auto.offset.reset", "smallest"),
+            ("enable.partition.eof", "1"),
+            ("group.id", "g"),
+            ("bootstrap.servers", " b:1 "),
+            ("producer:acks", "1"),
+            ("queued.max.messages.kbytes", "4096"),
+            ("statistics.interval.ms", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.get("enable.auto.commit"), Some("FALSE"));
+        assert_eq!(c.get("queued.max.messages.kbytes"), Some("4096"));
+        assert_eq!(c.get("statistics.interval.ms"), Some("0"));
+        assert_eq!(c.get("acks"), None);
+        // A producer's fixed options (the sinks', `generate`'s); a consumer-only one is not
+        // checked against it.
+        let ours: Vec<(&str, String)> = crate::sink::kafka::PRODUCER_OPTIONS
+            .map(|(k, v)| (k, v.to_string()))
+            .into();
+        let producer = |k: &str, v: &str| client_config("b:1", &ours, &[(k.into(), v.into())], ClientKind::Producer);
+        for (k, v) in [
+            ("acks", "1"),
+            ("request.required.acks", "0"),
+            ("producer:enable.idempotence", "false"),
+        ] {
+            let err = producer(k, v).unwrap_err();
+            assert!(err.contains("sessionflow sets"), "{err}");
+        }
+        for (k, v) in [
+            ("acks", "-1"),
+            ("enable.idempotence", "t"),
+            ("compression.type", "none"),
+            ("consumer:acks", "0"),
+        ] {
+            assert!(producer(k, v).is_ok(), "{k}={v}");
+        }
     }
 
     #[test]
     fn a_debug_or_log_level_option_raises_the_log_level() {
         let opt = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
-        let level = |extra: &[(String, String)], kind| client_config("b:1", &[], extra, kind).log_level as i32;
+        let level = |extra: &[(String, String)], kind| client_config("b:1", &[], extra, kind).unwrap().log_level as i32;
         use RDKafkaLogLevel::{Debug, Error, Info, Warning};
         assert_eq!(level(&opt("debug", "broker,msg"), ClientKind::Consumer), Debug as i32);
         assert_eq!(level(&opt("producer:debug", "eos"), ClientKind::Producer), Debug as i32);
@@ -1369,7 +1555,7 @@ mod tests {
             stranded: Arc::new(StrandedClock::default()),
             partitions_seen: Arc::new(AtomicU32::new(0)),
         };
-        let cfg = client_config(&brokers, &ours, &[], ClientKind::Consumer);
+        let cfg = client_config(&brokers, &ours, &[], ClientKind::Consumer).unwrap();
         let consumer = new_consumer(&cfg, context, &Arc::new(OnceLock::new())).unwrap();
         let first = ConsumerHandle(Arc::new(consumer));
         // Reach the broker first, so that the close has a live group state to end.
