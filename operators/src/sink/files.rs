@@ -120,7 +120,7 @@ impl LineFile {
 
     /// Hands `lines` (each without its newline) to the file's writer thread, started on the
     /// first call, which appends them in order; waits only while the thread is a batch
-    /// behind (see [`WRITER_QUEUE`]). The first error is kept and reported by `finish`.
+    /// behind (see `WRITER_QUEUE`). The first error is kept and reported by `finish`.
     pub fn write_lines(&mut self, lines: Vec<String>) {
         if self.writer.is_none() {
             self.start_writer();

@@ -418,7 +418,7 @@ impl ClientLog {
 
 /// Runs `attempt` until it succeeds or `deadline` passes, sleeping 0.2 s, 0.4 s ... (at most
 /// 5 s) between attempts and logging every failure on stderr. The final error names `what`.
-/// Each attempt is given the timeout of its blocking request ([`request_timeout`]).
+/// Each attempt is given the timeout of its blocking request (`request_timeout`).
 pub fn retry<T>(
     label: &str,
     what: &str,
