@@ -273,10 +273,10 @@ fn spelling(key: &str) -> Spelling {
 
 /// `value` as librdkafka reads it, for comparing two spellings of one option.
 fn canonical(spelling: Spelling, value: &str) -> String {
-    let v = value.trim();
-    let lower = v.to_ascii_lowercase();
+    let lower = value.to_ascii_lowercase();
     match (spelling, lower.as_str()) {
-        (Spelling::Exact, _) => v.to_string(),
+        // A group " g" is not the group "g".
+        (Spelling::Exact, _) => value.to_string(),
         (Spelling::Bool, "true" | "t" | "1") => "true".into(),
         (Spelling::Bool, "false" | "f" | "0") => "false".into(),
         (Spelling::Acks, "all" | "-1") => "all".into(),
@@ -1456,6 +1456,7 @@ mod tests {
             ),
             ("group.id", "other", "group.id=g"),
             ("group.id", "G", "group.id=g"),
+            ("group.id", "g ", "group.id=g"),
             ("auto.offset.reset", "latest", "auto.offset.reset=earliest"),
             ("enable.partition.eof", "false", "enable.partition.eof=true"),
             ("bootstrap.servers", "c:1", "bootstrap.servers=b:1"),
@@ -1476,7 +1477,7 @@ mod tests {
             ("auto.offset.reset", "smallest"),
             ("enable.partition.eof", "1"),
             ("group.id", "g"),
-            ("bootstrap.servers", " b:1 "),
+            ("bootstrap.servers", "b:1"),
             ("producer:acks", "1"),
             ("queued.max.messages.kbytes", "4096"),
             ("statistics.interval.ms", "0"),
