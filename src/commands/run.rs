@@ -800,6 +800,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_x_help_names_every_fixed_option() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let help = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "options")
+            .and_then(|a| a.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        for (key, _) in sessionflow_operators::source::kafka::FIXED_OPTIONS {
+            assert!(help.contains(key), "-X's help does not name {key}: {help}");
+        }
+    }
+
+    #[test]
     fn figures_refresh_well_within_the_progress_interval() {
         assert_eq!(figures_refresh(5_000), Duration::from_millis(200));
         assert_eq!(figures_refresh(1_000), Duration::from_millis(100));
