@@ -75,6 +75,41 @@ fn an_option_that_would_commit_offsets_ahead_of_the_output_is_refused_before_con
     assert!(!dir.path().join("out.jsonl").exists());
 }
 
+/// An output topic that is the input (or the other output) is refused before connecting.
+#[test]
+fn an_output_topic_that_is_the_input_or_the_other_output_is_refused() {
+    for (topics, says) in [
+        (
+            ["--dead-letter-topic", "clicks"],
+            "--dead-letter-topic clicks is the input topic: the job would read its own output",
+        ),
+        (
+            ["--snapshot-topic", "clicks"],
+            "--snapshot-topic clicks is the input topic: the job would read its own output",
+        ),
+    ] {
+        let out = bin()
+            .args(["run", "--brokers", "127.0.0.1:1", "--topic", "clicks", "--group", "g"])
+            .args(topics)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "stderr: {err}");
+    }
+    let out = bin()
+        .args(["run", "--brokers", "127.0.0.1:1", "--topic", "clicks", "--group", "g"])
+        .args(["--snapshot-topic", "out", "--dead-letter-topic", "out"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--snapshot-topic and --dead-letter-topic are both out: each needs a topic of its own"),
+        "stderr: {err}"
+    );
+}
+
 #[test]
 fn unwritable_output_is_a_clear_error_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -231,6 +231,26 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         },
         options: args.options.clone(),
     };
+    // An output topic that is the input would feed the job its own output (dead letters of
+    // dead letters without end); two outputs in one topic would mix their records.
+    for (flag, topic) in [
+        ("--snapshot-topic", &args.snapshot_topic),
+        ("--dead-letter-topic", &args.dead_letter_topic),
+    ] {
+        if topic.as_deref() == Some(args.topic.as_str()) {
+            return Err(format!(
+                "{flag} {} is the input topic: the job would read its own output",
+                args.topic
+            ));
+        }
+    }
+    if let (Some(s), Some(d)) = (&args.snapshot_topic, &args.dead_letter_topic) {
+        if s == d {
+            return Err(format!(
+                "--snapshot-topic and --dead-letter-topic are both {s}: each needs a topic of its own"
+            ));
+        }
+    }
     // An -X option that would change what the job's guarantees rest on: an error at once.
     source.consumer_config(0)?;
     for topic in [&args.snapshot_topic, &args.dead_letter_topic].into_iter().flatten() {
