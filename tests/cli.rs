@@ -75,6 +75,36 @@ fn an_option_that_would_commit_offsets_ahead_of_the_output_is_refused_before_con
     assert!(!dir.path().join("out.jsonl").exists());
 }
 
+/// An empty or illegal topic, group or broker list is a usage error at once, not a minute of
+/// retried metadata requests.
+#[test]
+fn bad_topic_group_and_broker_values_are_usage_errors_at_once() {
+    for (args, says) in [
+        (
+            ["--brokers", "127.0.0.1:1", "--topic", "", "--group", "g"],
+            "a topic name cannot be empty",
+        ),
+        (
+            ["--brokers", "127.0.0.1:1", "--topic", "my topic", "--group", "g"],
+            "has ' '",
+        ),
+        (["--brokers", "127.0.0.1:1", "--topic", "t", "--group", ""], "--group"),
+        (["--brokers", "", "--topic", "t", "--group", "g"], "bad broker list"),
+        (["--brokers", "a:1,", "--topic", "t", "--group", "g"], "bad broker list"),
+    ] {
+        let out = bin().arg("run").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let out = bin()
+        .args(["generate", "--brokers", "b:1", "--topic", "a/b"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has '/'"));
+}
+
 /// An output topic that is the input (or the other output) is refused before connecting.
 #[test]
 fn an_output_topic_that_is_the_input_or_the_other_output_is_refused() {

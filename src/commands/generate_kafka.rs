@@ -20,7 +20,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 use serde::Deserialize;
 use sessionflow_operators::sink::kafka::{ensure_topic, PolledProducer};
-use sessionflow_operators::source::kafka::{client_config, parse_option, ClientKind, ClientLog};
+use sessionflow_operators::source::kafka::{
+    client_config, parse_brokers, parse_option, parse_topic, ClientKind, ClientLog,
+};
 
 use crate::config::parse_duration_ms;
 use crate::generate::{partition_key, GenerateArgs, Generator};
@@ -41,10 +43,10 @@ pub struct GenerateCommand {
 #[derive(Args, Clone, Debug)]
 pub struct KafkaGenerateArgs {
     /// Bootstrap brokers (comma-separated `host:port`): produce to Kafka instead of files.
-    #[arg(long, requires = "topic")]
+    #[arg(long, requires = "topic", value_parser = parse_brokers)]
     pub brokers: Option<String>,
     /// Topic to produce to (created with --partitions partitions when missing).
-    #[arg(long, requires = "brokers")]
+    #[arg(long, requires = "brokers", value_parser = parse_topic)]
     pub topic: Option<String>,
     /// Pace production at --rate lines per second of wall-clock time (a live stream); by
     /// default lines are produced as fast as the broker takes them.

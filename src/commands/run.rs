@@ -47,7 +47,9 @@ use sessionflow_operators::sink::files::{finish_all, LineFile};
 use sessionflow_operators::sink::kafka::{
     ensure_topic, KafkaMessage, KafkaSink, KafkaSinkConfig, KafkaSinkStatus, SinkKafka,
 };
-use sessionflow_operators::source::kafka::{parse_option, wait_for_topic, KafkaReader, KafkaSourceConfig, StartOffset};
+use sessionflow_operators::source::kafka::{
+    parse_brokers, parse_option, parse_topic, wait_for_topic, KafkaReader, KafkaSourceConfig, StartOffset,
+};
 use sessionflow_operators::source::{Cut, PartitionReader};
 use timely::dataflow::operators::vec::{Broadcast, Input};
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
@@ -75,23 +77,23 @@ pub enum Start {
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
     /// Bootstrap brokers: comma-separated `host:port` list.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_brokers)]
     pub brokers: String,
     /// Input topic (every partition is read).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_topic)]
     pub topic: String,
     /// Consumer group: offsets are committed under it; a restart with the same group resumes.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub group: String,
     /// Where a partition without a committed offset starts.
     #[arg(long, value_enum, default_value = "earliest")]
     pub start: Start,
     /// Topic receiving the snapshots (key = session id, value = snapshot JSON); created with
     /// the input's partition count when missing.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_topic)]
     pub snapshot_topic: Option<String>,
     /// Topic receiving the dead letters (value = `{"reason","partition","offset","raw"}`).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_topic)]
     pub dead_letter_topic: Option<String>,
     /// Snapshot file, as replay's --output (requires --stop-at-end).
     #[arg(long, requires = "stop_at_end")]

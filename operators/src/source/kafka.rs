@@ -215,6 +215,39 @@ pub fn parse_option(text: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
+/// Checks a topic name by Kafka's rules (1 to 249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`),
+/// so a bad name is a clear error at once, not a minute of retried metadata requests.
+pub fn parse_topic(text: &str) -> Result<String, String> {
+    let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if text.is_empty() {
+        return Err("a topic name cannot be empty".into());
+    }
+    if text == "." || text == ".." {
+        return Err(format!("{text:?} is not a topic name Kafka allows"));
+    }
+    if text.len() > 249 {
+        return Err(format!(
+            "topic name of {} characters: Kafka allows at most 249",
+            text.len()
+        ));
+    }
+    if let Some(c) = text.chars().find(|c| !legal(*c)) {
+        return Err(format!(
+            "topic name {text:?} has {c:?}: Kafka allows only a-z, A-Z, 0-9, '.', '_' and '-'"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// Checks a `--brokers` list: comma-separated, no entry empty (librdkafka would otherwise
+/// retry a list of nothing until the connect timeout).
+pub fn parse_brokers(text: &str) -> Result<String, String> {
+    if text.split(',').any(|b| b.trim().is_empty()) {
+        return Err(format!("bad broker list {text:?}: expected host:port[,host:port...]"));
+    }
+    Ok(text.to_string())
+}
+
 /// How a [`FIXED_OPTIONS`] value is compared: librdkafka takes several spellings of some.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Spelling {
@@ -1426,6 +1459,31 @@ mod tests {
         let slow = [("reconnect.backoff.ms".to_string(), "100".to_string())];
         let c = client_config("b:1", &[], &slow, ClientKind::Consumer).unwrap();
         assert_eq!(c.get("reconnect.backoff.ms"), Some("100"));
+    }
+
+    #[test]
+    fn topic_names_and_broker_lists_are_checked_by_kafkas_rules() {
+        for ok in ["clicks", "a.b_c-D9", "x", &"t".repeat(249)] {
+            assert_eq!(parse_topic(ok).as_deref(), Ok(ok));
+        }
+        for (bad, says) in [
+            ("", "cannot be empty"),
+            (".", "not a topic name"),
+            ("..", "not a topic name"),
+            ("my topic", "has ' '"),
+            ("a/b", "has '/'"),
+            ("caf\u{e9}", "has '\u{e9}'"),
+        ] {
+            let err = parse_topic(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+        assert!(parse_topic(&"t".repeat(250)).unwrap_err().contains("at most 249"));
+        for ok in ["127.0.0.1:9092", "a:1,b:2", "kafka", "a:1, b:2"] {
+            assert_eq!(parse_brokers(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["", " ", "a:1,", ",a:1", "a:1,,b:2"] {
+            assert!(parse_brokers(bad).unwrap_err().contains("bad broker list"), "{bad:?}");
+        }
     }
 
     #[test]
