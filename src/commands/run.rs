@@ -306,12 +306,14 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
     let printer = (args.progress > 0).then(|| {
         let (figures, lags) = (Arc::clone(&figures), Arc::clone(&lags));
         let every = Duration::from_millis(args.progress);
-        std::thread::spawn(move || progress_loop(&figures, &lags, &done_rx, every, started))
+        let window_ms = args.session.window;
+        std::thread::spawn(move || progress_loop(&figures, &lags, &done_rx, every, window_ms, started))
     });
 
     let signals = StopSignals::register()?;
     let stop = Arc::new(Mutex::new(StopReport::default()));
     let (group, shutdown_timeout) = (args.group.clone(), args.shutdown_timeout);
+    let window_ms = args.session.window;
 
     let args = Arc::new(args);
     let shared = (
@@ -563,7 +565,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
     drop(signals);
     if error.is_none() {
         if let Ok(r) = stop.lock() {
-            if let Some(line) = r.describe(&group, shutdown_timeout) {
+            if let Some(line) = r.describe(&group, shutdown_timeout, window_ms) {
                 eprintln!("{line}");
             }
         }
@@ -635,14 +637,16 @@ impl StopReport {
     }
 
     /// The line to print, once the workers stopped on a signal.
-    fn describe(&self, group: &str, timeout_ms: u64) -> Option<String> {
+    /// The line a stopped run ends with; `window_ms` (W) dates the committed window.
+    fn describe(&self, group: &str, timeout_ms: u64, window_ms: u64) -> Option<String> {
         if self.workers == 0 {
             return None;
         }
         let read = self.events_read;
         Some(match (self.timed_out, self.committed) {
             (0, Some(w)) => format!(
-                "run: stopped on a signal after {read} events read: every window below {w} is durable and its offsets are committed; a restart with --group {group} resumes there"
+                "run: stopped on a signal after {read} events read: every window below {w} is durable (events before {}) and its offsets are committed; a restart with --group {group} resumes there",
+                window_start(w, window_ms)
             ),
             (0, None) => format!(
                 "run: stopped on a signal after {read} events read (this run commits no offsets)"
@@ -768,11 +772,43 @@ pub(super) fn figures_refresh(progress_ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
 
+/// When window `w` of `window_ms` starts, as UTC (`2023-11-14T22:13:00Z`): the progress and
+/// stop lines date the windows they name. Past the calendar's range, the window's start in ms.
+fn window_start(w: u64, window_ms: u64) -> String {
+    let Some(ms) = w.checked_mul(window_ms).and_then(|ms| i64::try_from(ms).ok()) else {
+        return format!("window {w} of {window_ms} ms");
+    };
+    utc(ms)
+}
+
+/// A Unix time in ms as ISO 8601 UTC, to the second (proleptic Gregorian calendar; the civil
+/// date from days since 1970-01-01 as in Howard Hinnant's `civil_from_days`).
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
 fn progress_loop(
     figures: &Mutex<Vec<Figures>>,
     lags: &Mutex<Vec<Arc<AtomicI64>>>,
     done: &std::sync::mpsc::Receiver<()>,
     every: Duration,
+    window_ms: u64,
     started: Instant,
 ) {
     let mut last = (Instant::now(), 0u64);
@@ -808,7 +844,7 @@ fn progress_loop(
             "run [{:7.1}s] {read} events, {rate:.0} events/s, lag {}, open sessions {open}, window {}, commits {commits}{}{}",
             started.elapsed().as_secs_f64(),
             lag.map_or("?".to_string(), |l| l.to_string()),
-            window.map_or("-".to_string(), |w| w.to_string()),
+            window.map_or("-".to_string(), |w| format!("{w} ({})", window_start(w, window_ms))),
             acked.map_or(String::new(), |a| format!(" (acknowledged to window {a})")),
             if retries > 0 { format!(", {retries} commit retries") } else { String::new() },
         );
@@ -820,6 +856,22 @@ fn progress_loop(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_are_dated_in_utc() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(951_868_799_999), "2000-02-29T23:59:59Z");
+        assert_eq!(utc(4_107_542_400_000), "2100-03-01T00:00:00Z");
+        assert_eq!(utc(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(utc(253_402_300_799_000), "9999-12-31T23:59:59Z");
+        assert_eq!(window_start(28_333_337, 60_000), "2023-11-14T22:17:00Z");
+        assert_eq!(
+            window_start(u64::MAX, 60_000),
+            format!("window {} of 60000 ms", u64::MAX)
+        );
+    }
 
     #[test]
     fn the_x_help_names_every_fixed_option() {
@@ -851,25 +903,28 @@ mod tests {
 
     #[test]
     fn stop_report_names_the_smallest_committed_window_and_any_timeout() {
-        assert_eq!(StopReport::default().describe("g", 30_000), None);
+        assert_eq!(StopReport::default().describe("g", 30_000, 60_000), None);
         let mut drained = StopReport::default();
         drained.record(true, Some(12), 100);
         drained.record(true, Some(10), 50);
-        let line = drained.describe("g", 30_000).unwrap();
+        let line = drained.describe("g", 30_000, 60_000).unwrap();
         assert!(line.contains("after 150 events read"), "{line}");
-        assert!(line.contains("every window below 10 is durable"), "{line}");
+        assert!(
+            line.contains("every window below 10 is durable (events before 1970-01-01T00:10:00Z)"),
+            "{line}"
+        );
         assert!(line.contains("--group g resumes there"), "{line}");
 
         let mut late = StopReport::default();
         late.record(true, Some(10), 1);
         late.record(false, Some(7), 1);
-        let line = late.describe("g", 2_500).unwrap();
+        let line = late.describe("g", 2_500, 60_000).unwrap();
         assert!(line.contains("1 worker(s) gave up waiting after 2.5 s"), "{line}");
         assert!(line.contains("windows below 7"), "{line}");
 
         let mut none = StopReport::default();
         none.record(true, None, 3);
-        assert!(none.describe("g", 1).unwrap().contains("commits no offsets"));
+        assert!(none.describe("g", 1, 60_000).unwrap().contains("commits no offsets"));
     }
 
     #[test]
