@@ -55,7 +55,8 @@ struct Figures {
     events_read: u64,
     open_sessions: u64,
     snapshots: u64,
-    window: u64,
+    /// The worker's source window (`None` once its input ended).
+    window: Option<u64>,
 }
 
 /// One session's final snapshot, for the table.
@@ -99,7 +100,8 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let started = Instant::now();
     let printer = {
         let (figures, done, total) = (Arc::clone(&figures), Arc::clone(&done), args.events);
-        std::thread::spawn(move || progress_loop(&figures, &done, total, started))
+        let window_ms = args.session.window;
+        std::thread::spawn(move || progress_loop(&figures, &done, total, window_ms, started))
     };
 
     let out_dir = args.out_dir.clone();
@@ -145,7 +147,7 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
                     events_read: src.events_read,
                     open_sessions: ses.open_sessions,
                     snapshots: ses.counters.snapshots,
-                    window: src.window.unwrap_or(0),
+                    window: src.window,
                 };
             }
         });
@@ -236,7 +238,7 @@ impl Attach<Snapshot> for CollectFinals {
 /// Interval of the demo's progress line.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
-fn progress_loop(figures: &Mutex<Vec<Figures>>, done: &AtomicBool, total: u64, started: Instant) {
+fn progress_loop(figures: &Mutex<Vec<Figures>>, done: &AtomicBool, total: u64, window_ms: u64, started: Instant) {
     let mut last = (Instant::now(), 0u64, 0u64, 0u64);
     while !done.load(Ordering::SeqCst) {
         std::thread::sleep(PROGRESS_EVERY);
@@ -244,7 +246,9 @@ fn progress_loop(figures: &Mutex<Vec<Figures>>, done: &AtomicBool, total: u64, s
         let read: u64 = f.iter().map(|x| x.events_read).sum();
         let open: u64 = f.iter().map(|x| x.open_sessions).sum();
         let snaps: u64 = f.iter().map(|x| x.snapshots).sum();
-        let window = f.iter().map(|x| x.window).filter(|w| *w > 0).min().unwrap_or(0);
+        // The slowest worker's window; 0 once every input ended (no window is 0 in practice:
+        // it would be January 1970).
+        let window = f.iter().filter_map(|x| x.window).min().unwrap_or(0);
         drop(f);
         let dt = last.0.elapsed().as_secs_f64().max(1e-9);
         let rate = (read - last.1) as f64 / dt;
@@ -254,7 +258,7 @@ fn progress_loop(figures: &Mutex<Vec<Figures>>, done: &AtomicBool, total: u64, s
             0
         };
         eprint!(
-            "\r[{:5.1}s] {:>9}/{} events  {:>9.0} ev/s  open sessions {:>7}  snapshots {:>8} (~{:>5}/window)  window {}   ",
+            "\r[{:5.1}s] {:>9}/{} events  {:>9.0} ev/s  open sessions {:>7}  snapshots {:>8} (~{:>5}/window)  window {:<32}",
             started.elapsed().as_secs_f64(),
             read,
             total,
@@ -262,7 +266,11 @@ fn progress_loop(figures: &Mutex<Vec<Figures>>, done: &AtomicBool, total: u64, s
             open,
             snaps,
             per_window,
-            window
+            if window > 0 {
+                format!("{window} ({})", super::run::window_start(window, window_ms))
+            } else {
+                "- (input read)".to_string()
+            }
         );
         let _ = std::io::stderr().flush();
         if window > last.3 {

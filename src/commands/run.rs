@@ -774,7 +774,7 @@ pub(super) fn figures_refresh(progress_ms: u64) -> Duration {
 
 /// When window `w` of `window_ms` starts, as UTC (`2023-11-14T22:13:00Z`): the progress and
 /// stop lines date the windows they name. Past the calendar's range, the window's start in ms.
-fn window_start(w: u64, window_ms: u64) -> String {
+pub(super) fn window_start(w: u64, window_ms: u64) -> String {
     let Some(ms) = w.checked_mul(window_ms).and_then(|ms| i64::try_from(ms).ok()) else {
         return format!("window {w} of {window_ms} ms");
     };
