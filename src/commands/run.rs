@@ -301,19 +301,18 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
     let lags: Arc<Mutex<Vec<Arc<AtomicI64>>>> = Arc::new(Mutex::new(Vec::new()));
     let abort: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let started = Instant::now();
+    let window_ms = args.session.window;
     // Dropping `done` ends the progress thread at once (it waits on the channel, not a timer).
     let (done, done_rx) = std::sync::mpsc::channel::<()>();
     let printer = (args.progress > 0).then(|| {
         let (figures, lags) = (Arc::clone(&figures), Arc::clone(&lags));
         let every = Duration::from_millis(args.progress);
-        let window_ms = args.session.window;
         std::thread::spawn(move || progress_loop(&figures, &lags, &done_rx, every, window_ms, started))
     });
 
     let signals = StopSignals::register()?;
     let stop = Arc::new(Mutex::new(StopReport::default()));
     let (group, shutdown_timeout) = (args.group.clone(), args.shutdown_timeout);
-    let window_ms = args.session.window;
 
     let args = Arc::new(args);
     let shared = (
@@ -636,8 +635,8 @@ impl StopReport {
         self.events_read += events_read;
     }
 
-    /// The line to print, once the workers stopped on a signal.
-    /// The line a stopped run ends with; `window_ms` (W) dates the committed window.
+    /// The line to print, once the workers stopped on a signal; `window_ms` (W) dates the
+    /// committed window.
     fn describe(&self, group: &str, timeout_ms: u64, window_ms: u64) -> Option<String> {
         if self.workers == 0 {
             return None;
@@ -773,7 +772,8 @@ pub(super) fn figures_refresh(progress_ms: u64) -> Duration {
 }
 
 /// When window `w` of `window_ms` starts, as UTC (`2023-11-14T22:13:00Z`): the progress and
-/// stop lines date the windows they name. Past the calendar's range, the window's start in ms.
+/// stop lines date the windows they name. A start past `i64` milliseconds is named as
+/// `window {w} of {window_ms} ms` instead.
 pub(super) fn window_start(w: u64, window_ms: u64) -> String {
     let Some(ms) = w.checked_mul(window_ms).and_then(|ms| i64::try_from(ms).ok()) else {
         return format!("window {w} of {window_ms} ms");
