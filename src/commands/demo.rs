@@ -246,16 +246,14 @@ fn progress_loop(figures: &Mutex<Vec<Figures>>, done: &AtomicBool, total: u64, w
         let read: u64 = f.iter().map(|x| x.events_read).sum();
         let open: u64 = f.iter().map(|x| x.open_sessions).sum();
         let snaps: u64 = f.iter().map(|x| x.snapshots).sum();
-        // The slowest worker's window; 0 once every input ended (no window is 0 in practice:
-        // it would be January 1970).
-        let window = f.iter().filter_map(|x| x.window).min().unwrap_or(0);
+        // The slowest worker's window; `None` once every input ended.
+        let window = f.iter().filter_map(|x| x.window).min();
         drop(f);
         let dt = last.0.elapsed().as_secs_f64().max(1e-9);
         let rate = (read - last.1) as f64 / dt;
-        let per_window = if window > last.3 && last.3 > 0 {
-            (snaps - last.2) / (window - last.3)
-        } else {
-            0
+        let per_window = match window {
+            Some(w) if w > last.3 && last.3 > 0 => (snaps - last.2) / (w - last.3),
+            _ => 0,
         };
         eprint!(
             "\r[{:5.1}s] {:>9}/{} events  {:>9.0} ev/s  open sessions {:>7}  snapshots {:>8} (~{:>5}/window)  window {:<32}",
@@ -266,15 +264,14 @@ fn progress_loop(figures: &Mutex<Vec<Figures>>, done: &AtomicBool, total: u64, w
             open,
             snaps,
             per_window,
-            if window > 0 {
-                format!("{window} ({})", super::run::window_start(window, window_ms))
-            } else {
-                "- (input read)".to_string()
-            }
+            window.map_or_else(
+                || "- (input read)".to_string(),
+                |w| format!("{w} ({})", super::run::window_start(w, window_ms))
+            )
         );
         let _ = std::io::stderr().flush();
-        if window > last.3 {
-            last = (Instant::now(), read, snaps, window);
+        if let Some(w) = window.filter(|w| *w > last.3) {
+            last = (Instant::now(), read, snaps, w);
         } else {
             last = (Instant::now(), read, last.2, last.3);
         }
