@@ -225,15 +225,16 @@ pub fn parse_topic(text: &str) -> Result<String, String> {
     if text == "." || text == ".." {
         return Err(format!("{text:?} is not a topic name Kafka allows"));
     }
+    if let Some(c) = text.chars().find(|c| !legal(*c)) {
+        return Err(format!(
+            "topic name {text:?} has {c:?}: Kafka allows only a-z, A-Z, 0-9, '.', '_' and '-'"
+        ));
+    }
+    // All ASCII from here: its length in bytes is its length in characters.
     if text.len() > 249 {
         return Err(format!(
             "topic name of {} characters: Kafka allows at most 249",
             text.len()
-        ));
-    }
-    if let Some(c) = text.chars().find(|c| !legal(*c)) {
-        return Err(format!(
-            "topic name {text:?} has {c:?}: Kafka allows only a-z, A-Z, 0-9, '.', '_' and '-'"
         ));
     }
     Ok(text.to_string())
