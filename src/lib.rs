@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod generate;
+pub mod metrics;
 pub mod pipeline;
 pub mod sessiondb;
 pub mod stats;

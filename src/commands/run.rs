@@ -60,6 +60,7 @@ use crate::cluster::ClusterArgs;
 use crate::commands::hbase_args::{self, HbaseArgs};
 use crate::commands::replay::{check_writable, json_file};
 use crate::config::{parse_duration_ms, SessionArgs};
+use crate::metrics;
 use crate::pipeline::{self, Attach, Outputs};
 use crate::sessiondb::SinkMode;
 use crate::stats::Stats;
@@ -134,6 +135,11 @@ pub struct RunArgs {
     /// Interval of the progress line on stderr (e.g. 5s); 0 is off.
     #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
     pub progress: u64,
+    /// Serve the run's figures (counters, open sessions, lag, frontier and committed window)
+    /// in the Prometheus text format at `http://HOST:PORT/metrics` (port 0: a free one, printed
+    /// at start). Each process of a cluster serves its own workers'.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
     /// On SIGINT or SIGTERM a live run stops reading and waits this long at most for what it
     /// read to become durable and its offsets committed, then exits (e.g. 30s). A second
     /// signal exits at once.
@@ -180,8 +186,11 @@ struct Report {
 /// What one worker last reported, for the progress line.
 #[derive(Clone, Copy, Debug, Default)]
 struct Figures {
-    events_read: u64,
+    /// The worker's counters ([`pipeline::Job::stats`]).
+    stats: Stats,
+    skipped_on_resume: u64,
     open_sessions: u64,
+    pending_events: u64,
     window: Option<u64>,
     commits: u64,
     /// The broker acknowledged commits up to this frontier (only while committing).
@@ -226,8 +235,11 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         idle_timeout_ms: args.idle_timeout,
         connect_timeout_ms: args.connect_timeout,
         final_commit_timeout_ms: args.final_commit_timeout,
+        // librdkafka's statistics give the lag the progress line and the metrics show.
         stats_interval_ms: if args.progress > 0 {
             args.progress.clamp(1_000, 60_000)
+        } else if args.metrics.is_some() {
+            5_000
         } else {
             0
         },
@@ -289,6 +301,27 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         eprintln!("run: no Kafka sink: offsets are never committed");
     }
 
+    let workers = args.cluster.workers;
+    let figures = Arc::new(Mutex::new(vec![Figures::default(); workers]));
+    let lags: Arc<Mutex<Vec<Arc<AtomicI64>>>> = Arc::new(Mutex::new(Vec::new()));
+    let window_ms = args.session.window;
+    if let Some(addr) = &args.metrics {
+        let info = metrics::Info {
+            topic: args.topic.clone(),
+            group: args.group.clone(),
+            process: args.cluster.process_id,
+            processes: args.cluster.processes,
+            workers,
+            window_ms,
+            start_time_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        };
+        let (figures, lags) = (Arc::clone(&figures), Arc::clone(&lags));
+        let bound = metrics::serve(addr, move || metrics::render(&info, &sample(&figures, &lags)))?;
+        eprintln!("run: metrics at http://{bound}/metrics");
+    }
+
     // Clear errors (with logged retries) before any dataflow starts.
     let deadline = Instant::now() + Duration::from_millis(args.connect_timeout);
     let partitions = wait_for_topic(&args.brokers, &args.topic, &args.options, deadline)?;
@@ -296,12 +329,8 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         ensure_topic(&args.brokers, topic, partitions, &args.options, deadline)?;
     }
 
-    let workers = args.cluster.workers;
-    let figures = Arc::new(Mutex::new(vec![Figures::default(); workers]));
-    let lags: Arc<Mutex<Vec<Arc<AtomicI64>>>> = Arc::new(Mutex::new(Vec::new()));
     let abort: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let started = Instant::now();
-    let window_ms = args.session.window;
     // Dropping `done` ends the progress thread at once (it waits on the channel, not a timer).
     let (done, done_rx) = std::sync::mpsc::channel::<()>();
     let printer = (args.progress > 0).then(|| {
@@ -489,8 +518,10 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
                 let (src, ses) = (built.source.borrow(), built.session.borrow());
                 if let Ok(mut f) = figures.lock() {
                     f[local] = Figures {
-                        events_read: src.events_read,
+                        stats: Stats::from_parts(&src, &ses.counters),
+                        skipped_on_resume: src.skipped_on_resume,
                         open_sessions: ses.open_sessions,
+                        pending_events: ses.pending_events,
                         window: src.window,
                         commits: src.commits,
                         acknowledged: src.acknowledged.filter(|_| src.window.is_some()),
@@ -803,6 +834,33 @@ fn utc(ms: i64) -> String {
     )
 }
 
+/// This process's figures: its workers' last reports, summed (the windows: their smallest), and
+/// the consumers' lag (unknown until librdkafka's statistics reported one).
+fn sample(figures: &Mutex<Vec<Figures>>, lags: &Mutex<Vec<Arc<AtomicI64>>>) -> metrics::Sample {
+    let mut out = metrics::Sample::default();
+    if let Ok(f) = figures.lock() {
+        for x in f.iter() {
+            out.stats.add(&x.stats);
+            out.skipped_on_resume += x.skipped_on_resume;
+            out.open_sessions += x.open_sessions;
+            out.pending_events += x.pending_events;
+            out.commits += x.commits;
+            out.commit_retries += x.commit_retries;
+        }
+        out.frontier = f.iter().filter_map(|x| x.window).min();
+        out.committed = f.iter().filter_map(|x| x.acknowledged).min();
+    }
+    out.lag = lags.lock().ok().and_then(|l| {
+        let v: Vec<i64> = l
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .filter(|x| *x >= 0)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum())
+    });
+    out
+}
+
 fn progress_loop(
     figures: &Mutex<Vec<Figures>>,
     lags: &Mutex<Vec<Arc<AtomicI64>>>,
@@ -822,22 +880,17 @@ fn progress_loop(
         }
         // After a stall the lines go on at least half an interval apart, not in a burst.
         next = (next + every).max(Instant::now() + every / 2);
-        let Ok(f) = figures.lock() else { return };
-        let read: u64 = f.iter().map(|x| x.events_read).sum();
-        let open: u64 = f.iter().map(|x| x.open_sessions).sum();
-        let commits: u64 = f.iter().map(|x| x.commits).sum();
-        let retries: u64 = f.iter().map(|x| x.commit_retries).sum();
-        let acked = f.iter().filter_map(|x| x.acknowledged).min();
-        let window = f.iter().filter_map(|x| x.window).min();
-        drop(f);
-        let lag: Option<i64> = lags.lock().ok().and_then(|l| {
-            let v: Vec<i64> = l
-                .iter()
-                .map(|a| a.load(Ordering::Relaxed))
-                .filter(|x| *x >= 0)
-                .collect();
-            (!v.is_empty()).then(|| v.iter().sum())
-        });
+        let metrics::Sample {
+            stats,
+            open_sessions: open,
+            lag,
+            frontier: window,
+            committed: acked,
+            commits,
+            commit_retries: retries,
+            ..
+        } = sample(figures, lags);
+        let read = stats.events_read;
         let rate = (read - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
         last = (Instant::now(), read);
         eprintln!(

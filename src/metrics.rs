@@ -1,0 +1,449 @@
+//! `run --metrics HOST:PORT`: the live job's figures in the Prometheus text format (0.0.4) at
+//! `http://HOST:PORT/metrics`, for monitoring and alerting on a run that does not end.
+//!
+//! The figures are the progress line's, as counters and gauges: the spec's counters (events
+//! read, accepted, duplicates, late, invalid; sessions opened and closed; snapshots), open
+//! sessions and events waiting for their window, the consumers' lag, the event-time frontier
+//! and the committed (durable) window, each also as the Unix time at which that window starts
+//! (`time() - sessionflow_frontier_timestamp_seconds` is how far event time trails the clock),
+//! and the offset commits. Every process of a cluster serves its own workers' figures (give
+//! each its own address); sums over processes are the job's.
+//!
+//! The server is one thread of plain `std::net`, answering one request at a time (a scrape is
+//! a few hundred bytes) with a short timeout, so a stuck client delays the next scrape, never
+//! the job; it stops with the process.
+
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use crate::stats::Stats;
+
+/// One sample of the figures a process serves (summed over its workers).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sample {
+    /// The spec's counters so far.
+    pub stats: Stats,
+    /// Records read again after a restart whose window was already durable (records).
+    pub skipped_on_resume: u64,
+    /// Sessions open now (sessions).
+    pub open_sessions: u64,
+    /// Events waiting for their window to complete (events).
+    pub pending_events: u64,
+    /// Messages between the consumers' positions and the partitions' ends, once librdkafka's
+    /// statistics reported it (messages).
+    pub lag: Option<i64>,
+    /// The smallest window any worker's source still holds: its event-time frontier (window
+    /// index).
+    pub frontier: Option<u64>,
+    /// Commits are acknowledged for every window below this one (window index).
+    pub committed: Option<u64>,
+    /// Offset commits issued (commits).
+    pub commits: u64,
+    /// Offset commits issued again, not acknowledged within an interval (commits).
+    pub commit_retries: u64,
+}
+
+/// What the `sessionflow_info` line names (fixed for a run).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Info {
+    /// Input topic.
+    pub topic: String,
+    /// Consumer group.
+    pub group: String,
+    /// This process's index in the cluster.
+    pub process: usize,
+    /// Processes in the cluster (count).
+    pub processes: usize,
+    /// Worker threads of this process (count).
+    pub workers: usize,
+    /// Window length W (ms).
+    pub window_ms: u64,
+    /// When the run started (seconds since the Unix epoch).
+    pub start_time_s: f64,
+}
+
+/// A label value as the text format wants it: `\`, `"` and newlines escaped.
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The Prometheus text exposition of `sample`. Figures not known yet (no lag reported, no
+/// window read or committed) are left out rather than given a made-up value.
+pub fn render(info: &Info, sample: &Sample) -> String {
+    let mut out = String::with_capacity(4096);
+    let info_line = format!(
+        "{{topic=\"{}\",group=\"{}\",process=\"{}\",processes=\"{}\",workers=\"{}\",window_ms=\"{}\",version=\"{}\"}} 1",
+        label(&info.topic),
+        label(&info.group),
+        info.process,
+        info.processes,
+        info.workers,
+        info.window_ms,
+        env!("CARGO_PKG_VERSION"),
+    );
+    // The name carries the labels: `sessionflow_info{...} 1`.
+    let _ = write!(
+        out,
+        "# HELP sessionflow_info The run this process belongs to.\n# TYPE sessionflow_info gauge\nsessionflow_info{info_line}\n"
+    );
+    let mut metric = |name: &str, kind: &str, help: &str, value: Option<String>| {
+        if let Some(v) = value {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n");
+        }
+    };
+    let some = |v: u64| Some(v.to_string());
+    let s = &sample.stats;
+    let counters = [
+        (
+            "sessionflow_events_read_total",
+            "Messages read (skipped_on_resume excluded).",
+            s.events_read,
+        ),
+        (
+            "sessionflow_events_accepted_total",
+            "Events accepted into a session.",
+            s.accepted,
+        ),
+        (
+            "sessionflow_events_duplicate_total",
+            "Events dropped as duplicates of an accepted event.",
+            s.duplicates,
+        ),
+        (
+            "sessionflow_events_late_total",
+            "Events dead-lettered as session_closed.",
+            s.late,
+        ),
+        (
+            "sessionflow_events_invalid_total",
+            "Messages dead-lettered as invalid.",
+            s.invalid,
+        ),
+        (
+            "sessionflow_events_skipped_on_resume_total",
+            "Messages read again after a restart whose window was already durable.",
+            sample.skipped_on_resume,
+        ),
+        (
+            "sessionflow_sessions_opened_total",
+            "Sessions opened.",
+            s.sessions_opened,
+        ),
+        (
+            "sessionflow_sessions_closed_total",
+            "Sessions closed (merged-away gap sessions included).",
+            s.sessions_closed,
+        ),
+        ("sessionflow_snapshots_total", "Snapshots emitted.", s.snapshots),
+        (
+            "sessionflow_offset_commits_total",
+            "Offset commits issued.",
+            sample.commits,
+        ),
+        (
+            "sessionflow_offset_commit_retries_total",
+            "Offset commits issued again (not acknowledged within an interval).",
+            sample.commit_retries,
+        ),
+    ];
+    for (name, help, v) in counters {
+        metric(name, "counter", help, some(v));
+    }
+    let window_s = |w: u64| -> Option<String> {
+        // A window's start in seconds; none when it overflows u64 milliseconds.
+        let ms = w.checked_mul(info.window_ms)?;
+        Some(format!("{}", ms as f64 / 1000.0))
+    };
+    let gauges = [
+        (
+            "sessionflow_open_sessions",
+            "Sessions open now.",
+            some(sample.open_sessions),
+        ),
+        (
+            "sessionflow_pending_events",
+            "Events waiting for their window to complete (read = accepted + duplicate + late + invalid + pending once nothing is in flight).",
+            some(sample.pending_events),
+        ),
+        (
+            "sessionflow_consumer_lag_messages",
+            "Messages between the consumers' positions and the partitions' ends (librdkafka statistics).",
+            sample.lag.map(|l| l.to_string()),
+        ),
+        (
+            "sessionflow_frontier_window",
+            "Smallest window any source still holds (event-time frontier), as a window index.",
+            sample.frontier.map(|w| w.to_string()),
+        ),
+        (
+            "sessionflow_frontier_timestamp_seconds",
+            "Start of the frontier window, seconds since the Unix epoch.",
+            sample.frontier.and_then(window_s),
+        ),
+        (
+            "sessionflow_committed_window",
+            "Every window below this one is durable and its offsets committed (acknowledged).",
+            sample.committed.map(|w| w.to_string()),
+        ),
+        (
+            "sessionflow_committed_timestamp_seconds",
+            "Start of the committed window, seconds since the Unix epoch.",
+            sample.committed.and_then(window_s),
+        ),
+        (
+            "sessionflow_start_time_seconds",
+            "When the run started, seconds since the Unix epoch.",
+            Some(format!("{:.3}", info.start_time_s)),
+        ),
+    ];
+    for (name, help, v) in gauges {
+        metric(name, "gauge", help, v);
+    }
+    out
+}
+
+/// Binds `addr` (`HOST:PORT`; port 0 picks a free one) and serves `GET /metrics` with
+/// `render()` from a thread of its own; returns the bound address.
+pub fn serve(addr: &str, render: impl Fn() -> String + Send + 'static) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind(addr).map_err(|e| format!("--metrics {addr}: cannot listen: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| format!("--metrics {addr}: {e}"))?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    // A client that goes away or stalls is that client's problem alone.
+                    Ok(s) => {
+                        let _ = answer(s, &render);
+                    }
+                    // Out of file descriptors, say: try again a little later, not in a spin.
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        })
+        .map_err(|e| format!("--metrics {addr}: cannot start its thread: {e}"))?;
+    Ok(bound)
+}
+
+/// Longest request head read (bytes): a scrape's is a few hundred.
+const MAX_HEAD: usize = 8192;
+
+/// The status line, extra headers and body for a request head.
+fn respond(head: &[u8], render: &dyn Fn() -> String) -> (&'static str, &'static str, String) {
+    let text = String::from_utf8_lossy(head);
+    let mut words = text.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    match (method, path) {
+        ("GET" | "HEAD", "/metrics") => ("200 OK", "", render()),
+        ("GET" | "HEAD", "/") => ("200 OK", "", "sessionflow: the metrics are at /metrics\n".into()),
+        ("GET" | "HEAD", _) if target.starts_with('/') => ("404 Not Found", "", "not found: try /metrics\n".into()),
+        (m, t) if !m.is_empty() && t.starts_with('/') => (
+            "405 Method Not Allowed",
+            "Allow: GET, HEAD\r\n",
+            "only GET and HEAD\n".into(),
+        ),
+        _ => ("400 Bad Request", "", "bad request\n".into()),
+    }
+}
+
+fn answer(mut stream: TcpStream, render: &dyn Fn() -> String) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let (status, extra, body) = respond(&head, render);
+    let head_only = head.starts_with(b"HEAD ");
+    let mut reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
+        body.len()
+    );
+    if !head_only {
+        reply.push_str(&body);
+    }
+    stream.write_all(reply.as_bytes())?;
+    stream.flush()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn info() -> Info {
+        Info {
+            topic: "clicks".into(),
+            group: "g\"1\\".into(),
+            process: 0,
+            processes: 2,
+            workers: 3,
+            window_ms: 60_000,
+            start_time_s: 1_700_000_000.25,
+        }
+    }
+
+    fn value<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+    }
+
+    #[test]
+    fn every_figure_is_rendered_with_its_help_and_type() {
+        let sample = Sample {
+            stats: Stats {
+                events_read: 10,
+                accepted: 6,
+                duplicates: 1,
+                late: 2,
+                invalid: 1,
+                sessions_opened: 4,
+                sessions_closed: 3,
+                snapshots: 7,
+            },
+            skipped_on_resume: 5,
+            open_sessions: 1,
+            pending_events: 8,
+            lag: Some(42),
+            frontier: Some(28_333_337),
+            committed: Some(28_333_335),
+            commits: 9,
+            commit_retries: 2,
+        };
+        let text = render(&info(), &sample);
+        for (name, v) in [
+            ("sessionflow_events_read_total", "10"),
+            ("sessionflow_events_accepted_total", "6"),
+            ("sessionflow_events_duplicate_total", "1"),
+            ("sessionflow_events_late_total", "2"),
+            ("sessionflow_events_invalid_total", "1"),
+            ("sessionflow_events_skipped_on_resume_total", "5"),
+            ("sessionflow_sessions_opened_total", "4"),
+            ("sessionflow_sessions_closed_total", "3"),
+            ("sessionflow_snapshots_total", "7"),
+            ("sessionflow_offset_commits_total", "9"),
+            ("sessionflow_offset_commit_retries_total", "2"),
+            ("sessionflow_open_sessions", "1"),
+            ("sessionflow_pending_events", "8"),
+            ("sessionflow_consumer_lag_messages", "42"),
+            ("sessionflow_frontier_window", "28333337"),
+            ("sessionflow_frontier_timestamp_seconds", "1700000220"),
+            ("sessionflow_committed_window", "28333335"),
+            ("sessionflow_committed_timestamp_seconds", "1700000100"),
+            ("sessionflow_start_time_seconds", "1700000000.250"),
+        ] {
+            assert_eq!(value(&text, name), Some(v), "{name} in\n{text}");
+            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name}");
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+        }
+        assert!(
+            text.contains(
+                "sessionflow_info{topic=\"clicks\",group=\"g\\\"1\\\\\",process=\"0\",processes=\"2\",workers=\"3\",window_ms=\"60000\",version=\""
+            ),
+            "{text}"
+        );
+        // Every sample line is `name value` or `name{labels} value`, after its HELP and TYPE.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let v = l.rsplit(' ').next().unwrap();
+            assert!(v.parse::<f64>().is_ok(), "{l}");
+        }
+    }
+
+    #[test]
+    fn figures_not_known_yet_are_left_out() {
+        let text = render(&info(), &Sample::default());
+        for name in [
+            "sessionflow_consumer_lag_messages",
+            "sessionflow_frontier_window",
+            "sessionflow_frontier_timestamp_seconds",
+            "sessionflow_committed_window",
+            "sessionflow_committed_timestamp_seconds",
+        ] {
+            assert!(!text.contains(name), "{name} in\n{text}");
+        }
+        assert_eq!(value(&text, "sessionflow_events_read_total"), Some("0"));
+        assert_eq!(value(&text, "sessionflow_open_sessions"), Some("0"));
+    }
+
+    #[test]
+    fn a_window_too_far_for_milliseconds_has_no_timestamp() {
+        let sample = Sample {
+            frontier: Some(u64::MAX),
+            ..Sample::default()
+        };
+        let text = render(&info(), &sample);
+        assert_eq!(
+            value(&text, "sessionflow_frontier_window"),
+            Some(u64::MAX.to_string().as_str())
+        );
+        assert!(!text.contains("sessionflow_frontier_timestamp_seconds"));
+    }
+
+    #[test]
+    fn requests_get_the_answer_their_method_and_path_ask_for() {
+        let render = || "body\n".to_string();
+        let status = |head: &str| respond(head.as_bytes(), &render).0;
+        assert_eq!(
+            respond(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &render).2,
+            "body\n"
+        );
+        assert_eq!(status("GET /metrics?x=1 HTTP/1.1\r\n\r\n"), "200 OK");
+        assert_eq!(status("HEAD /metrics HTTP/1.1\r\n\r\n"), "200 OK");
+        assert_eq!(status("GET / HTTP/1.0\r\n\r\n"), "200 OK");
+        assert_eq!(status("GET /other HTTP/1.1\r\n\r\n"), "404 Not Found");
+        assert_eq!(status("POST /metrics HTTP/1.1\r\n\r\n"), "405 Method Not Allowed");
+        assert_eq!(status(""), "400 Bad Request");
+        assert_eq!(status("\u{1}\u{2} garbage"), "400 Bad Request");
+    }
+
+    #[test]
+    fn the_server_answers_over_tcp_and_survives_a_client_that_sends_nothing() {
+        let addr = serve("127.0.0.1:0", || "sessionflow_up 1\n".to_string()).unwrap();
+        // A client that connects and goes away without a request.
+        drop(TcpStream::connect(addr).unwrap());
+        let get = |req: &str| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(req.as_bytes()).unwrap();
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).unwrap();
+            reply
+        };
+        let reply = get("GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(reply.contains("Content-Type: text/plain; version=0.0.4"), "{reply}");
+        assert!(reply.contains("Content-Length: 17\r\n"), "{reply}");
+        assert!(reply.ends_with("\r\n\r\nsessionflow_up 1\n"), "{reply}");
+        let head = get("HEAD /metrics HTTP/1.1\r\n\r\n");
+        assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
+        assert!(get("GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
+    }
+
+    #[test]
+    fn an_address_that_cannot_be_bound_is_a_clear_error() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let e = serve(&addr, String::new).unwrap_err();
+        assert!(e.starts_with(&format!("--metrics {addr}: cannot listen: ")), "{e}");
+        let e = serve("not an address", String::new).unwrap_err();
+        assert!(e.starts_with("--metrics not an address: cannot listen: "), "{e}");
+    }
+}
