@@ -105,6 +105,26 @@ fn bad_topic_group_and_broker_values_are_usage_errors_at_once() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("has '/'"));
 }
 
+/// A `--metrics` address that cannot be listened on is an error before any broker is tried
+/// (the brokers here do not exist: tried first, they would be the error, after a minute of
+/// retries).
+#[test]
+fn a_metrics_address_in_use_is_refused_before_connecting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = bin()
+        .args(["run", "--brokers", "127.0.0.1:1", "--topic", "clicks", "--group", "g"])
+        .args(["--metrics", &addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("--metrics {addr}: cannot listen: ")),
+        "stderr: {err}"
+    );
+}
+
 /// An output topic that is the input (or the other output) is refused before connecting.
 #[test]
 fn an_output_topic_that_is_the_input_or_the_other_output_is_refused() {

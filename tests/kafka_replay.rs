@@ -204,3 +204,106 @@ fn a_two_process_cluster_equals_replay() {
         assert_eq!(c.as_ref().map(|c| c.0), Some(*end), "partition {p}");
     }
 }
+
+/// One scrape of `http://{addr}/metrics`: each unlabelled sample's value by name, and the
+/// whole text.
+fn scrape(addr: &str) -> (std::collections::HashMap<String, f64>, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    let body = reply.split_once("\r\n\r\n").unwrap().1.to_string();
+    let values = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains('{'))
+        .map(|l| {
+            let (name, v) = l.split_once(' ').unwrap();
+            (name.to_string(), v.parse::<f64>().unwrap())
+        })
+        .collect();
+    (values, body)
+}
+
+/// `run --metrics`: a live run (2 workers, Kafka sinks, so it commits) serves its figures in
+/// the Prometheus text format while it runs. Once it read the whole topic, the counters
+/// account for every message (`read = accepted + duplicates + late + invalid + pending`), the
+/// invalid count is replay's, the lag is 0 and the committed window trails the frontier; a
+/// SIGTERM then stops it gracefully.
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_live_run_serves_its_figures_as_prometheus_metrics() {
+    let f = fixture();
+    let expected = f.reference.stats_json();
+    let log = f.dir.path().join("metrics.log");
+    let mut args = run_flags(&f.topic, &unique("metrics"), 2);
+    args.extend([
+        "--snapshot-topic".to_string(),
+        unique("metrics-snap"),
+        "--dead-letter-topic".into(),
+        unique("metrics-dead"),
+        "--metrics".into(),
+        "127.0.0.1:0".into(),
+    ]);
+    let mut child = KillOnDrop(Some(
+        sessionflow(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let read_log = || std::fs::read_to_string(&log).unwrap();
+    let addr = loop {
+        let text = read_log();
+        if let Some(rest) = text.split("run: metrics at http://").nth(1) {
+            break rest.split("/metrics").next().unwrap().to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no metrics line: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let total = expected["events_read"].as_f64().unwrap();
+    let (m, text) = loop {
+        let (m, text) = scrape(&addr);
+        let get = |name: &str| m.get(name).copied();
+        let accounted = ["accepted", "duplicate", "late", "invalid"]
+            .iter()
+            .map(|c| get(&format!("sessionflow_events_{c}_total")).unwrap())
+            .sum::<f64>()
+            + get("sessionflow_pending_events").unwrap();
+        if get("sessionflow_events_read_total") == Some(total)
+            && accounted == total
+            && get("sessionflow_consumer_lag_messages") == Some(0.0)
+            && get("sessionflow_committed_window").is_some()
+        {
+            break (m, text);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the figures never settled on the whole topic ({total} events): {text}\n{}",
+            read_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        m["sessionflow_events_invalid_total"],
+        expected["invalid"].as_f64().unwrap(),
+        "{text}"
+    );
+    assert!(m["sessionflow_events_accepted_total"] > 0.0, "{text}");
+    assert!(m["sessionflow_snapshots_total"] > 0.0, "{text}");
+    assert!(m["sessionflow_open_sessions"] > 0.0, "{text}");
+    assert!(m["sessionflow_offset_commits_total"] > 0.0, "{text}");
+    let (frontier, committed) = (m["sessionflow_frontier_window"], m["sessionflow_committed_window"]);
+    assert!(committed <= frontier, "{text}");
+    assert_eq!(m["sessionflow_frontier_timestamp_seconds"], frontier * 60.0, "{text}");
+    assert!(
+        text.contains(&format!("sessionflow_info{{topic=\"{}\",", f.topic)),
+        "{text}"
+    );
+    let mut c = child.0.take().unwrap();
+    terminate(&c);
+    expect_graceful_exit(&mut c, std::time::Instant::now() + Duration::from_secs(60), &log);
+}
