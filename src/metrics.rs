@@ -43,6 +43,38 @@ pub struct Sample {
     pub commits: u64,
     /// Offset commits issued again, not acknowledged within an interval (commits).
     pub commit_retries: u64,
+    /// The snapshot topic's sinks, with `--snapshot-topic`.
+    pub snapshot_sink: Option<KafkaSinkFigures>,
+    /// The dead-letter topic's sinks, with `--dead-letter-topic`.
+    pub dead_letter_sink: Option<KafkaSinkFigures>,
+    /// The HBase sink, with `--hbase`.
+    pub hbase: Option<HbaseFigures>,
+}
+
+/// One Kafka output's sinks, summed over the process's workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KafkaSinkFigures {
+    /// Messages the broker acknowledged (messages).
+    pub acked: u64,
+    /// Messages sent and not acknowledged yet (messages).
+    pub in_flight: u64,
+    /// Producers replaced after they had lost every broker (producers).
+    pub replacements: u64,
+}
+
+/// The HBase sink's figures (the process's writer threads together).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HbaseFigures {
+    /// Rows HBase acknowledged (rows).
+    pub rows: u64,
+    /// `mutateRowsTs` calls HBase acknowledged (calls).
+    pub calls: u64,
+    /// Failed attempts that were retried (attempts).
+    pub retries: u64,
+    /// Write jobs queued or in flight (jobs).
+    pub in_flight: u64,
+    /// Bytes of cell values queued or in flight (bytes).
+    pub in_flight_bytes: u64,
 }
 
 /// What the `sessionflow_info` line names (fixed for a run).
@@ -52,6 +84,10 @@ pub struct Info {
     pub topic: String,
     /// Consumer group.
     pub group: String,
+    /// `--snapshot-topic`, if any.
+    pub snapshot_topic: Option<String>,
+    /// `--dead-letter-topic`, if any.
+    pub dead_letter_topic: Option<String>,
     /// This process's index in the cluster.
     pub process: usize,
     /// Processes in the cluster (count).
@@ -63,6 +99,9 @@ pub struct Info {
     /// When the run started (seconds since the Unix epoch).
     pub start_time_s: f64,
 }
+
+/// A Kafka output metric: name, type, help, and its figure.
+type KafkaMetric = (&'static str, &'static str, &'static str, fn(&KafkaSinkFigures) -> u64);
 
 /// A label value as the text format wants it: `\`, `"` and newlines escaped.
 fn label(value: &str) -> String {
@@ -211,6 +250,82 @@ pub fn render(info: &Info, sample: &Sample) -> String {
     for (name, help, v) in gauges {
         metric(name, "gauge", help, v);
     }
+    // The Kafka outputs: one line per output, labelled with its kind and topic.
+    let outputs: Vec<(String, KafkaSinkFigures)> = [
+        ("snapshots", &info.snapshot_topic, sample.snapshot_sink),
+        ("dead_letters", &info.dead_letter_topic, sample.dead_letter_sink),
+    ]
+    .into_iter()
+    .filter_map(|(kind, topic, f)| {
+        let labels = format!("{{sink=\"{kind}\",topic=\"{}\"}}", label(topic.as_deref()?));
+        Some((labels, f.unwrap_or_default()))
+    })
+    .collect();
+    let kafka: [KafkaMetric; 3] = [
+        (
+            "sessionflow_kafka_sink_acked_messages_total",
+            "counter",
+            "Messages of a Kafka output the broker acknowledged.",
+            |f| f.acked,
+        ),
+        (
+            "sessionflow_kafka_sink_in_flight_messages",
+            "gauge",
+            "Messages of a Kafka output sent and not acknowledged yet.",
+            |f| f.in_flight,
+        ),
+        (
+            "sessionflow_kafka_sink_producer_replacements_total",
+            "counter",
+            "Producers of a Kafka output replaced after they had lost every broker.",
+            |f| f.replacements,
+        ),
+    ];
+    if !outputs.is_empty() {
+        for (name, kind, help, get) in kafka {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            for (labels, f) in &outputs {
+                let _ = writeln!(out, "{name}{labels} {}", get(f));
+            }
+        }
+    }
+    if let Some(h) = sample.hbase {
+        let hbase = [
+            (
+                "sessionflow_hbase_rows_total",
+                "counter",
+                "Rows HBase acknowledged.",
+                h.rows,
+            ),
+            (
+                "sessionflow_hbase_calls_total",
+                "counter",
+                "mutateRowsTs calls HBase acknowledged.",
+                h.calls,
+            ),
+            (
+                "sessionflow_hbase_retries_total",
+                "counter",
+                "Failed HBase writes that were retried.",
+                h.retries,
+            ),
+            (
+                "sessionflow_hbase_in_flight_jobs",
+                "gauge",
+                "HBase write jobs queued or in flight.",
+                h.in_flight,
+            ),
+            (
+                "sessionflow_hbase_in_flight_bytes",
+                "gauge",
+                "Bytes of cell values queued or in flight to HBase.",
+                h.in_flight_bytes,
+            ),
+        ];
+        for (name, kind, help, v) in hbase {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n");
+        }
+    }
     out
 }
 
@@ -293,6 +408,8 @@ mod tests {
         Info {
             topic: "clicks".into(),
             group: "g\"1\\".into(),
+            snapshot_topic: Some("snaps".into()),
+            dead_letter_topic: None,
             process: 0,
             processes: 2,
             workers: 3,
@@ -327,6 +444,7 @@ mod tests {
             committed: Some(28_333_335),
             commits: 9,
             commit_retries: 2,
+            ..Sample::default()
         };
         let text = render(&info(), &sample);
         for (name, v) in [
@@ -366,6 +484,55 @@ mod tests {
             let v = l.rsplit(' ').next().unwrap();
             assert!(v.parse::<f64>().is_ok(), "{l}");
         }
+    }
+
+    #[test]
+    fn each_kafka_output_and_the_hbase_sink_get_their_own_lines() {
+        let sample = Sample {
+            snapshot_sink: Some(KafkaSinkFigures {
+                acked: 12,
+                in_flight: 3,
+                replacements: 1,
+            }),
+            hbase: Some(HbaseFigures {
+                rows: 40,
+                calls: 2,
+                retries: 5,
+                in_flight: 1,
+                in_flight_bytes: 2048,
+            }),
+            ..Sample::default()
+        };
+        let mut both = info();
+        both.dead_letter_topic = Some("dead".into());
+        let text = render(&both, &sample);
+        for line in [
+            "sessionflow_kafka_sink_acked_messages_total{sink=\"snapshots\",topic=\"snaps\"} 12",
+            "sessionflow_kafka_sink_in_flight_messages{sink=\"snapshots\",topic=\"snaps\"} 3",
+            "sessionflow_kafka_sink_producer_replacements_total{sink=\"snapshots\",topic=\"snaps\"} 1",
+            // No worker reported for the dead-letter output yet: zeros, not a missing series.
+            "sessionflow_kafka_sink_acked_messages_total{sink=\"dead_letters\",topic=\"dead\"} 0",
+            "# TYPE sessionflow_kafka_sink_in_flight_messages gauge",
+            "sessionflow_hbase_rows_total 40",
+            "sessionflow_hbase_calls_total 2",
+            "sessionflow_hbase_retries_total 5",
+            "sessionflow_hbase_in_flight_jobs 1",
+            "sessionflow_hbase_in_flight_bytes 2048",
+            "# TYPE sessionflow_hbase_retries_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // Each metric's HELP and TYPE once, however many outputs it has lines for.
+        assert_eq!(
+            text.matches("# TYPE sessionflow_kafka_sink_acked_messages_total ")
+                .count(),
+            1
+        );
+        // Without Kafka outputs or HBase, none of their lines.
+        let mut none = info();
+        none.snapshot_topic = None;
+        let text = render(&none, &Sample::default());
+        assert!(!text.contains("kafka_sink") && !text.contains("hbase"), "{text}");
     }
 
     #[test]

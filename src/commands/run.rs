@@ -31,6 +31,10 @@
 //! which is as safe (a restart resumes from the last commit) but reads more again. In a
 //! cluster, a signal to any process stops every worker (the request travels through a small
 //! dataflow of its own), so the processes stop together.
+//!
+//! What a run is doing: the progress line on stderr (`--progress`), and with `--metrics
+//! HOST:PORT` the same figures, the spec's counters and the sinks' in the Prometheus text
+//! format ([`crate::metrics`]), both summed from what each worker refreshes (`Live`).
 
 use std::cell::{Cell, RefCell};
 use std::io::Write as _;
@@ -302,13 +306,19 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
     }
 
     let workers = args.cluster.workers;
-    let figures = Arc::new(Mutex::new(vec![Figures::default(); workers]));
-    let lags: Arc<Mutex<Vec<Arc<AtomicI64>>>> = Arc::new(Mutex::new(Vec::new()));
+    let live = Live {
+        figures: Arc::new(Mutex::new(vec![Figures::default(); workers])),
+        lags: Arc::default(),
+        kafka_sinks: Arc::default(),
+        hbase: args.hbase.hbase.is_some().then(|| Arc::clone(&hbase_stats)),
+    };
     let window_ms = args.session.window;
     if let Some(addr) = &args.metrics {
         let info = metrics::Info {
             topic: args.topic.clone(),
             group: args.group.clone(),
+            snapshot_topic: args.snapshot_topic.clone(),
+            dead_letter_topic: args.dead_letter_topic.clone(),
             process: args.cluster.process_id,
             processes: args.cluster.processes,
             workers,
@@ -317,8 +327,8 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
         };
-        let (figures, lags) = (Arc::clone(&figures), Arc::clone(&lags));
-        let bound = metrics::serve(addr, move || metrics::render(&info, &sample(&figures, &lags)))?;
+        let live = live.clone();
+        let bound = metrics::serve(addr, move || metrics::render(&info, &live.sample()))?;
         eprintln!("run: metrics at http://{bound}/metrics");
     }
 
@@ -334,9 +344,9 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
     // Dropping `done` ends the progress thread at once (it waits on the channel, not a timer).
     let (done, done_rx) = std::sync::mpsc::channel::<()>();
     let printer = (args.progress > 0).then(|| {
-        let (figures, lags) = (Arc::clone(&figures), Arc::clone(&lags));
+        let live = live.clone();
         let every = Duration::from_millis(args.progress);
-        std::thread::spawn(move || progress_loop(&figures, &lags, &done_rx, every, window_ms, started))
+        std::thread::spawn(move || progress_loop(&live, &done_rx, every, window_ms, started))
     });
 
     let signals = StopSignals::register()?;
@@ -344,15 +354,10 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
     let (group, shutdown_timeout) = (args.group.clone(), args.shutdown_timeout);
 
     let args = Arc::new(args);
-    let shared = (
-        Arc::clone(&figures),
-        Arc::clone(&lags),
-        Arc::clone(&abort),
-        Arc::clone(&hbase_stats),
-    );
+    let shared = (live, Arc::clone(&abort), Arc::clone(&hbase_stats));
     let (signalled, stop_report) = (signals.flag(), Arc::clone(&stop));
     let guards = timely::execute(config, move |worker| -> Result<Option<RunStats>, String> {
-        let (figures, lags, abort) = (&shared.0, &shared.1, &shared.2);
+        let (live, abort) = (&shared.0, &shared.1);
         let index = worker.index();
         let local = index % workers.max(1);
         let fail = |e: String| {
@@ -394,7 +399,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
             }
         };
         let committer = reader.committer();
-        if let Ok(mut l) = lags.lock() {
+        if let Ok(mut l) = live.lags.lock() {
             l.push(reader.lag_gauge());
         }
         let line_files = if index == 0 && writes {
@@ -429,6 +434,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
                 &format!("kafka snapshot sink (worker {index})"),
             )?;
             statuses.push(sink.status());
+            live.add_sink(SinkKind::Snapshots, sink.status());
             outputs.snapshot_sinks.push(Box::new(KafkaAttach(sink)));
         }
         if let Some(topic) = &args.dead_letter_topic {
@@ -437,6 +443,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
                 &format!("kafka dead-letter sink (worker {index})"),
             )?;
             statuses.push(sink.status());
+            live.add_sink(SinkKind::DeadLetters, sink.status());
             let attach: Box<dyn Attach<DeadLetter>> = Box::new(KafkaAttach(sink));
             outputs.dead_letter_sinks.push(attach);
         }
@@ -444,7 +451,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         // restore nothing is written to HBase and the run stops with the error.
         if let Some(h) = &hbase {
             let resume = reader.resume_points();
-            if let Err(e) = hbase_args::wire(h, &shared.3, &job, index, worker.peers(), &resume, &mut outputs) {
+            if let Err(e) = hbase_args::wire(h, &shared.2, &job, index, worker.peers(), &resume, &mut outputs) {
                 fail(e);
             }
         }
@@ -466,7 +473,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
                 }
             }
             // [hbase] A write HBase rejected for good stops the run (nothing past it is durable).
-            if let Some(e) = shared.3.fatal() {
+            if let Some(e) = shared.2.fatal() {
                 fail(e);
             }
             if let Some(e) = abort.lock().ok().and_then(|a| a.clone()) {
@@ -516,7 +523,7 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
             if last.elapsed() >= refresh {
                 last = Instant::now();
                 let (src, ses) = (built.source.borrow(), built.session.borrow());
-                if let Ok(mut f) = figures.lock() {
+                if let Ok(mut f) = live.figures.lock() {
                     f[local] = Figures {
                         stats: Stats::from_parts(&src, &ses.counters),
                         skipped_on_resume: src.skipped_on_resume,
@@ -834,41 +841,80 @@ fn utc(ms: i64) -> String {
     )
 }
 
-/// This process's figures: its workers' last reports, summed (the windows: their smallest), and
-/// the consumers' lag (unknown until librdkafka's statistics reported one).
-fn sample(figures: &Mutex<Vec<Figures>>, lags: &Mutex<Vec<Arc<AtomicI64>>>) -> metrics::Sample {
-    let mut out = metrics::Sample::default();
-    if let Ok(f) = figures.lock() {
-        for x in f.iter() {
-            out.stats.add(&x.stats);
-            out.skipped_on_resume += x.skipped_on_resume;
-            out.open_sessions += x.open_sessions;
-            out.pending_events += x.pending_events;
-            out.commits += x.commits;
-            out.commit_retries += x.commit_retries;
-        }
-        out.frontier = f.iter().filter_map(|x| x.window).min();
-        out.committed = f.iter().filter_map(|x| x.acknowledged).min();
-    }
-    out.lag = lags.lock().ok().and_then(|l| {
-        let v: Vec<i64> = l
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .filter(|x| *x >= 0)
-            .collect();
-        (!v.is_empty()).then(|| v.iter().sum())
-    });
-    out
+/// Which Kafka sink a status is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SinkKind {
+    Snapshots,
+    DeadLetters,
 }
 
-fn progress_loop(
-    figures: &Mutex<Vec<Figures>>,
-    lags: &Mutex<Vec<Arc<AtomicI64>>>,
-    done: &std::sync::mpsc::Receiver<()>,
-    every: Duration,
-    window_ms: u64,
-    started: Instant,
-) {
+/// What the progress line and the metrics read: the workers' last reports, the consumers' lag
+/// gauges, the Kafka sinks' statuses and the HBase sink's figures (shared by the process).
+#[derive(Clone)]
+struct Live {
+    figures: Arc<Mutex<Vec<Figures>>>,
+    lags: Arc<Mutex<Vec<Arc<AtomicI64>>>>,
+    kafka_sinks: Arc<Mutex<Vec<(SinkKind, KafkaSinkStatus)>>>,
+    /// With `--hbase` only.
+    hbase: Option<Arc<sessionflow_operators::sink::hbase::SinkStats>>,
+}
+
+impl Live {
+    fn add_sink(&self, kind: SinkKind, status: KafkaSinkStatus) {
+        if let Ok(mut s) = self.kafka_sinks.lock() {
+            s.push((kind, status));
+        }
+    }
+
+    /// This process's figures: its workers' last reports, summed (the windows: their
+    /// smallest), the consumers' lag (unknown until librdkafka's statistics reported one), and
+    /// the sinks' figures.
+    fn sample(&self) -> metrics::Sample {
+        let mut out = metrics::Sample::default();
+        if let Ok(f) = self.figures.lock() {
+            for x in f.iter() {
+                out.stats.add(&x.stats);
+                out.skipped_on_resume += x.skipped_on_resume;
+                out.open_sessions += x.open_sessions;
+                out.pending_events += x.pending_events;
+                out.commits += x.commits;
+                out.commit_retries += x.commit_retries;
+            }
+            out.frontier = f.iter().filter_map(|x| x.window).min();
+            out.committed = f.iter().filter_map(|x| x.acknowledged).min();
+        }
+        out.lag = self.lags.lock().ok().and_then(|l| {
+            let v: Vec<i64> = l
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .filter(|x| *x >= 0)
+                .collect();
+            (!v.is_empty()).then(|| v.iter().sum())
+        });
+        if let Ok(sinks) = self.kafka_sinks.lock() {
+            for (kind, status) in sinks.iter() {
+                let sum = match kind {
+                    SinkKind::Snapshots => &mut out.snapshot_sink,
+                    SinkKind::DeadLetters => &mut out.dead_letter_sink,
+                };
+                let sum = sum.get_or_insert_with(Default::default);
+                sum.acked += status.acked();
+                sum.in_flight += status.in_flight();
+                sum.replacements += status.replacements();
+            }
+        }
+        out.hbase = self.hbase.as_ref().map(|h| metrics::HbaseFigures {
+            rows: h.rows.load(Ordering::Relaxed),
+            calls: h.calls.load(Ordering::Relaxed),
+            retries: h.retries.load(Ordering::Relaxed),
+            in_flight: h.in_flight.load(Ordering::Relaxed),
+            in_flight_bytes: h.in_flight_bytes.load(Ordering::Relaxed),
+        });
+        out
+    }
+}
+
+fn progress_loop(live: &Live, done: &std::sync::mpsc::Receiver<()>, every: Duration, window_ms: u64, started: Instant) {
     let mut last = (Instant::now(), 0u64);
     let mut next = Instant::now() + every;
     loop {
@@ -889,7 +935,7 @@ fn progress_loop(
             commits,
             commit_retries: retries,
             ..
-        } = sample(figures, lags);
+        } = live.sample();
         let read = stats.events_read;
         let rate = (read - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
         last = (Instant::now(), read);
