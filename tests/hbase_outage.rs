@@ -1,7 +1,8 @@
 //! HBase outage: `scripts/services.sh down hbase` for 60 s in the middle of a `sessionflow run
 //! --hbase` (Kafka input), then `up` again. The job logs its retries, back-pressures the source
 //! (nothing is committed while HBase is away), loses nothing (the final table equals an
-//! uninterrupted run's) and its memory stays bounded (peak RSS from /proc, printed).
+//! uninterrupted run's) and its memory stays bounded (peak RSS from /proc, printed); its
+//! `--metrics` show the retries and the writes waiting.
 //! Needs Kafka and HBase (`scripts/services.sh up`); takes several minutes.
 #![allow(clippy::unwrap_used)]
 
@@ -13,7 +14,10 @@ mod kafka_support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kafka_support::{committed, produce_generated, run_flags, run_ok, sessionflow, unique, wait_timeout, KillOnDrop};
+use kafka_support::{
+    committed, metrics_address, produce_generated, run_flags, run_ok, scrape, sessionflow, unique, wait_timeout,
+    KillOnDrop,
+};
 use sessionflow::generate::GenerateArgs;
 
 const PARTITIONS: u32 = 4;
@@ -73,14 +77,17 @@ fn a_60_second_hbase_outage_loses_nothing_and_memory_stays_bounded() {
     let group = unique("hbout-b");
     let log = dir.path().join("b.log");
     // Killed on a panic too, not left running.
+    let mut with_metrics = flags(&group, &b);
+    with_metrics.extend(["--metrics", "127.0.0.1:0"].map(String::from));
     let mut guard = KillOnDrop(Some(
-        sessionflow(&flags(&group, &b))
+        sessionflow(&with_metrics)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap(),
     ));
     let pid = guard.0.as_ref().unwrap().id();
+    let metrics = metrics_address(&log, Instant::now() + Duration::from_secs(120));
     // Wait for some progress (rows in SessionDB: a --stop-at-end run commits offsets only at
     // the end), then take HBase away for 60 s.
     let started = Instant::now();
@@ -97,6 +104,8 @@ fn a_60_second_hbase_outage_loses_nothing_and_memory_stays_bounded() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    let (m, text) = scrape(&metrics);
+    assert!(m["sessionflow_hbase_rows_total"] > 0.0, "{text}");
     services("down");
     let down_at = Instant::now();
     let before = committed(&group, &topic, PARTITIONS);
@@ -109,6 +118,16 @@ fn a_60_second_hbase_outage_loses_nothing_and_memory_stays_bounded() {
         committed(&group, &topic, PARTITIONS),
         before,
         "offsets were committed while HBase was down"
+    );
+    // The outage shows in the metrics: failed writes retried, writes waiting.
+    let (m, text) = scrape(&metrics);
+    assert!(m["sessionflow_hbase_retries_total"] > 0.0, "{text}");
+    assert!(m["sessionflow_hbase_in_flight_jobs"] > 0.0, "{text}");
+    eprintln!(
+        "outage: metrics after 60 s: {} retries, {} jobs and {} bytes in flight",
+        m["sessionflow_hbase_retries_total"],
+        m["sessionflow_hbase_in_flight_jobs"],
+        m["sessionflow_hbase_in_flight_bytes"]
     );
     services("up");
     let peak = kib(pid, "VmHWM:");

@@ -205,45 +205,25 @@ fn a_two_process_cluster_equals_replay() {
     }
 }
 
-/// One scrape of `http://{addr}/metrics`: each unlabelled sample's value by name, and the
-/// whole text.
-fn scrape(addr: &str) -> (std::collections::HashMap<String, f64>, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
-    let body = reply.split_once("\r\n\r\n").unwrap().1.to_string();
-    let values = body
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.contains('{'))
-        .map(|l| {
-            let (name, v) = l.split_once(' ').unwrap();
-            (name.to_string(), v.parse::<f64>().unwrap())
-        })
-        .collect();
-    (values, body)
-}
-
 /// `run --metrics`: a live run (2 workers, Kafka sinks, so it commits) serves its figures in
 /// the Prometheus text format while it runs. Once it read the whole topic, the counters
 /// account for every message (`read = accepted + duplicates + late + invalid + pending`), the
-/// invalid count is replay's, the lag is 0 and the committed window trails the frontier; a
-/// SIGTERM then stops it gracefully.
+/// invalid count is replay's, the lag is 0, the committed window trails the frontier and the
+/// snapshot topic's sinks acknowledged every snapshot emitted; a SIGTERM then stops it
+/// gracefully.
 #[test]
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
 fn a_live_run_serves_its_figures_as_prometheus_metrics() {
     let f = fixture();
     let expected = f.reference.stats_json();
     let log = f.dir.path().join("metrics.log");
+    let (snap_topic, dead_topic) = (unique("metrics-snap"), unique("metrics-dead"));
     let mut args = run_flags(&f.topic, &unique("metrics"), 2);
     args.extend([
         "--snapshot-topic".to_string(),
-        unique("metrics-snap"),
+        snap_topic.clone(),
         "--dead-letter-topic".into(),
-        unique("metrics-dead"),
+        dead_topic.clone(),
         "--metrics".into(),
         "127.0.0.1:0".into(),
     ]);
@@ -256,15 +236,15 @@ fn a_live_run_serves_its_figures_as_prometheus_metrics() {
     ));
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let read_log = || std::fs::read_to_string(&log).unwrap();
-    let addr = loop {
-        let text = read_log();
-        if let Some(rest) = text.split("run: metrics at http://").nth(1) {
-            break rest.split("/metrics").next().unwrap().to_string();
-        }
-        assert!(std::time::Instant::now() < deadline, "no metrics line: {text}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let addr = metrics_address(&log, deadline);
     let total = expected["events_read"].as_f64().unwrap();
+    let snap_acked =
+        format!("sessionflow_kafka_sink_acked_messages_total{{sink=\"snapshots\",topic=\"{snap_topic}\"}} ");
+    let labelled = |text: &str, prefix: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(|v| v.parse().unwrap())
+    };
     let (m, text) = loop {
         let (m, text) = scrape(&addr);
         let get = |name: &str| m.get(name).copied();
@@ -277,6 +257,7 @@ fn a_live_run_serves_its_figures_as_prometheus_metrics() {
             && accounted == total
             && get("sessionflow_consumer_lag_messages") == Some(0.0)
             && get("sessionflow_committed_window").is_some()
+            && labelled(&text, &snap_acked) == get("sessionflow_snapshots_total")
         {
             break (m, text);
         }
@@ -303,6 +284,14 @@ fn a_live_run_serves_its_figures_as_prometheus_metrics() {
         text.contains(&format!("sessionflow_info{{topic=\"{}\",", f.topic)),
         "{text}"
     );
+    // Every snapshot emitted is acknowledged (the wait above); none is left in flight, and the
+    // dead-letter output has its own lines.
+    let in_flight = format!("sessionflow_kafka_sink_in_flight_messages{{sink=\"snapshots\",topic=\"{snap_topic}\"}} ");
+    assert_eq!(labelled(&text, &in_flight), Some(0.0), "{text}");
+    let dead_acked =
+        format!("sessionflow_kafka_sink_acked_messages_total{{sink=\"dead_letters\",topic=\"{dead_topic}\"}} ");
+    assert!(labelled(&text, &dead_acked).is_some_and(|n| n > 0.0), "{text}");
+    assert!(!text.contains("sessionflow_hbase_"), "{text}");
     let mut c = child.0.take().unwrap();
     terminate(&c);
     expect_graceful_exit(&mut c, std::time::Instant::now() + Duration::from_secs(60), &log);

@@ -342,3 +342,38 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// The address a `run --metrics` prints in its stderr file `log` (waiting for the line until
+/// `deadline`).
+pub fn metrics_address(log: &Path, deadline: Instant) -> String {
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text.split("run: metrics at http://").nth(1) {
+            return rest.split("/metrics").next().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "no metrics line: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One scrape of `http://{addr}/metrics`: each unlabelled sample's value by name, and the
+/// whole text.
+pub fn scrape(addr: &str) -> (std::collections::HashMap<String, f64>, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    let body = reply.split_once("\r\n\r\n").unwrap().1.to_string();
+    let values = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.contains('{'))
+        .map(|l| {
+            let (name, v) = l.split_once(' ').unwrap();
+            (name.to_string(), v.parse::<f64>().unwrap())
+        })
+        .collect();
+    (values, body)
+}
