@@ -222,26 +222,6 @@ pub fn render(info: &Info, sample: &Sample) -> String {
             sample.lag.map(|l| l.to_string()),
         ),
         (
-            "sessionflow_frontier_window",
-            "Smallest window any source still holds (event-time frontier), as a window index.",
-            sample.frontier.map(|w| w.to_string()),
-        ),
-        (
-            "sessionflow_frontier_timestamp_seconds",
-            "Start of the frontier window, seconds since the Unix epoch.",
-            sample.frontier.and_then(window_s),
-        ),
-        (
-            "sessionflow_committed_window",
-            "Every window below this one is durable and its offsets committed (acknowledged).",
-            sample.committed.map(|w| w.to_string()),
-        ),
-        (
-            "sessionflow_committed_timestamp_seconds",
-            "Start of the committed window, seconds since the Unix epoch.",
-            sample.committed.and_then(window_s),
-        ),
-        (
             "sessionflow_start_time_seconds",
             "When the run started, seconds since the Unix epoch.",
             Some(format!("{:.3}", info.start_time_s)),
@@ -249,6 +229,32 @@ pub fn render(info: &Info, sample: &Sample) -> String {
     ];
     for (name, help, v) in gauges {
         metric(name, "gauge", help, v);
+    }
+    // Each window as its index and as the Unix time it starts.
+    for (what, window, help) in [
+        (
+            "frontier",
+            sample.frontier,
+            "Smallest window any source still holds (event-time frontier)",
+        ),
+        (
+            "committed",
+            sample.committed,
+            "Every window below this one is durable and its offsets committed (acknowledged)",
+        ),
+    ] {
+        metric(
+            &format!("sessionflow_{what}_window"),
+            "gauge",
+            &format!("{help}, as a window index."),
+            window.map(|w| w.to_string()),
+        );
+        metric(
+            &format!("sessionflow_{what}_timestamp_seconds"),
+            "gauge",
+            &format!("Start of the {what} window, seconds since the Unix epoch."),
+            window.and_then(window_s),
+        );
     }
     // The Kafka outputs: one line per output, labelled with its kind and topic.
     let outputs: Vec<(String, KafkaSinkFigures)> = [
