@@ -10,13 +10,14 @@
 //! each its own address); sums over processes are the job's.
 //!
 //! The server is one thread of plain `std::net`, answering one request at a time (a scrape is
-//! a few hundred bytes) with a short timeout, so a stuck client delays the next scrape, never
-//! the job; it stops with the process.
+//! a few hundred bytes). A client has 2 s to send its request, however it trickles it, so a
+//! stuck one delays the next scrape by that much at most, and never the job; the server stops
+//! with the process.
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::stats::Stats;
 
@@ -380,12 +381,19 @@ fn respond(head: &[u8], render: &dyn Fn() -> String) -> (&'static str, &'static 
     }
 }
 
+/// The most time a client has for its request head: one that trickles its bytes cannot hold
+/// the server, which answers one client at a time, for longer.
+const HEAD_DEADLINE: Duration = Duration::from_secs(2);
+
 fn answer(mut stream: TcpStream, render: &dyn Fn() -> String) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(HEAD_DEADLINE))?;
+    let deadline = Instant::now() + HEAD_DEADLINE;
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
+        // Past the deadline the read fails (timed out) and the client gets no answer.
+        let left = deadline.saturating_duration_since(Instant::now());
+        stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
@@ -608,6 +616,31 @@ mod tests {
         let head = get("HEAD /metrics HTTP/1.1\r\n\r\n");
         assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
         assert!(get("GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
+    }
+
+    #[test]
+    fn a_client_that_trickles_its_request_cannot_hold_the_server() {
+        let addr = serve("127.0.0.1:0", || "ok\n".to_string()).unwrap();
+        // One byte every 300 ms, never a whole head: without a deadline for the head this
+        // client would hold the server (one client at a time) for 8192 bytes, ~40 minutes.
+        let mut slow = TcpStream::connect(addr).unwrap();
+        let trickler = std::thread::spawn(move || {
+            for _ in 0..20 {
+                if slow.write_all(b"G").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let mut s = TcpStream::connect(addr).unwrap();
+        // Far more than the head deadline (2 s), far less than the trickler's 6 s.
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.ends_with("\r\n\r\nok\n"), "{reply}");
+        trickler.join().unwrap();
     }
 
     #[test]
