@@ -239,11 +239,10 @@ pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
         idle_timeout_ms: args.idle_timeout,
         connect_timeout_ms: args.connect_timeout,
         final_commit_timeout_ms: args.final_commit_timeout,
-        // librdkafka's statistics give the lag the progress line and the metrics show.
+        // librdkafka's statistics give the lag the progress line and the metrics show: at the
+        // line's interval, else the source's default (every second).
         stats_interval_ms: if args.progress > 0 {
             args.progress.clamp(1_000, 60_000)
-        } else if args.metrics.is_some() {
-            5_000
         } else {
             0
         },
