@@ -118,6 +118,11 @@ fn label(value: &str) -> String {
     out
 }
 
+/// Appends a metric's `# HELP` and `# TYPE` lines (writing to a `String` cannot fail).
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+}
+
 /// The Prometheus text exposition of `sample`. Figures not known yet (no lag reported, no
 /// window read or committed) are left out rather than given a made-up value.
 pub fn render(info: &Info, sample: &Sample) -> String {
@@ -132,15 +137,18 @@ pub fn render(info: &Info, sample: &Sample) -> String {
         info.window_ms,
         env!("CARGO_PKG_VERSION"),
     );
-    // The name carries the labels: `sessionflow_info{...} 1`.
-    let _ = write!(
-        out,
-        "# HELP sessionflow_info The run this process belongs to.\n# TYPE sessionflow_info gauge\nsessionflow_info{info_line}\n"
+    header(
+        &mut out,
+        "sessionflow_info",
+        "gauge",
+        "The run this process belongs to.",
     );
+    // The name carries the labels: `sessionflow_info{...} 1`.
+    let _ = writeln!(out, "sessionflow_info{info_line}");
     let mut metric = |name: &str, kind: &str, help: &str, value: Option<String>| {
         if let Some(v) = value {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n");
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {v}");
         }
     };
     let some = |v: u64| Some(v.to_string());
@@ -290,7 +298,7 @@ pub fn render(info: &Info, sample: &Sample) -> String {
     ];
     if !outputs.is_empty() {
         for (name, kind, help, get) in kafka {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            header(&mut out, name, kind, help);
             for (labels, f) in &outputs {
                 let _ = writeln!(out, "{name}{labels} {}", get(f));
             }
@@ -330,7 +338,8 @@ pub fn render(info: &Info, sample: &Sample) -> String {
             ),
         ];
         for (name, kind, help, v) in hbase {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n");
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {v}");
         }
     }
     out
