@@ -8,9 +8,10 @@
 //! order is sorted before it starts), so it prefetches what they will need; see
 //! `SessionStore::process_some`.
 //!
-//! This is the only `unsafe` code of the workspace: `_mm_prefetch` is a hint that never
-//! faults and has no effect a program can observe except timing, so any address is fine; the
-//! functions here take references, so the addresses are valid anyway.
+//! One of the workspace's two `unsafe` places (the other is the Kafka source's batch read,
+//! `source::batch_queue`): `_mm_prefetch` is a hint that never faults and has no effect a
+//! program can observe except timing, so any address is fine; the functions here take
+//! references, so the addresses are valid anyway.
 
 /// Bytes per cache line (x86-64 and most 64-bit processors).
 const LINE: usize = 64;

@@ -22,7 +22,8 @@
 //!   alone, and a restart is exact only if no partition was idle at the last commits (the
 //!   committed frontier may pass an idle partition's window). Without it, a partition that
 //!   receives nothing holds every window open (standard event-time semantics).
-//! - Each partition has its own queue (`split_partition_queue`), read laggard first.
+//! - Each partition has its own queue (`split_partition_queue`), read laggard first, up to
+//!   256 messages per librdkafka call (`rd_kafka_consume_batch_queue`, see `batch_queue`).
 //!   Watermark alignment: a partition whose watermark window ran more than twice
 //!   `max_windows_ahead` windows past the sinks' frontier is left in its queue (librdkafka
 //!   stops fetching it once `queued.max.messages.kbytes` is reached) until the frontier
@@ -68,7 +69,7 @@ use rdkafka::client::Client;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -76,6 +77,7 @@ use rdkafka::{ClientConfig, ClientContext};
 use serde::{Deserialize, Serialize};
 use timely::scheduling::SyncActivator;
 
+use super::batch_queue::{BatchQueue, Polled};
 use super::{Cut, PartitionReader, RawRecord, ReadStatus, Watermarks};
 use crate::sink::kafka::{knows_a_broker, StrandedClock, STRANDED_AFTER};
 
@@ -89,6 +91,9 @@ const IDLE_RECHECK: Duration = Duration::from_millis(100);
 const HELD_RECHECK: Duration = Duration::from_millis(2);
 /// Least time between two log lines of one client (more are counted, then summarised).
 const LOG_EVERY: Duration = Duration::from_secs(2);
+/// Most messages taken from a partition queue in one call (count): enough to make the
+/// per-call cost vanish, small enough for one call's copies to stay in the cache.
+const BATCH: usize = 256;
 
 /// Where a partition without a committed offset starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -687,7 +692,15 @@ struct Part {
     /// the first consumer started.
     next: Offset,
     /// The partition's own message queue (split from the consumer's).
-    queue: Option<PartitionQueue<SourceContext>>,
+    queue: Option<PartQueue>,
+}
+
+/// A partition's own queue: rdkafka's split queue, which keeps it apart from the consumer's
+/// queue and wakes the source when it becomes non-empty, and the handle it is read through,
+/// in batches. Fields drop in order: the batch handle before the split queue.
+struct PartQueue {
+    batch: BatchQueue<SourceContext>,
+    _split: PartitionQueue<SourceContext>,
 }
 
 /// The commit metadata of a [`Cut`] (what the offset itself does not say).
@@ -754,6 +767,8 @@ pub struct KafkaReader {
     commits: Option<Arc<CommitShared>>,
     /// The commit thread, started at the first commit.
     commit_thread: Option<CommitThread>,
+    /// Messages taken from a partition queue and not yet handled (kept: empty between calls).
+    polled: Vec<Polled>,
 }
 
 /// What the commit thread and the final commit share.
@@ -979,6 +994,7 @@ impl KafkaReader {
             told_ended: false,
             commits: None,
             commit_thread: None,
+            polled: Vec::new(),
         };
         if mine.is_empty() {
             return Ok(reader);
@@ -1112,7 +1128,9 @@ impl KafkaReader {
                 .split_partition_queue(&self.topic, part.id as i32)
                 .ok_or_else(|| format!("cannot open the queue of partition {}", part.id))?;
             queue.set_nonempty_callback(waker(&self.activator));
-            part.queue = Some(queue);
+            let batch = BatchQueue::open(consumer, &self.topic, part.id as i32)
+                .ok_or_else(|| format!("cannot open the queue of partition {}", part.id))?;
+            part.queue = Some(PartQueue { batch, _split: queue });
         }
         Ok(())
     }
@@ -1200,6 +1218,7 @@ impl KafkaReader {
             told_ended: false,
             commits: None,
             commit_thread: None,
+            polled: Vec::new(),
         }
     }
 
@@ -1231,7 +1250,7 @@ impl KafkaReader {
     fn take(
         &mut self,
         from: Option<usize>,
-        result: KafkaResult<(i32, i64, Option<Vec<u8>>)>,
+        result: Polled,
         marks: &mut Watermarks,
         out: &mut Vec<RawRecord>,
         now: Instant,
@@ -1391,14 +1410,23 @@ impl PartitionReader for KafkaReader {
                 continue;
             }
             while out.len() < budget && !self.parts[i].ended {
-                let Some(queue) = self.parts[i].queue.as_ref() else {
+                let Some(queue) = self.parts[i].queue.as_mut() else {
                     break;
                 };
-                let Some(result) = queue.poll(Duration::ZERO) else {
+                let mut polled = std::mem::take(&mut self.polled);
+                if queue.batch.read((budget - out.len()).min(BATCH), &mut polled) == 0 {
+                    self.polled = polled;
                     break;
-                };
-                let item = result.map(|m| (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
-                self.take(Some(i), item, marks, out, now)?;
+                }
+                // Every message taken is handled (an error stops the run after the batch).
+                let mut result = Ok(());
+                for item in polled.drain(..) {
+                    if result.is_ok() {
+                        result = self.take(Some(i), item, marks, out, now);
+                    }
+                }
+                self.polled = polled;
+                result?;
             }
             if out.len() >= budget {
                 drained = false;

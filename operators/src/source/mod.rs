@@ -28,6 +28,7 @@
 //! `< D` (counted as `skipped_on_resume`, not in `events_read`). The job then recomputes windows
 //! `>= D` exactly, given the session state as of window `D - 1` (restored from SessionDB).
 
+mod batch_queue;
 pub mod files;
 pub mod kafka;
 pub mod memory;
