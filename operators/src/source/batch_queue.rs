@@ -39,9 +39,10 @@ pub(crate) struct BatchQueue<C: ConsumerContext + 'static> {
 }
 
 // SAFETY: librdkafka's queue handles may be used from any thread (its queues lock
-// internally); the raw pointers in `slots` never hold a message between calls.
+// internally); the raw pointers in `slots` never hold a message between calls. The consumer
+// handle must be `Send` itself (the bound): this covers only the raw pointers.
 #[allow(unsafe_code)]
-unsafe impl<C: ConsumerContext + 'static> Send for BatchQueue<C> {}
+unsafe impl<C: ConsumerContext + 'static> Send for BatchQueue<C> where Arc<BaseConsumer<C>>: Send {}
 
 #[allow(unsafe_code)]
 impl<C: ConsumerContext + 'static> BatchQueue<C> {
