@@ -1,20 +1,20 @@
 //! Batch reads of a Kafka partition's queue: many messages per librdkafka call.
 //!
 //! rdkafka 0.39 reads a queue one message per call (`PartitionQueue::poll`), and each call
-//! reads the clock twice (rdkafka's `Instant::now`, librdkafka's poll timestamps), allocates
-//! an `Arc` for the message's event, and builds and destroys the event around it. On the 1M
-//! benchmark that path was ~5% of the job's samples, and a third of that was `clock_gettime`.
+//! reads the clock (rdkafka's `Instant::now`, librdkafka's poll timestamps), allocates an
+//! `Arc` for the message's event, and builds and destroys the event around it. On the 1M
+//! benchmark that path was ~5% of the job's samples, nearly half of it `clock_gettime`.
 //! librdkafka's `rd_kafka_consume_batch_queue` serves up to N messages in one call (one poll
 //! start and end, no event objects); rdkafka has no safe wrapper for it, so this module wraps
 //! it. It is one of the workspace's two `unsafe` places (the other is `crate::prefetch`).
 //!
 //! A [`BatchQueue`] is a second handle on a partition's queue, next to rdkafka's
-//! [`PartitionQueue`](rdkafka::consumer::base_consumer::PartitionQueue) split from the same consumer (which
-//! keeps the queue's wake-up callback and keeps it unforwarded). librdkafka's rules for the
-//! batch API (INTRODUCTION.md, "Note on Batch consume APIs"): one batch call at a time per
-//! consumer, and no seek, pause, resume or rebalance concurrently with it. The Kafka source
-//! keeps both: each worker owns its consumer and calls everything on it from its own thread,
-//! and the consumer is statically assigned (it never rebalances).
+//! [`PartitionQueue`](rdkafka::consumer::base_consumer::PartitionQueue) split from the same
+//! consumer (which keeps the queue's wake-up callback and keeps it unforwarded). librdkafka's
+//! rules for the batch API (INTRODUCTION.md, "Note on Batch consume APIs"): one batch call at a
+//! time per consumer, and no seek, pause, resume or rebalance concurrently with it. The Kafka
+//! source keeps both: each worker owns its consumer and calls everything on it from its own
+//! thread, and the consumer is statically assigned (it never rebalances).
 
 use std::ffi::CString;
 use std::ptr::NonNull;
