@@ -47,7 +47,8 @@ use timely::scheduling::SyncActivator;
 use crate::record::DeadLetter;
 use crate::session::Snapshot;
 use crate::source::kafka::{
-    block_on, client_config, metadata_config, request_timeout, retry, topic_partitions, ClientKind, ClientLog,
+    block_on, client_config, metadata_config, request_timeout, retry, serve_events, topic_partitions, ClientKind,
+    ClientLog,
 };
 
 /// Settings of one Kafka sink.
@@ -680,9 +681,11 @@ pub fn ensure_topic(
         &format!("cannot create topic {topic} on {brokers}"),
         deadline,
         |timeout| {
-            match topic_partitions(client.client(), topic, timeout) {
+            let found = topic_partitions(client.client(), topic, timeout);
+            serve_events(&client);
+            match found {
                 Ok(n) => return Ok(n),
-                Err(e) if created || !e.ends_with("does not exist") => return Err(e),
+                Err(e) if created || !e.ends_with("does not exist") => return Err(log.explain(e)),
                 Err(_) => {}
             }
             let admin = match &mut admin {

@@ -409,6 +409,8 @@ fn log_level(level: u8) -> RDKafkaLogLevel {
 pub struct ClientLog {
     label: String,
     state: Mutex<(Option<Instant>, u64)>,
+    /// The last error librdkafka reported (for a final error message to name it).
+    last_error: Mutex<Option<String>>,
 }
 
 impl ClientLog {
@@ -417,6 +419,7 @@ impl ClientLog {
         ClientLog {
             label: label.into(),
             state: Mutex::new((None, 0)),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -444,9 +447,45 @@ impl ClientLog {
         &self.label
     }
 
+    /// For `ClientContext::error`: notes the error (rate-limited) and keeps it as the last one,
+    /// unless it only says that no broker is up (a consequence: the cause came before it).
+    pub fn error(&self, error: &KafkaError, reason: &str) {
+        let message = format!("{error}: {reason}");
+        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
+            self.remember(&message);
+        }
+        self.note(&message);
+    }
+
+    fn remember(&self, message: &str) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(message.to_string());
+        }
+    }
+
+    /// The last error [`ClientLog::error`] was given, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
+    }
+
+    /// `e`, followed by the last error librdkafka reported, if any: a request that failed for
+    /// want of a broker (a transport failure, a timeout) says why there was none (a refused
+    /// authentication, a certificate that did not verify, an unknown host).
+    pub fn explain(&self, e: String) -> String {
+        match self.last_error() {
+            Some(last) => format!("{e}; the client's last error: {last}"),
+            None => e,
+        }
+    }
+
     /// For `ClientContext::log`: warnings and worse are noted (rate-limited); milder lines
     /// arrive only when the user asked for them (`debug` or `log_level`), and all are printed.
+    /// Errors and worse are also kept as the last error (a broker connection's failure is
+    /// logged so, with its cause).
     pub fn librdkafka(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if (level as i32) <= (RDKafkaLogLevel::Error as i32) {
+            self.remember(&format!("librdkafka {fac}: {message}"));
+        }
         if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
             self.note(&format!("librdkafka {fac}: {message}"));
         } else {
@@ -575,8 +614,24 @@ pub fn wait_for_topic(
         log.label(),
         &format!("cannot reach topic {topic} on {brokers}"),
         deadline,
-        |timeout| topic_partitions(client.client(), topic, timeout),
+        |timeout| {
+            let result = topic_partitions(client.client(), topic, timeout);
+            serve_events(&client);
+            result.map_err(|e| log.explain(e))
+        },
     )
+}
+
+/// Serves the events queued on a client with no group (its main queue): librdkafka's log lines
+/// and errors reach its context only so. A client that is never polled otherwise (one that
+/// only asks for metadata) would keep to itself why it cannot reach a broker.
+pub fn serve_events<C: ConsumerContext>(client: &BaseConsumer<C>) {
+    // Bounded: the queue holds what happened during one request, not an endless stream.
+    for _ in 0..1000 {
+        if client.poll(Duration::ZERO).is_none() {
+            break;
+        }
+    }
 }
 
 /// A client context that logs through a [`ClientLog`].
@@ -589,7 +644,7 @@ impl ClientContext for LogContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.0.note(&format!("{error}: {reason}"));
+        self.0.error(&error, reason);
     }
 }
 
@@ -612,7 +667,7 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        self.log.note(&format!("{error}: {reason}"));
+        self.log.error(&error, reason);
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -1612,6 +1667,25 @@ mod tests {
         assert_eq!(level(&opt("log_level", "6"), ClientKind::Admin), Info as i32);
         assert_eq!(level(&opt("log_level", "3"), ClientKind::Admin), Error as i32);
         assert_eq!(level(&opt("debug", ""), ClientKind::Admin), Warning as i32);
+    }
+
+    #[test]
+    fn a_failed_request_is_explained_by_the_clients_last_error_but_not_by_all_brokers_down() {
+        let log = ClientLog::new("test");
+        assert_eq!(log.explain("timed out".into()), "timed out");
+        log.librdkafka(RDKafkaLogLevel::Warning, "X", "a warning is no cause");
+        assert_eq!(log.explain("timed out".into()), "timed out");
+        log.librdkafka(RDKafkaLogLevel::Error, "FAIL", "SASL authentication error");
+        log.error(
+            &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        assert_eq!(
+            log.explain("timed out".into()),
+            "timed out; the client's last error: librdkafka FAIL: SASL authentication error"
+        );
+        log.error(&KafkaError::Global(RDKafkaErrorCode::Authentication), "bad password");
+        assert!(log.explain("x".into()).ends_with("bad password"));
     }
 
     #[test]
