@@ -123,6 +123,7 @@ fn bench() -> Result<(), String> {
         topic: Some(topic.clone()),
         realtime: false,
         options: vec![],
+        kafka_config: None,
         connect_timeout: 60_000,
     };
     let produced = produce(&gen, &kafka, &brokers, &topic)?;

@@ -9,6 +9,7 @@
 //! The topic is created with `--partitions` partitions when missing.
 
 use std::borrow::Cow;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,7 +22,7 @@ use rdkafka::ClientContext;
 use serde::Deserialize;
 use sessionflow_operators::sink::kafka::{ensure_topic, PolledProducer};
 use sessionflow_operators::source::kafka::{
-    client_config, parse_brokers, parse_option, parse_topic, ClientKind, ClientLog,
+    client_config, options_with_file, parse_brokers, parse_option, parse_topic, ClientKind, ClientLog,
 };
 
 use crate::config::parse_duration_ms;
@@ -56,6 +57,10 @@ pub struct KafkaGenerateArgs {
     /// `acks` and `enable.idempotence` may only repeat ours (all, true).
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_option, requires = "brokers")]
     pub options: Vec<(String, String)>,
+    /// librdkafka options from a file, one `key=value` per line (`#` comments), applied before
+    /// the -X options (which override them): for secrets such as `sasl.password`.
+    #[arg(long, value_name = "FILE", requires = "brokers")]
+    pub kafka_config: Option<PathBuf>,
     /// How long to keep retrying to reach the brokers at start (e.g. 60s).
     #[arg(long, default_value = "60s", value_parser = parse_duration_ms)]
     pub connect_timeout: u64,
@@ -182,10 +187,11 @@ pub fn produce(args: &GenerateArgs, kafka: &KafkaGenerateArgs, brokers: &str, to
         // Names this producer in the broker's logs.
         ("client.id", "sessionflow-generate".to_string()),
     ];
+    let options = options_with_file(kafka.kafka_config.as_deref(), &kafka.options)?;
     // Before the topic is created: an -X option that would change ours is an error at once.
-    let config = client_config(brokers, &ours, &kafka.options, ClientKind::Producer)?;
+    let config = client_config(brokers, &ours, &options, ClientKind::Producer)?;
     let deadline = Instant::now() + Duration::from_millis(kafka.connect_timeout);
-    let count = ensure_topic(brokers, topic, args.partitions, &kafka.options, deadline)?;
+    let count = ensure_topic(brokers, topic, args.partitions, &options, deadline)?;
     if count < args.partitions {
         return Err(format!(
             "topic {topic} has {count} partitions, fewer than --partitions {}",

@@ -52,7 +52,8 @@ use sessionflow_operators::sink::kafka::{
     ensure_topic, KafkaMessage, KafkaSink, KafkaSinkConfig, KafkaSinkStatus, SinkKafka,
 };
 use sessionflow_operators::source::kafka::{
-    parse_brokers, parse_option, parse_topic, wait_for_topic, KafkaReader, KafkaSourceConfig, StartOffset,
+    options_with_file, parse_brokers, parse_option, parse_topic, wait_for_topic, KafkaReader, KafkaSourceConfig,
+    StartOffset,
 };
 use sessionflow_operators::source::{Cut, PartitionReader};
 use timely::dataflow::operators::vec::{Broadcast, Input};
@@ -119,6 +120,11 @@ pub struct RunArgs {
     /// may only repeat the value the job sets.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_option)]
     pub options: Vec<(String, String)>,
+    /// librdkafka options from a file, one `key=value` per line (`#` comments), applied before
+    /// the -X options (which override them): for secrets such as `sasl.password`, which anyone
+    /// on the host can read on a command line (`ps`).
+    #[arg(long, value_name = "FILE")]
+    pub kafka_config: Option<PathBuf>,
     /// A partition without a message for this long stops holding the frontier (e.g. 30s).
     /// Off by default: with it, window assignment depends on arrival times (not deterministic).
     #[arg(long, value_parser = parse_duration_ms)]
@@ -225,7 +231,8 @@ fn sink_config(args: &RunArgs, topic: &str) -> KafkaSinkConfig {
 /// after a graceful stop on SIGINT/SIGTERM (reading stops; the run waits up to
 /// `--shutdown-timeout` for what it read to be durable and committed). A signal abandons a
 /// `--stop-at-end` run: no file is written and nothing committed.
-pub fn run(args: RunArgs) -> Result<Option<RunStats>, String> {
+pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
+    args.options = options_with_file(args.kafka_config.as_deref(), &args.options)?;
     let mut job = args.session.job()?;
     let source = KafkaSourceConfig {
         brokers: args.brokers.clone(),

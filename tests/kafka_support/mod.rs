@@ -31,6 +31,7 @@ pub fn produce_generated(args: &GenerateArgs, topic: &str) -> Vec<PathBuf> {
         topic: Some(topic.to_string()),
         realtime: false,
         options: vec![],
+        kafka_config: None,
         connect_timeout: 60_000,
     };
     let produced = produce(args, &kafka, &brokers(), topic).unwrap();

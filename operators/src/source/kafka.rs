@@ -59,6 +59,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
@@ -218,6 +219,37 @@ pub fn parse_option(text: &str) -> Result<(String, String), String> {
         return Err(format!("bad Kafka option {text:?}: empty key"));
     }
     Ok((key.to_string(), value.to_string()))
+}
+
+/// The librdkafka options of a `--kafka-config` file (kcat's `-F`) followed by the `-X` ones
+/// (so a `-X` option overrides the file's): one `key=value` per line; blank lines and lines
+/// starting with `#` are skipped. For secrets (`sasl.password`, `ssl.key.password`), which on
+/// the command line anyone on the host can read with `ps`. An error names the file and line,
+/// never the line's text (it may hold a secret).
+pub fn options_with_file(file: Option<&Path>, options: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
+    let mut all = Vec::new();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the Kafka options file {}: {e}", path.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match line.split_once('=') {
+                Some((key, value)) if !key.trim().is_empty() => all.push((key.trim().to_string(), value.to_string())),
+                _ => {
+                    return Err(format!(
+                        "{}:{}: expected a librdkafka option key=value (or a # comment)",
+                        path.display(),
+                        i + 1
+                    ))
+                }
+            }
+        }
+    }
+    all.extend(options.iter().cloned());
+    Ok(all)
 }
 
 /// Checks a topic name by Kafka's rules (1 to 249 of `a-z A-Z 0-9 . _ -`, not `.` or `..`),
@@ -1667,6 +1699,40 @@ mod tests {
         assert_eq!(level(&opt("log_level", "6"), ClientKind::Admin), Info as i32);
         assert_eq!(level(&opt("log_level", "3"), ClientKind::Admin), Error as i32);
         assert_eq!(level(&opt("debug", ""), ClientKind::Admin), Warning as i32);
+    }
+
+    #[test]
+    fn an_options_file_comes_before_the_x_options_and_names_a_bad_line_without_its_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.properties");
+        std::fs::write(
+            &path,
+            "# secrets\n\nsecurity.protocol=SASL_SSL\r\n  sasl.password = p=w\nsasl.username=u\n",
+        )
+        .unwrap();
+        let x = vec![("sasl.username".to_string(), "v".to_string())];
+        let all = options_with_file(Some(&path), &x).unwrap();
+        let pairs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        // Keys trimmed, values kept after the first `=`; -X last, so it wins.
+        assert_eq!(
+            pairs,
+            [
+                ("security.protocol", "SASL_SSL"),
+                ("sasl.password", " p=w"),
+                ("sasl.username", "u"),
+                ("sasl.username", "v")
+            ]
+        );
+        assert_eq!(options_with_file(None, &x).unwrap(), x);
+        std::fs::write(&path, "a=b\nhunter2\n").unwrap();
+        let e = options_with_file(Some(&path), &[]).unwrap_err();
+        assert!(
+            e.ends_with("client.properties:2: expected a librdkafka option key=value (or a # comment)"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = options_with_file(Some(&dir.path().join("missing")), &[]).unwrap_err();
+        assert!(e.starts_with("cannot read the Kafka options file"), "{e}");
     }
 
     #[test]
