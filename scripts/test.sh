@@ -44,8 +44,11 @@ if [ "${SKIP_SERVICES:-0}" != 1 ]; then
   step "services up (Kafka, HBase)"
   # Stop them at the end only if this run started them (a developer's running servers stay).
   if ! scripts/services.sh status >/dev/null 2>&1; then services_up=1; fi
-  scripts/services.sh up
-  export KAFKA_BROKERS=127.0.0.1:9092 HBASE_THRIFT=127.0.0.1:9090
+  # Its output is the addresses: KAFKA_BROKERS, KAFKA_SASL_SSL_BROKERS, KAFKA_TLS_CA, HBASE_THRIFT.
+  addresses=$(scripts/services.sh up)
+  while IFS= read -r line; do
+    if [[ -n $line ]]; then export "${line?}"; fi
+  done <<<"$addresses"
   # Tests that need a real server are #[ignore]d by default; run them here.
   ignored=(--include-ignored)
 fi

@@ -1,0 +1,193 @@
+//! On the real broker's SASL_SSL listener (TLS with the self-signed certificate
+//! `scripts/services.sh` makes, SASL/PLAIN), the way a managed Kafka is reached: only `-X`
+//! options (`security.protocol`, `sasl.*`, `ssl.ca.location`) differ from a plaintext job.
+//! `generate` produces over it (options as `-X`), and `run --stop-at-end` reads the topic and
+//! produces its snapshots over it (the same options from a `--kafka-config` file, the password
+//! off the command line), writing byte for byte what `replay` writes for the same files. A
+//! wrong password and an unverifiable certificate are clear errors within `--connect-timeout`,
+//! naming the cause.
+//!
+//! `#[ignore]`d: needs Kafka (`scripts/test.sh` starts it and sets `KAFKA_SASL_SSL_BROKERS`
+//! and `KAFKA_TLS_CA` from `scripts/services.sh up`).
+#![allow(clippy::unwrap_used)]
+
+mod kafka_support;
+
+use std::time::Duration;
+
+use kafka_support::*;
+
+const PARTITIONS: u32 = 4;
+/// The one user of the services' SASL_SSL listener (`scripts/services.sh`).
+const USER: &str = "sessionflow";
+const PASSWORD: &str = "sessionflow-secret";
+
+/// The SASL_SSL bootstrap address and the PEM of the broker's certificate.
+fn secure() -> (String, String) {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: scripts/test.sh sets it from `scripts/services.sh up` (restart an older Kafka of the services: it has no SASL_SSL listener)")
+        })
+    };
+    (var("KAFKA_SASL_SSL_BROKERS"), var("KAFKA_TLS_CA"))
+}
+
+/// `-X` options for the SASL_SSL listener: SASL/PLAIN as `USER` with `password`, the server's
+/// certificate checked against `ca` (none: against the system's CAs, which do not know it).
+fn security(password: &str, ca: Option<&str>) -> Vec<String> {
+    let mut opts = vec![
+        "security.protocol=SASL_SSL".to_string(),
+        "sasl.mechanism=PLAIN".to_string(),
+        format!("sasl.username={USER}"),
+        format!("sasl.password={password}"),
+    ];
+    if let Some(ca) = ca {
+        opts.push(format!("ssl.ca.location={ca}"));
+    }
+    opts.into_iter().flat_map(|o| ["-X".to_string(), o]).collect()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_job_over_tls_and_sasl_equals_replay() {
+    let (brokers, ca) = secure();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("secure");
+    let snapshots = unique("secure-snapshots");
+    let stream = args(&[
+        "--events",
+        "12000",
+        "--partitions",
+        "4",
+        "--seed",
+        "77",
+        "--late",
+        "0.01",
+    ]);
+    // The reference: the generator's files for the same flags, replayed.
+    let mut files_args = args(&["generate", "--out-dir"]);
+    files_args.push(dir.path().join("in").display().to_string());
+    files_args.extend(stream.clone());
+    run_ok(sessionflow(&files_args), Duration::from_secs(120));
+    let inputs: Vec<_> = (0..PARTITIONS)
+        .map(|p| dir.path().join("in").join(format!("p{p}.jsonl")))
+        .collect();
+    let reference = Files::new(dir.path(), "replay");
+    replay(&inputs, &reference);
+    // The same stream produced over TLS and SASL.
+    let mut produce = args(&["generate", "--brokers", &brokers, "--topic", &topic]);
+    produce.extend(stream);
+    produce.extend(security(PASSWORD, Some(&ca)));
+    run_ok(sessionflow(&produce), Duration::from_secs(120));
+    // The job reads it and produces its snapshots over TLS and SASL too.
+    let files = Files::new(dir.path(), "secure");
+    let group = unique("secure");
+    let mut run = args(&[
+        "run",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &topic,
+        "--group",
+        &group,
+        "--workers",
+        "2",
+        "--progress",
+        "0",
+        "--stop-at-end",
+        "--snapshot-topic",
+        &snapshots,
+    ]);
+    run.extend(files.flags());
+    // The same options from a file (kcat's -F): `key=value` lines.
+    let config = dir.path().join("client.properties");
+    let lines: Vec<String> = security(PASSWORD, Some(&ca))
+        .into_iter()
+        .filter(|a| a != "-X")
+        .collect();
+    std::fs::write(&config, format!("# the SASL_SSL listener\n{}\n", lines.join("\n"))).unwrap();
+    run.extend(["--kafka-config".to_string(), config.display().to_string()]);
+    let out = run_ok(sessionflow(&run), Duration::from_secs(180));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(PASSWORD),
+        "the password was printed"
+    );
+    let (got, want) = (files.read(), reference.read());
+    assert!(got.0 == want.0, "snapshots differ from replay");
+    assert!(got.1 == want.1, "dead letters differ from replay");
+    assert_eq!(
+        String::from_utf8_lossy(&got.2),
+        String::from_utf8_lossy(&want.2),
+        "stats"
+    );
+    // Read back on the plaintext listener: every snapshot reached the topic, and the
+    // committed offsets are the input's end offsets.
+    let emitted = files.stats_json()["snapshots"].as_u64().unwrap();
+    assert!(emitted > 0);
+    assert_eq!(
+        consume_all(&snapshots, PARTITIONS).len() as u64,
+        emitted,
+        "snapshots on the topic"
+    );
+    let ends = end_offsets(&topic, PARTITIONS);
+    let commits = committed(&group, &topic, PARTITIONS);
+    for (p, (c, end)) in commits.iter().zip(&ends).enumerate() {
+        let (offset, _) = c.clone().unwrap_or_else(|| panic!("partition {p}: no commit"));
+        assert_eq!(offset, *end, "partition {p}: committed offset");
+    }
+}
+
+/// Runs a job on a missing topic with `opts` and a 5 s connect timeout; returns its final
+/// error line after checking it failed.
+fn failing_run(brokers: &str, opts: Vec<String>) -> String {
+    let mut run = args(&[
+        "run",
+        "--brokers",
+        brokers,
+        "--topic",
+        "sf-test-never-read",
+        "--group",
+        "sf-test-never-read",
+        "--progress",
+        "0",
+        "--stop-at-end",
+        "--connect-timeout",
+        "5s",
+    ]);
+    run.extend(opts);
+    let out = run_capture(&mut sessionflow(&run), Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "the job ran:\n{stderr}");
+    stderr
+        .lines()
+        .find(|l| l.starts_with("sessionflow: error:"))
+        .unwrap_or_else(|| panic!("no final error line:\n{stderr}"))
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_wrong_password_is_a_clear_error() {
+    let (brokers, ca) = secure();
+    let error = failing_run(&brokers, security("not-the-password", Some(&ca)));
+    assert!(
+        error.contains("SASL authentication error"),
+        "the error does not name the refused authentication: {error}"
+    );
+    assert!(!error.contains("not-the-password"), "the password was printed: {error}");
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_certificate_the_client_cannot_verify_is_a_clear_error() {
+    let (brokers, _) = secure();
+    let error = failing_run(&brokers, security(PASSWORD, None));
+    assert!(
+        error.contains("certificate verify failed"),
+        "the error does not name the certificate check: {error}"
+    );
+}
