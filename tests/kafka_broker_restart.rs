@@ -285,14 +285,7 @@ fn a_broker_restart_mid_run_loses_nothing() {
     assert!(after_stop > 0, "every snapshot was produced before the outage");
 
     // 3. Nothing lost, nothing twice: the files are replay's, byte for byte.
-    let got = files.read();
-    assert!(got.0 == expected.0, "snapshots differ from replay");
-    assert!(got.1 == expected.1, "dead letters differ from replay");
-    assert_eq!(
-        String::from_utf8_lossy(&got.2),
-        String::from_utf8_lossy(&expected.2),
-        "stats"
-    );
+    files.assert_same(&expected, "after the broker restart");
     // The committed offsets are the end offsets (with sessionflow's metadata).
     for (p, (c, end)) in committed(&group, &topic, PARTITIONS).iter().zip(&ends).enumerate() {
         let (offset, meta) = c.clone().unwrap_or_else(|| panic!("partition {p}: no commit"));

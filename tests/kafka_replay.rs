@@ -77,17 +77,7 @@ fn stop_at_end_equals_replay_with_1_2_and_3_workers() {
         args.push("--stop-at-end".into());
         args.extend(files.flags());
         run_ok(sessionflow(&args), Duration::from_secs(120));
-        let got = files.read();
-        assert!(got.0 == expected.0, "{workers} workers: snapshots differ from replay");
-        assert!(
-            got.1 == expected.1,
-            "{workers} workers: dead letters differ from replay"
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&got.2),
-            String::from_utf8_lossy(&expected.2),
-            "{workers} workers: stats"
-        );
+        files.assert_same(&expected, &format!("{workers} workers"));
     }
 }
 
@@ -191,14 +181,7 @@ fn a_two_process_cluster_equals_replay() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let got = files.read();
-    assert!(got.0 == expected.0, "2 processes: snapshots differ from replay");
-    assert!(got.1 == expected.1, "2 processes: dead letters differ from replay");
-    assert_eq!(
-        String::from_utf8_lossy(&got.2),
-        String::from_utf8_lossy(&expected.2),
-        "2 processes: stats"
-    );
+    files.assert_same(&expected, "2 processes");
     let ends = end_offsets(&f.topic, PARTITIONS);
     for (p, (c, end)) in committed(&group, &f.topic, PARTITIONS).iter().zip(&ends).enumerate() {
         assert_eq!(c.as_ref().map(|c| c.0), Some(*end), "partition {p}");

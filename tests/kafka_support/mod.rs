@@ -269,6 +269,18 @@ impl Files {
         (r(&self.output), r(&self.dead), r(&self.stats))
     }
 
+    /// Asserts these files equal `expected`'s byte for byte (the messages start with `what`).
+    pub fn assert_same(&self, expected: &(Vec<u8>, Vec<u8>, Vec<u8>), what: &str) {
+        let got = self.read();
+        assert!(got.0 == expected.0, "{what}: snapshots differ from replay");
+        assert!(got.1 == expected.1, "{what}: dead letters differ from replay");
+        assert_eq!(
+            String::from_utf8_lossy(&got.2),
+            String::from_utf8_lossy(&expected.2),
+            "{what}: stats"
+        );
+    }
+
     pub fn stats_json(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(&self.stats).unwrap()).unwrap()
     }
