@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig};
@@ -47,8 +47,7 @@ use timely::scheduling::SyncActivator;
 use crate::record::DeadLetter;
 use crate::session::Snapshot;
 use crate::source::kafka::{
-    block_on, client_config, metadata_config, request_timeout, retry, serve_events, topic_partitions, ClientKind,
-    ClientLog,
+    block_on, client_config, metadata_config, request_timeout, retry, served_topic_partitions, ClientKind, ClientLog,
 };
 
 /// Settings of one Kafka sink.
@@ -681,9 +680,7 @@ pub fn ensure_topic(
         &format!("cannot create topic {topic} on {brokers}"),
         deadline,
         |timeout| {
-            let found = topic_partitions(client.client(), topic, timeout);
-            serve_events(&client);
-            match found {
+            match served_topic_partitions(&client, topic, timeout) {
                 Ok(n) => return Ok(n),
                 Err(e) if created || !e.ends_with("does not exist") => return Err(log.explain(e)),
                 Err(_) => {}
@@ -712,7 +709,7 @@ pub fn ensure_topic(
             }
             created = true;
             // The creation took part of the attempt's time: what is left of it, afresh.
-            topic_partitions(client.client(), topic, request_timeout(deadline))
+            served_topic_partitions(&client, topic, request_timeout(deadline))
         },
     )
 }

@@ -236,16 +236,15 @@ pub fn options_with_file(file: Option<&Path>, options: &[(String, String)]) -> R
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            match line.split_once('=') {
-                Some((key, value)) if !key.trim().is_empty() => all.push((key.trim().to_string(), value.to_string())),
-                _ => {
-                    return Err(format!(
-                        "{}:{}: expected a librdkafka option key=value (or a # comment)",
-                        path.display(),
-                        i + 1
-                    ))
-                }
-            }
+            // `parse_option`'s own error quotes the line: not repeated here.
+            let option = parse_option(line).map_err(|_| {
+                format!(
+                    "{}:{}: expected a librdkafka option key=value (or a # comment)",
+                    path.display(),
+                    i + 1
+                )
+            })?;
+            all.push(option);
         }
     }
     all.extend(options.iter().cloned());
@@ -515,11 +514,12 @@ impl ClientLog {
     /// Errors and worse are also kept as the last error (a broker connection's failure is
     /// logged so, with its cause).
     pub fn librdkafka(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        if (level as i32) <= (RDKafkaLogLevel::Error as i32) {
-            self.remember(&format!("librdkafka {fac}: {message}"));
-        }
         if (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
-            self.note(&format!("librdkafka {fac}: {message}"));
+            let line = format!("librdkafka {fac}: {message}");
+            if (level as i32) <= (RDKafkaLogLevel::Error as i32) {
+                self.remember(&line);
+            }
+            self.note(&line);
         } else {
             eprintln!("{}: librdkafka {fac}: {message}", self.label);
         }
@@ -646,18 +646,27 @@ pub fn wait_for_topic(
         log.label(),
         &format!("cannot reach topic {topic} on {brokers}"),
         deadline,
-        |timeout| {
-            let result = topic_partitions(client.client(), topic, timeout);
-            serve_events(&client);
-            result.map_err(|e| log.explain(e))
-        },
+        |timeout| served_topic_partitions(&client, topic, timeout).map_err(|e| log.explain(e)),
     )
+}
+
+/// [`topic_partitions`] through a metadata client (no group), whose queued events are then
+/// served (its main queue polled), so that what librdkafka said about a failure has reached
+/// the client's log (and [`ClientLog::explain`]).
+pub fn served_topic_partitions<C: ConsumerContext>(
+    client: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<u32, String> {
+    let found = topic_partitions(client.client(), topic, timeout);
+    serve_events(client);
+    found
 }
 
 /// Serves the events queued on a client with no group (its main queue): librdkafka's log lines
 /// and errors reach its context only so. A client that is never polled otherwise (one that
 /// only asks for metadata) would keep to itself why it cannot reach a broker.
-pub fn serve_events<C: ConsumerContext>(client: &BaseConsumer<C>) {
+fn serve_events<C: ConsumerContext>(client: &BaseConsumer<C>) {
     // Bounded: the queue holds what happened during one request, not an endless stream.
     for _ in 0..1000 {
         if client.poll(Duration::ZERO).is_none() {
