@@ -13,9 +13,10 @@
 # success, the addresses for the tests (everything else goes to stderr), e.g.
 #   eval "$(scripts/services.sh up)"   # sets KAFKA_BROKERS=127.0.0.1:9092 HBASE_THRIFT=127.0.0.1:9090
 #
-# Kafka also listens with TLS and SASL/PLAIN on 127.0.0.1:9094 (KAFKA_SASL_SSL_BROKERS), as a
-# managed Kafka does, with a self-signed certificate made once per data directory by the JDK's
-# keytool (its PEM: KAFKA_TLS_CA) and one test user, `sessionflow` / `sessionflow-secret`
+# Kafka also listens with TLS and SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, and OAUTHBEARER
+# with unsecured JWTs) on 127.0.0.1:9094 (KAFKA_SASL_SSL_BROKERS), as a managed Kafka does, with a
+# self-signed certificate made once per data directory by the JDK's keytool (its PEM:
+# KAFKA_TLS_CA) and one test user, `sessionflow` / `sessionflow-secret`, for PLAIN and SCRAM
 # (loopback only, for the tests; never a production setup).
 #
 # Environment:
@@ -46,7 +47,7 @@ KEYTOOL=${JAVA_HOME:+$JAVA_HOME/bin/}keytool
 HOST=127.0.0.1                 # everything binds to loopback only
 KAFKA_PORT=9092                # PLAINTEXT listener for clients
 KAFKA_CONTROLLER_PORT=9093     # KRaft controller listener (same JVM)
-KAFKA_SASL_SSL_PORT=9094       # SASL_SSL listener (TLS + SASL/PLAIN) for the security tests
+KAFKA_SASL_SSL_PORT=9094       # SASL_SSL listener (TLS + SASL) for the security tests
 KAFKA_SASL_USER=sessionflow    # its one user (test credentials, loopback only)
 KAFKA_SASL_PASSWORD=sessionflow-secret
 KAFKA_TLS_PASSWORD=sessionflow # the broker's keystore password (a generated test key)
@@ -231,9 +232,14 @@ advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT,SASL_SSL://$HOST:$KAFKA_SASL_
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
-# TLS + SASL/PLAIN on the SASL_SSL listener: one user, for the security tests.
-listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN
+# TLS + SASL on the SASL_SSL listener: one user, for the security tests. PLAIN's users are in
+# its JAAS line; SCRAM's credentials live in the cluster metadata (StorageTool's --add-scram).
+# OAUTHBEARER takes unsecured JWTs (Kafka's default validator without an OIDC provider).
+listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER
 listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER="$KAFKA_SASL_PASSWORD";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;
 listener.name.sasl_ssl.ssl.keystore.location=$KAFKA_DIR/tls/broker.p12
 listener.name.sasl_ssl.ssl.keystore.type=PKCS12
 listener.name.sasl_ssl.ssl.keystore.password=$KAFKA_TLS_PASSWORD
@@ -290,12 +296,19 @@ start_kafka() {
     # hence its own JVM; --ignore-formatted makes a repeated format harmless.
     [[ -s $KAFKA_DIR/cluster.id ]] || python3 "$PROBE" cluster-id >"$KAFKA_DIR/cluster.id"
     log "kafka: formatting storage (cluster id $(<"$KAFKA_DIR/cluster.id"))"
+    # The test user's SCRAM credentials go into the initial metadata with it.
+    local scram="=[name=$KAFKA_SASL_USER,iterations=4096,password=$KAFKA_SASL_PASSWORD]"
     if ! "${jvm[@]}" -Xmx256m -cp "$lib/*" kafka.tools.StorageTool format \
         -t "$(<"$KAFKA_DIR/cluster.id")" -c "$KAFKA_DIR/server.properties" --ignore-formatted \
+        --add-scram "SCRAM-SHA-256$scram" --add-scram "SCRAM-SHA-512$scram" \
         >"$KAFKA_DIR/logs/format.log" 2>&1 9>&-; then
       show_logs "$KAFKA_DIR/logs/format.log"
       die "kafka: formatting the storage failed"
     fi
+    touch "$KAFKA_DIR/data/.scram-user"
+  elif [[ ! -f $KAFKA_DIR/data/.scram-user ]]; then
+    log "kafka: warning: this storage was formatted before the SCRAM user existed; SCRAM logins" \
+      "fail until \`scripts/services.sh down --purge kafka\` (which deletes its topics)"
   fi
   log "kafka: starting"
   launch "$KAFKA_DIR/kafka.pid" "$KAFKA_DIR/logs/kafka.out" \
