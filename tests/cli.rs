@@ -66,11 +66,20 @@ fn an_option_that_would_commit_offsets_ahead_of_the_output_is_refused_before_con
             "sessionflow sets enable.partition.eof=true itself",
         ),
     ] {
-        let (out, took) = run(&["-X", option]);
-        assert!(!out.status.success(), "{option}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("-X {option}: {says}")), "stderr: {err}");
-        assert!(took < std::time::Duration::from_secs(30), "{option}: took {took:?}");
+        // The same from the command line and from an options file.
+        let file = dir.path().join("client.properties");
+        std::fs::write(&file, format!("# fixed\n{option}\n")).unwrap();
+        let file = file.display().to_string();
+        for how in [["-X", option], ["--kafka-config", file.as_str()]] {
+            let (out, took) = run(&how);
+            assert!(!out.status.success(), "{how:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(&format!("Kafka option {option} (-X or --kafka-config): {says}")),
+                "stderr: {err}"
+            );
+            assert!(took < std::time::Duration::from_secs(30), "{how:?}: took {took:?}");
+        }
     }
     assert!(!dir.path().join("out.jsonl").exists());
 }

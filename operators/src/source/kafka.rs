@@ -374,7 +374,7 @@ fn check_fixed(cfg: &ClientConfig, typed: &str, key: &str, value: &str) -> Resul
         return Ok(());
     }
     Err(format!(
-        "-X {typed}={value}: sessionflow sets {name}={ours} itself ({why}); remove the option"
+        "Kafka option {typed}={value} (-X or --kafka-config): sessionflow sets {name}={ours} itself ({why}); remove the option"
     ))
 }
 
@@ -1647,7 +1647,9 @@ mod tests {
         ] {
             let err = with(&[(k, v)]).unwrap_err();
             assert!(
-                err.starts_with(&format!("-X {k}={v}: sessionflow sets {ours} itself (")),
+                err.starts_with(&format!(
+                    "Kafka option {k}={v} (-X or --kafka-config): sessionflow sets {ours} itself ("
+                )),
                 "{err}"
             );
         }
