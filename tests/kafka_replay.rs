@@ -3,7 +3,7 @@
 //! `sessionflow replay` writes for the same per-partition files (2 workers divide the 4
 //! partitions, so sessions follow them, `Routing::Partitions`; 3 route by key hash); the
 //! committed offsets are the end offsets with the frontier in their metadata, and a second run
-//! of the group reads nothing.
+//! of the group reads nothing. The same stream compressed with each codec reads the same.
 //!
 //! `#[ignore]`d: needs Kafka (`scripts/test.sh` starts it; `KAFKA_BROKERS`, default
 //! 127.0.0.1:9092).
@@ -28,21 +28,26 @@ struct Fixture {
     reference: Files,
 }
 
+/// The fixture's stream, its files under `dir/in`.
+fn fixture_args(dir: &std::path::Path) -> GenerateArgs {
+    GenerateArgs {
+        events: 40_000,
+        partitions: PARTITIONS,
+        seed: 2024,
+        out_dir: dir.join("in"),
+        // More late events than the default, so some land in closed sessions.
+        late: 0.01,
+        ..GenerateArgs::default()
+    }
+}
+
 /// One produced topic and its replay reference, shared by the tests of this file.
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let topic = unique("replay");
-        let args = GenerateArgs {
-            events: 40_000,
-            partitions: PARTITIONS,
-            seed: 2024,
-            out_dir: dir.path().join("in"),
-            // More late events than the default, so some land in closed sessions.
-            late: 0.01,
-            ..GenerateArgs::default()
-        };
+        let args = fixture_args(dir.path());
         let inputs = produce_generated(&args, &topic);
         let reference = Files::new(dir.path(), "replay");
         replay(&inputs, &reference);
@@ -78,6 +83,36 @@ fn stop_at_end_equals_replay_with_1_2_and_3_workers() {
         args.extend(files.flags());
         run_ok(sessionflow(&args), Duration::from_secs(120));
         files.assert_same(&expected, &format!("{workers} workers"));
+    }
+}
+
+/// Producers compress batches with whatever codec their teams chose: the job reads a topic of
+/// each codec librdkafka knows (gzip, snappy, lz4, zstd) exactly as an uncompressed one.
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn topics_of_every_compression_codec_equal_replay() {
+    let f = fixture();
+    let expected = f.reference.read();
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        let topic = unique(&format!("codec-{codec}"));
+        let args = GenerateArgs {
+            out_dir: f.dir.path().join(format!("in-{codec}")),
+            ..fixture_args(f.dir.path())
+        };
+        let inputs = produce_generated_with(&args, &topic, &[("compression.type", codec)]);
+        for (a, b) in inputs.iter().zip(&f.inputs) {
+            assert_eq!(
+                std::fs::read(a).unwrap(),
+                std::fs::read(b).unwrap(),
+                "{codec}: not the fixture's stream"
+            );
+        }
+        let files = Files::new(f.dir.path(), &format!("codec-{codec}"));
+        let mut run = run_flags(&topic, &unique(&format!("codec-{codec}")), 2);
+        run.push("--stop-at-end".into());
+        run.extend(files.flags());
+        run_ok(sessionflow(&run), Duration::from_secs(120));
+        files.assert_same(&expected, codec);
     }
 }
 

@@ -25,12 +25,17 @@ pub fn unique(tag: &str) -> String {
 
 /// Writes the generator's files for `args` and produces the same stream to `topic`.
 pub fn produce_generated(args: &GenerateArgs, topic: &str) -> Vec<PathBuf> {
+    produce_generated_with(args, topic, &[])
+}
+
+/// [`produce_generated`] with librdkafka `options` for the producer (as `-X` gives them).
+pub fn produce_generated_with(args: &GenerateArgs, topic: &str, options: &[(&str, &str)]) -> Vec<PathBuf> {
     let summary = write_files(args).unwrap();
     let kafka = KafkaGenerateArgs {
         brokers: Some(brokers()),
         topic: Some(topic.to_string()),
         realtime: false,
-        options: vec![],
+        options: options.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         kafka_config: None,
         connect_timeout: 60_000,
     };
