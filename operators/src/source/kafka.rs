@@ -47,6 +47,10 @@
 //!   consumer learns of them with its metadata refresh (`topic.metadata.refresh.interval.ms`,
 //!   5 min by default) and its statistics report them. Not with `stop_at_end`, which reads
 //!   what the topic held at the start.
+//! - Transactional input: only committed transactions are read (librdkafka's default
+//!   `isolation.level=read_committed`). Their markers, and aborted messages, take offsets no
+//!   message has: a caught-up reader compares the consumer's position with the offset after
+//!   the last message taken, so the cuts (the final ones above all) point past them.
 //! - One librdkafka fault is worked around (the Kafka sinks do the same for their producers,
 //!   see `sink::kafka`): a consumer whose statistics have listed no broker for
 //!   `STRANDED_AFTER` (a broker that shut down told it there are none, and it never
@@ -90,6 +94,10 @@ const MIN_REQUEST_TIMEOUT: Duration = Duration::from_millis(100);
 const IDLE_RECHECK: Duration = Duration::from_millis(100);
 /// How soon a source holding a partition back (watermark alignment) looks again.
 const HELD_RECHECK: Duration = Duration::from_millis(2);
+/// How often a caught-up reader asks the consumer for its positions (see
+/// [`KafkaReader::check_positions`]): a marker after the last message is committed past within
+/// about this long (plus the commit interval).
+const POSITION_RECHECK: Duration = Duration::from_secs(1);
 /// Least time between two log lines of one client (more are counted, then summarised).
 const LOG_EVERY: Duration = Duration::from_secs(2);
 /// Most messages taken from a partition queue in one call (count): enough to make the
@@ -865,6 +873,11 @@ pub struct KafkaReader {
     commit_thread: Option<CommitThread>,
     /// Messages taken from a partition queue and not yet handled (kept: empty between calls).
     polled: Vec<Polled>,
+    /// Partitions whose next offset moved past offsets without messages (see
+    /// [`KafkaReader::check_positions`]), for [`PartitionReader::skipped`].
+    skips: Vec<(u32, u64)>,
+    /// When the consumer's positions were last compared with what was read.
+    positions_checked: Option<Instant>,
 }
 
 /// What the commit thread and the final commit share.
@@ -1091,6 +1104,8 @@ impl KafkaReader {
             commits: None,
             commit_thread: None,
             polled: Vec::new(),
+            skips: Vec::new(),
+            positions_checked: None,
         };
         if mine.is_empty() {
             return Ok(reader);
@@ -1315,6 +1330,8 @@ impl KafkaReader {
             commits: None,
             commit_thread: None,
             polled: Vec::new(),
+            skips: Vec::new(),
+            positions_checked: None,
         }
     }
 
@@ -1405,6 +1422,32 @@ impl KafkaReader {
         Ok(())
     }
 
+    /// Compares the consumer's position of each partition (librdkafka's application
+    /// position: past every message and control record served so far) with the offset after
+    /// the last message taken. Where it is further, only offsets without messages lie between:
+    /// transaction markers, and the messages of aborted transactions, which a read-committed
+    /// consumer never delivers. Reported through [`PartitionReader::skipped`] so a commit can
+    /// point past them: after a transactional producer's last commit marker a caught-up group
+    /// would otherwise show a lag of one for good. Capped at a bounded run's end offset, past
+    /// which messages are dropped unread. A failed query only postpones the report.
+    fn check_positions(&mut self) {
+        let Some(consumer) = &self.consumer else { return };
+        let Ok(positions) = consumer.position() else { return };
+        for e in positions.elements_for_topic(&self.topic) {
+            let (Offset::Offset(at), Some(part)) =
+                (e.offset(), self.parts.iter_mut().find(|p| p.id as i32 == e.partition()))
+            else {
+                continue;
+            };
+            let Offset::Offset(next) = part.next else { continue };
+            let at = part.end.map_or(at, |end| at.min(end as i64));
+            if at > next {
+                part.next = Offset::Offset(at);
+                self.skips.push((part.id, at as u64));
+            }
+        }
+    }
+
     fn end_part(&mut self, i: usize, marks: &mut Watermarks) {
         let part = &mut self.parts[i];
         if part.ended {
@@ -1425,6 +1468,10 @@ impl KafkaReader {
 impl PartitionReader for KafkaReader {
     fn partitions(&self) -> Vec<u32> {
         self.parts.iter().map(|p| p.id).collect()
+    }
+
+    fn skipped(&mut self, out: &mut Vec<(u32, u64)>) {
+        out.append(&mut self.skips);
     }
 
     fn set_activator(&mut self, activator: SyncActivator) {
@@ -1494,6 +1541,10 @@ impl PartitionReader for KafkaReader {
         order.sort_by_key(|&i| (marks.low_of(self.parts[i].id), self.parts[i].id));
         let mut held = false;
         let mut drained = true;
+        // A partition queue read to its end, or a partition that ended: time to look for
+        // offsets without messages after the last one taken (`check_positions`).
+        let mut caught_up = false;
+        let ended_before = self.parts.iter().filter(|p| p.ended).count();
         for i in order {
             if out.len() >= budget {
                 drained = false;
@@ -1512,6 +1563,7 @@ impl PartitionReader for KafkaReader {
                 let mut polled = std::mem::take(&mut self.polled);
                 if queue.batch.read((budget - out.len()).min(BATCH), &mut polled) == 0 {
                     self.polled = polled;
+                    caught_up = true;
                     break;
                 }
                 // Every message taken is handled (an error stops the run after the batch).
@@ -1527,6 +1579,16 @@ impl PartitionReader for KafkaReader {
             if out.len() >= budget {
                 drained = false;
             }
+        }
+        let ended_now = self.parts.iter().filter(|p| p.ended).count() > ended_before;
+        if ended_now
+            || (caught_up
+                && self
+                    .positions_checked
+                    .is_none_or(|t| now.duration_since(t) >= POSITION_RECHECK))
+        {
+            self.positions_checked = Some(now);
+            self.check_positions();
         }
         if let Some(timeout) = self.idle_timeout {
             for p in self

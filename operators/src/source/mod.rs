@@ -277,6 +277,15 @@ pub trait PartitionReader: 'static {
         let _ = cuts;
         Ok(())
     }
+    /// Adds to `out` each partition whose next offset moved past offsets that hold no record
+    /// since the last call, with the new next offset: Kafka's transaction markers and the
+    /// messages of aborted transactions, which a read-committed consumer never sees. Commits
+    /// may then point past them (after a transactional producer's last commit marker, a
+    /// caught-up group shows no lag). Called after each [`PartitionReader::read`], whose
+    /// records all lie below the offsets reported. Default: none.
+    fn skipped(&mut self, out: &mut Vec<(u32, u64)>) {
+        let _ = out;
+    }
     /// The largest frontier of a commit the external system acknowledged so far (`None`: none
     /// yet). The source calls it on every activation, throttled or not, so it must not block.
     /// `issued` is the frontier of the last [`PartitionReader::commit`] call (or the resume
@@ -655,6 +664,7 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
         }
         let mut cap = if partitions.is_empty() { None } else { caps };
         let mut raw = Vec::with_capacity(cfg.batch);
+        let mut skips: Vec<(u32, u64)> = Vec::new();
         // The records read in one activation, by window (events and invalid records apart),
         // each window's in the order read (no sort: a record is a few hundred bytes to
         // move). The buffers are kept for the next activations, so they grow once.
@@ -793,6 +803,17 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                 match item {
                     Ok(s) => by_window[at].1.push(s),
                     Err(d) => by_window[at].2.push(d),
+                }
+            }
+            // Offsets without records after those read (transaction markers): only for a
+            // partition that read a record or resumed, whose cuts already say which windows
+            // its later records get; one that read nothing still commits nothing.
+            reader.skipped(&mut skips);
+            for (p, next) in skips.drain(..) {
+                if let Some(t) = tracks.iter_mut().find(|t| t.partition == p) {
+                    if t.next.is_some_and(|n| next > n) {
+                        t.next = Some(next);
+                    }
                 }
             }
             by_window.sort_unstable_by_key(|(w, _, _)| *w);
@@ -963,6 +984,10 @@ mod tests {
         next: usize,
         resume: Vec<Cut>,
         commits: std::sync::Arc<std::sync::Mutex<Vec<Cut>>>,
+        /// Offsets without records after the last line (transaction markers): the next offset
+        /// reported through `skipped` once every line was read.
+        markers_to: Option<u64>,
+        skips: Vec<(u32, u64)>,
     }
 
     impl Lines {
@@ -973,6 +998,8 @@ mod tests {
                 next,
                 resume,
                 commits: Arc::new(std::sync::Mutex::new(Vec::new())),
+                markers_to: None,
+                skips: Vec::new(),
             }
         }
     }
@@ -1238,10 +1265,15 @@ mod tests {
             }
             self.next = end;
             if end == self.lines.len() {
+                self.skips.extend(self.markers_to.take().map(|to| (0, to)));
                 marks.end(0);
                 return Ok(ReadStatus::Done);
             }
             Ok(ReadStatus::More)
+        }
+
+        fn skipped(&mut self, out: &mut Vec<(u32, u64)>) {
+            out.append(&mut self.skips);
         }
 
         fn resume_points(&self) -> Vec<Cut> {
@@ -1413,6 +1445,25 @@ mod tests {
             .filter_map(|l| crate::event::parse_event(l).ok())
             .map(|e| e.timestamp)
             .max()
+    }
+
+    /// Offsets without records after the last one read (a transactional producer's last
+    /// commit marker) move the final cut past them, so the group shows no lag; a partition
+    /// that read no record still gets no cut (its later records' windows are unknown).
+    #[test]
+    fn the_end_cut_passes_offsets_without_records_after_the_last_one_read() {
+        let lines = sample();
+        let mut reader = Lines::new(lines.clone(), 0, Vec::new());
+        reader.markers_to = Some(lines.len() as u64 + 2);
+        let (_, gauges, _) = run(reader);
+        assert_eq!(gauges.end_cuts.len(), 1);
+        assert_eq!(gauges.end_cuts[0].offset, lines.len() as u64 + 2);
+        assert_eq!(gauges.end_cuts[0].max_ts, max_ts_before(&lines, lines.len() as u64));
+
+        let mut empty = Lines::new(Vec::new(), 0, Vec::new());
+        empty.markers_to = Some(3);
+        let (_, gauges, _) = run(empty);
+        assert!(gauges.end_cuts.is_empty(), "{:?}", gauges.end_cuts);
     }
 
     #[test]
