@@ -10,7 +10,7 @@
 //!   bootstraps from the real broker (a hidden hook: the fault cannot be caused at will).
 //! - The Kafka source stops with a clear error when partitions are added to its topic (it
 //!   reads the partitions it started with; a restart reads them all), and a live run then
-//!   stops without writing any window its failed sources held.
+//!   stops without writing any window its failed sources held; and when its topic is deleted.
 //! - The Kafka source replaces a stranded consumer by one that resumes right after the last
 //!   message read (every message once, in order; commits on the new one), and never replaces
 //!   one that is not stranded.
@@ -343,6 +343,57 @@ fn partitions_added_while_running_stop_the_source_with_a_clear_error() {
     );
     assert!(error.contains("a restart reads the new ones"), "{error}");
     eprintln!("stopped {:?} after the growth: {error}", started.elapsed());
+}
+
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_topic_deleted_while_running_stops_the_source_with_a_clear_error() {
+    let mut cfg = source_config(true, 2);
+    cfg.options
+        .push(("topic.metadata.refresh.interval.ms".to_string(), "1000".to_string()));
+    produce_numbered(&cfg.topic, 2, 50);
+    let mut reader = KafkaReader::connect(&cfg, 0, 1).unwrap();
+    let mut marks = Watermarks::new(60_000, 5_000, &reader.partitions());
+    let mut got = Vec::new();
+    // Everything read, then no error while the topic stays.
+    read_for(
+        &mut reader,
+        &mut marks,
+        &mut got,
+        100,
+        Duration::from_secs(3),
+        |_, _| false,
+    );
+    assert_eq!(got.len(), 100);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in block_on(admin.delete_topics(&[cfg.topic.as_str()], &opts)).unwrap() {
+        r.unwrap();
+    }
+    let started = Instant::now();
+    let error = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "no error 90 s after the topic was deleted"
+        );
+        let mut batch = Vec::new();
+        if let Err(e) = reader.read(&mut marks, 100, &mut batch) {
+            break e;
+        }
+        assert!(batch.is_empty(), "read {} messages of a deleted topic", batch.len());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        error.contains(&format!(
+            "topic {}: 2 of this worker's partitions are no longer",
+            cfg.topic
+        )),
+        "{error}"
+    );
+    eprintln!("stopped {:?} after the deletion: {error}", started.elapsed());
 }
 
 /// Grows `topic` to `partitions` partitions.

@@ -51,6 +51,10 @@
 //!   `isolation.level=read_committed`). Their markers, and aborted messages, take offsets no
 //!   message has: a caught-up reader compares the consumer's position with the offset after
 //!   the last message taken, so the cuts (the final ones above all) point past them.
+//! - A topic deleted while the job runs stops it with an error that says so, rather than
+//!   waiting for a topic that may come back under the name with offsets of other events: the
+//!   consumer's statistics flag assigned partitions the metadata no longer lists (librdkafka
+//!   decides so ~30 s after a metadata refresh first misses them).
 //! - One librdkafka fault is worked around (the Kafka sinks do the same for their producers,
 //!   see `sink::kafka`): a consumer whose statistics have listed no broker for
 //!   `STRANDED_AFTER` (a broker that shut down told it there are none, and it never
@@ -708,6 +712,9 @@ struct SourceContext {
     stranded: Arc<StrandedClock>,
     /// The most partitions of the topic its statistics listed (count; 0 until the first).
     partitions_seen: Arc<AtomicU32>,
+    /// Partitions this consumer is assigned that its latest statistics report gone from the
+    /// cluster's metadata (librdkafka's "desired partition is no longer available").
+    partitions_gone: Arc<AtomicU32>,
 }
 
 impl ClientContext for SourceContext {
@@ -726,6 +733,15 @@ impl ClientContext for SourceContext {
             let known = t.partitions.values().filter(|p| p.partition >= 0 && !p.unknown).count();
             self.partitions_seen
                 .fetch_max(u32::try_from(known).unwrap_or(u32::MAX), Ordering::Relaxed);
+            // Partitions leave a topic only with the topic: librdkafka flags an assigned one
+            // the metadata no longer lists (after its propagation grace, ~30 s) and logs it.
+            let gone = t
+                .partitions
+                .values()
+                .filter(|p| p.partition >= 0 && p.desired && p.unknown)
+                .count();
+            self.partitions_gone
+                .store(u32::try_from(gone).unwrap_or(u32::MAX), Ordering::Relaxed);
             // Messages not read yet: last stable offset (or high watermark) minus the position.
             let lag: i64 = t
                 .partitions
@@ -866,6 +882,8 @@ pub struct KafkaReader {
     topic_partitions: u32,
     /// The most partitions the consumer's statistics have listed since (count).
     partitions_seen: Arc<AtomicU32>,
+    /// Assigned partitions the current consumer's statistics report gone (count).
+    partitions_gone: Arc<AtomicU32>,
     told_ended: bool,
     /// Commit state shared with the commit thread and [`KafkaCommitter`].
     commits: Option<Arc<CommitShared>>,
@@ -1066,6 +1084,7 @@ impl KafkaReader {
         let lag = Arc::new(AtomicI64::new(-1));
         let stranded = Arc::new(StrandedClock::default());
         let partitions_seen = Arc::new(AtomicU32::new(0));
+        let partitions_gone = Arc::new(AtomicU32::new(0));
         let deadline = Instant::now() + Duration::from_millis(cfg.connect_timeout_ms);
         let client_cfg = cfg.consumer_config(index)?;
         let activator: Arc<OnceLock<SyncActivator>> = Arc::new(OnceLock::new());
@@ -1075,6 +1094,7 @@ impl KafkaReader {
             lag: Arc::clone(&lag),
             stranded: Arc::clone(&stranded),
             partitions_seen: Arc::clone(&partitions_seen),
+            partitions_gone: Arc::clone(&partitions_gone),
         };
         // A handle from the start: however `connect` returns, the consumer closes promptly.
         let consumer = ConsumerHandle(Arc::new(new_consumer(&client_cfg, context, &activator)?));
@@ -1100,6 +1120,7 @@ impl KafkaReader {
             stranded,
             topic_partitions: count,
             partitions_seen,
+            partitions_gone,
             told_ended: false,
             commits: None,
             commit_thread: None,
@@ -1262,7 +1283,10 @@ impl KafkaReader {
             lag: Arc::clone(&self.lag),
             stranded: Arc::clone(&stranded),
             partitions_seen: Arc::clone(&self.partitions_seen),
+            // The new consumer's own view: it knows nothing gone yet.
+            partitions_gone: Arc::new(AtomicU32::new(0)),
         };
+        let partitions_gone = Arc::clone(&context.partitions_gone);
         let consumer = new_consumer(client_cfg, context, &self.activator)?;
         let mut assign = TopicPartitionList::with_capacity(self.parts.len());
         for part in self.parts.iter().filter(|p| !p.ended) {
@@ -1285,6 +1309,7 @@ impl KafkaReader {
             }
         }
         self.stranded = stranded;
+        self.partitions_gone = partitions_gone;
         self.replacements += 1;
         if let Some(old) = self.consumer.replace(consumer) {
             // Destroying a client joins its threads: not on the worker.
@@ -1326,6 +1351,7 @@ impl KafkaReader {
             stranded: Arc::new(StrandedClock::default()),
             topic_partitions: 0,
             partitions_seen: Arc::new(AtomicU32::new(0)),
+            partitions_gone: Arc::new(AtomicU32::new(0)),
             told_ended: false,
             commits: None,
             commit_thread: None,
@@ -1525,6 +1551,17 @@ impl PartitionReader for KafkaReader {
                  partitions it started with; stopping so that a restart reads the new ones too \
                  (from the committed offsets; the new ones from --start)",
                 self.topic, self.topic_partitions
+            ));
+        }
+        // A partition leaves a topic only with the topic: reading on would wait forever, or
+        // read a topic created again under the name, from offsets that meant other events.
+        let gone = self.partitions_gone.load(Ordering::Relaxed);
+        if gone > 0 {
+            return Err(format!(
+                "topic {}: {gone} of this worker's partitions are no longer in the cluster's \
+                 metadata (was the topic deleted?): stopping; a restart once the topic exists \
+                 reads it from the committed offsets (from --start where they are out of range)",
+                self.topic
             ));
         }
         // The consumer's own queue carries only events now (errors, statistics, commit
@@ -1855,6 +1892,7 @@ mod tests {
             lag: Arc::new(AtomicI64::new(-1)),
             stranded: Arc::new(StrandedClock::default()),
             partitions_seen: Arc::new(AtomicU32::new(0)),
+            partitions_gone: Arc::new(AtomicU32::new(0)),
         };
         let cfg = client_config(&brokers, &ours, &[], ClientKind::Consumer).unwrap();
         let consumer = new_consumer(&cfg, context, &Arc::new(OnceLock::new())).unwrap();
