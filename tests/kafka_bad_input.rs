@@ -1,6 +1,7 @@
 //! On the real broker: malformed, empty, null, oversized and non-UTF-8 messages go to the
 //! dead-letter topic (and file) with their partition and offset, are counted, and never stop
-//! the job; a broker that is down at start gives logged retries, then a clear error.
+//! the job; a broker that is down at start gives logged retries, then a clear error; so does a
+//! group other consumers still use (it would refuse every commit).
 //!
 //! `#[ignore]`d: needs Kafka (`scripts/test.sh` starts it; `KAFKA_BROKERS`).
 #![allow(clippy::unwrap_used)]
@@ -13,8 +14,10 @@ use std::time::{Duration, Instant};
 use kafka_support::*;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
+use sessionflow_operators::sink::kafka::ensure_topic;
 use sessionflow_operators::source::kafka::block_on;
 
 /// (partition, payload or `None` for a null message, expected reason prefix or `None` if valid)
@@ -177,6 +180,48 @@ fn broker_down_at_start_retries_then_fails_clearly() {
         "{stderr}"
     );
     assert!(stderr.contains("gave up after"), "{stderr}");
+}
+
+/// A group other consumers still use (the job this one replaces, say) refuses every commit
+/// from outside it: a clear error before anything runs, naming the members; once they left,
+/// the same job runs and commits.
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_group_with_active_members_is_a_clear_error_before_the_job_starts() {
+    let topic = unique("busy-group");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    ensure_topic(&brokers(), &topic, 2, &[], deadline).unwrap();
+    let group = unique("busy");
+    let member: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", &group)
+        .set("client.id", "the-old-job")
+        .create()
+        .unwrap();
+    member.subscribe(&[&topic]).unwrap();
+    while member.assignment().unwrap().count() == 0 {
+        assert!(Instant::now() < deadline, "the member never joined its group");
+        member.poll(Duration::from_millis(100));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files = Files::new(dir.path(), "busy");
+    let mut run = run_flags(&topic, &group, 1);
+    run.push("--stop-at-end".into());
+    run.extend(files.flags());
+    let out = run_capture(&mut sessionflow(&run), Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: consumer group {group} has 1 active member(s) (the-old-job at 127.0.0.1"
+        )) && stderr.contains("choose another --group"),
+        "{stderr}"
+    );
+    assert!(!files.output.exists(), "the refused job wrote its output");
+    // Closing leaves the group; then the job runs.
+    drop(member);
+    run_ok(sessionflow(&run), Duration::from_secs(60));
+    assert_eq!(files.stats_json()["events_read"], 0);
 }
 
 #[test]
