@@ -18,7 +18,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::ClientConfig;
 use sessionflow_operators::sink::kafka::ensure_topic;
-use sessionflow_operators::source::kafka::block_on;
+use sessionflow_operators::source::kafka::{block_on, KafkaReader, KafkaSourceConfig};
+use sessionflow_operators::source::Cut;
 
 /// (partition, payload or `None` for a null message, expected reason prefix or `None` if valid)
 type Message = (i32, Option<Vec<u8>>, Option<&'static str>);
@@ -218,6 +219,27 @@ fn a_group_with_active_members_is_a_clear_error_before_the_job_starts() {
         "{stderr}"
     );
     assert!(!files.output.exists(), "the refused job wrote its output");
+    // A member that joins after the start: the source's commits fail, and say why.
+    let cfg = KafkaSourceConfig {
+        brokers: brokers(),
+        topic: topic.clone(),
+        group: group.clone(),
+        final_commit_timeout_ms: 2_000,
+        ..KafkaSourceConfig::default()
+    };
+    let reader = KafkaReader::connect(&cfg, 0, 1).unwrap();
+    let cut = Cut {
+        partition: 0,
+        offset: 0,
+        frontier: 1,
+        max_ts: None,
+    };
+    let error = reader.committer().commit_sync(&[cut]).unwrap_err();
+    assert!(
+        error.contains(&format!("consumer group {group} has members now")),
+        "{error}"
+    );
+    drop(reader);
     // Closing leaves the group; then the job runs.
     drop(member);
     run_ok(sessionflow(&run), Duration::from_secs(60));

@@ -955,6 +955,7 @@ pub struct KafkaReader {
 /// What the commit thread and the final commit share.
 struct CommitShared {
     topic: String,
+    group: String,
     log: Arc<ClientLog>,
     /// The reader's current consumer (swapped when it is replaced).
     consumer: Mutex<ConsumerHandle>,
@@ -982,7 +983,17 @@ impl CommitShared {
                 .lock()
                 .map_err(|_| "commit state poisoned".to_string())?
                 .clone();
-            consumer.commit(&tpl, CommitMode::Sync).map_err(|e| e.to_string())?;
+            consumer.commit(&tpl, CommitMode::Sync).map_err(|e| match e {
+                // The group has members now: `run` checked it had none at the start.
+                KafkaError::ConsumerCommit(RDKafkaErrorCode::UnknownMemberId | RDKafkaErrorCode::IllegalGeneration) => {
+                    format!(
+                        "{e}: consumer group {} has members now (another consumer joined it), and \
+                         Kafka refuses commits from outside a group while it has members: stop them",
+                        self.group
+                    )
+                }
+                e => e.to_string(),
+            })?;
             for c in &fresh {
                 stored.insert(c.partition, (c.frontier, c.offset));
             }
@@ -1283,6 +1294,7 @@ impl KafkaReader {
         reader.open_queues(&consumer)?;
         reader.commits = Some(Arc::new(CommitShared {
             topic: cfg.topic.clone(),
+            group: cfg.group.clone(),
             log: Arc::clone(&log),
             consumer: Mutex::new(consumer.clone()),
             // Committed before the restart: acknowledged by definition.
