@@ -87,6 +87,9 @@ fn produce_transactionally(topic: &str, parts: &[Vec<Vec<u8>>]) {
                     send(p, &line);
                 }
             }
+            // Every message acknowledged first: an abort racing a produce request still in
+            // flight failed once (`INVALID_TXN_STATE` from the coordinator, librdkafka #4849).
+            producer.flush(timeout).unwrap();
             producer.abort_transaction(timeout).unwrap();
         }
         producer.begin_transaction().unwrap();
