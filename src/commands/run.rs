@@ -52,8 +52,8 @@ use sessionflow_operators::sink::kafka::{
     ensure_topic, KafkaMessage, KafkaSink, KafkaSinkConfig, KafkaSinkStatus, SinkKafka,
 };
 use sessionflow_operators::source::kafka::{
-    check_group_unused, options_with_file, parse_brokers, parse_option, parse_topic, wait_for_topic, KafkaReader,
-    KafkaSourceConfig, StartOffset,
+    options_with_file, parse_brokers, parse_option, parse_topic, KafkaReader, KafkaSourceConfig, MetadataClient,
+    StartOffset,
 };
 use sessionflow_operators::source::{Cut, PartitionReader};
 use timely::dataflow::operators::vec::{Broadcast, Input};
@@ -340,8 +340,11 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
 
     // Clear errors (with logged retries) before any dataflow starts.
     let deadline = Instant::now() + Duration::from_millis(args.connect_timeout);
-    let partitions = wait_for_topic(&args.brokers, &args.topic, &args.options, deadline)?;
-    check_group_unused(&args.brokers, &args.group, &args.options, deadline)?;
+    let metadata = MetadataClient::new(&args.brokers, &args.options)?;
+    let partitions = metadata.wait_for_topic(&args.topic, deadline)?;
+    metadata.check_group_unused(&args.group, deadline)?;
+    // Its threads are not needed past the checks.
+    drop(metadata);
     for topic in [&args.snapshot_topic, &args.dead_letter_topic].into_iter().flatten() {
         ensure_topic(&args.brokers, topic, partitions, &args.options, deadline)?;
     }

@@ -650,70 +650,88 @@ pub fn wait_for_topic(
     extra: &[(String, String)],
     deadline: Instant,
 ) -> Result<u32, String> {
-    let log = Arc::new(ClientLog::new(format!("kafka {brokers}")));
-    let client: BaseConsumer<LogContext> = metadata_config(brokers, "sessionflow-metadata", extra)?
-        .create_with_context(LogContext(Arc::clone(&log)))
-        .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
-    retry(
-        log.label(),
-        &format!("cannot reach topic {topic} on {brokers}"),
-        deadline,
-        |timeout| served_topic_partitions(&client, topic, timeout).map_err(|e| log.explain(e)),
-    )
+    MetadataClient::new(brokers, extra)?.wait_for_topic(topic, deadline)
 }
 
-/// Checks that no consumer is a member of `group`. sessionflow commits under the group without
-/// joining it (its partitions are assigned), and the broker refuses such commits while the
-/// group has members (`UNKNOWN_MEMBER_ID`): the job would run without its offsets ever
-/// moving. This happens when the group is still used by the job sessionflow replaces, so it is
-/// an error before any dataflow starts, naming the members. Best effort: a broker that does
-/// not answer (or does not let us describe the group) passes the check, with a warning.
-pub fn check_group_unused(
-    brokers: &str,
-    group: &str,
-    extra: &[(String, String)],
-    deadline: Instant,
-) -> Result<(), String> {
-    let log = Arc::new(ClientLog::new(format!("kafka {brokers}")));
-    let client: BaseConsumer<LogContext> = metadata_config(brokers, "sessionflow-metadata", extra)?
-        .create_with_context(LogContext(Arc::clone(&log)))
-        .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
-    let timeout = deadline
-        .saturating_duration_since(Instant::now())
-        .clamp(MIN_REQUEST_TIMEOUT, REQUEST_TIMEOUT * 3);
-    let groups = client.fetch_group_list(Some(group), timeout);
-    serve_events(&client);
-    let groups = match groups {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!(
-                "{}: warning: cannot describe consumer group {group} ({e}): not checked for other members",
-                log.label()
-            );
+/// One metadata-only client for the checks `run` makes before any dataflow starts (one
+/// librdkafka client, its threads and its bootstrap connection, for all of them).
+pub struct MetadataClient {
+    brokers: String,
+    log: Arc<ClientLog>,
+    client: BaseConsumer<LogContext>,
+}
+
+impl MetadataClient {
+    /// A client of `brokers` with the user's `extra` options (security, ...); connects lazily.
+    pub fn new(brokers: &str, extra: &[(String, String)]) -> Result<MetadataClient, String> {
+        let log = Arc::new(ClientLog::new(format!("kafka {brokers}")));
+        let client = metadata_config(brokers, "sessionflow-metadata", extra)?
+            .create_with_context(LogContext(Arc::clone(&log)))
+            .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+        Ok(MetadataClient {
+            brokers: brokers.to_string(),
+            log,
+            client,
+        })
+    }
+
+    /// See [`wait_for_topic`].
+    pub fn wait_for_topic(&self, topic: &str, deadline: Instant) -> Result<u32, String> {
+        retry(
+            self.log.label(),
+            &format!("cannot reach topic {topic} on {}", self.brokers),
+            deadline,
+            |timeout| served_topic_partitions(&self.client, topic, timeout).map_err(|e| self.log.explain(e)),
+        )
+    }
+
+    /// Checks that no consumer is a member of `group`. sessionflow commits under the group
+    /// without joining it (its partitions are assigned), and the broker refuses such commits
+    /// while the group has members (`UNKNOWN_MEMBER_ID`): the job would run without its
+    /// offsets ever moving. This happens when the group is still used by the job sessionflow
+    /// replaces, so it is an error before any dataflow starts, naming the members. Best
+    /// effort: a broker that does not answer (or does not let us describe the group) passes
+    /// the check, with a warning.
+    pub fn check_group_unused(&self, group: &str, deadline: Instant) -> Result<(), String> {
+        // Not retried, so longer than one request's `request_timeout`: finding the group's
+        // coordinator and describing the group are two round trips.
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(MIN_REQUEST_TIMEOUT, REQUEST_TIMEOUT * 3);
+        let groups = self.client.fetch_group_list(Some(group), timeout);
+        serve_events(&self.client);
+        let groups = match groups {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!(
+                    "{}: warning: cannot describe consumer group {group} ({e}): not checked for other members",
+                    self.log.label()
+                );
+                return Ok(());
+            }
+        };
+        let Some(info) = groups.groups().iter().find(|g| g.name() == group) else {
+            return Ok(());
+        };
+        let members = info.members();
+        if members.is_empty() {
             return Ok(());
         }
-    };
-    let Some(info) = groups.groups().iter().find(|g| g.name() == group) else {
-        return Ok(());
-    };
-    let members = info.members();
-    if members.is_empty() {
-        return Ok(());
+        let mut who: Vec<String> = members
+            .iter()
+            .map(|m| format!("{} at {}", m.client_id(), m.client_host().trim_start_matches('/')))
+            .collect();
+        who.sort();
+        who.dedup();
+        Err(format!(
+            "consumer group {group} has {} active member(s) ({}; state {}): Kafka refuses offset \
+             commits from outside a group while it has members, so this job could never commit. \
+             Stop those consumers (the job this one replaces?) or choose another --group",
+            members.len(),
+            who.join(", "),
+            info.state()
+        ))
     }
-    let mut who: Vec<String> = members
-        .iter()
-        .map(|m| format!("{} at {}", m.client_id(), m.client_host().trim_start_matches('/')))
-        .collect();
-    who.sort();
-    who.dedup();
-    Err(format!(
-        "consumer group {group} has {} active member(s) ({}; state {}): Kafka refuses offset \
-         commits from outside a group while it has members, so this job could never commit. \
-         Stop those consumers (the job this one replaces?) or choose another --group",
-        members.len(),
-        who.join(", "),
-        info.state()
-    ))
 }
 
 /// [`topic_partitions`] through a metadata client (no group), whose queued events are then
