@@ -106,6 +106,29 @@ fn bad_topic_group_and_broker_values_are_usage_errors_at_once() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says), "{args:?}: {err}");
     }
+    // A --start time without its offset from UTC, or not a time at all.
+    for start in ["2026-12-07T10:00:00", "yesterday", "2026-02-30"] {
+        let out = bin()
+            .args([
+                "run",
+                "--brokers",
+                "127.0.0.1:1",
+                "--topic",
+                "t",
+                "--group",
+                "g",
+                "--start",
+                start,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{start}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("bad time \"{start}\"")) && err.contains("or earliest, or latest"),
+            "{start}: {err}"
+        );
+    }
     let out = bin()
         .args(["generate", "--brokers", "b:1", "--topic", "a/b"])
         .output()

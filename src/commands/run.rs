@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 use sessionflow_operators::record::DeadLetter;
 use sessionflow_operators::sink::files::{finish_all, LineFile};
@@ -64,19 +64,21 @@ use timely::worker::Worker;
 use crate::cluster::ClusterArgs;
 use crate::commands::hbase_args::{self, HbaseArgs};
 use crate::commands::replay::{check_writable, json_file};
-use crate::config::{parse_duration_ms, SessionArgs};
+use crate::config::{format_utc, parse_duration_ms, parse_time_ms, SessionArgs};
 use crate::metrics;
 use crate::pipeline::{self, Attach, Outputs};
 use crate::sessiondb::SinkMode;
 use crate::stats::Stats;
 
-/// Where a partition without a committed offset starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Start {
-    /// The oldest message still in the partition.
-    Earliest,
-    /// The end of the partition: only messages produced after the start.
-    Latest,
+/// Parses `--start`: `earliest`, `latest`, or a time ([`parse_time_ms`]).
+fn parse_start(text: &str) -> Result<StartOffset, String> {
+    match text.trim() {
+        "earliest" => Ok(StartOffset::Earliest),
+        "latest" => Ok(StartOffset::Latest),
+        t => parse_time_ms(t)
+            .map(StartOffset::Time)
+            .map_err(|e| format!("{e}; or earliest, or latest")),
+    }
 }
 
 /// Flags of `sessionflow run`.
@@ -91,9 +93,13 @@ pub struct RunArgs {
     /// Consumer group: offsets are committed under it; a restart with the same group resumes.
     #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub group: String,
-    /// Where a partition without a committed offset starts.
-    #[arg(long, value_enum, default_value = "earliest")]
-    pub start: Start,
+    /// Where a partition without a committed offset starts: `earliest` (its oldest message),
+    /// `latest` (its end: only messages produced after the start) or a time, RFC 3339
+    /// (`2026-12-07T10:00:00Z`, `2026-12-07T11:00:00+01:00`, `2026-12-07` for its midnight
+    /// UTC) or ms since the Unix epoch: its first message with a Kafka timestamp at or after
+    /// it (the record's timestamp, not the event's; the end where none is).
+    #[arg(long, default_value = "earliest", value_parser = parse_start, value_name = "earliest|latest|TIME")]
+    pub start: StartOffset,
     /// Topic receiving the snapshots (key = session id, value = snapshot JSON); created with
     /// the input's partition count when missing.
     #[arg(long, value_parser = parse_topic)]
@@ -238,10 +244,7 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
         brokers: args.brokers.clone(),
         topic: args.topic.clone(),
         group: args.group.clone(),
-        start: match args.start {
-            Start::Earliest => StartOffset::Earliest,
-            Start::Latest => StartOffset::Latest,
-        },
+        start: args.start,
         stop_at_end: args.stop_at_end,
         idle_timeout_ms: args.idle_timeout,
         connect_timeout_ms: args.connect_timeout,
@@ -826,29 +829,7 @@ pub(super) fn window_start(w: u64, window_ms: u64) -> String {
     let Some(ms) = w.checked_mul(window_ms).and_then(|ms| i64::try_from(ms).ok()) else {
         return format!("window {w} of {window_ms} ms");
     };
-    utc(ms)
-}
-
-/// A Unix time in ms as ISO 8601 UTC, to the second (proleptic Gregorian calendar; the civil
-/// date from days since 1970-01-01 as in Howard Hinnant's `civil_from_days`).
-fn utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
-    )
+    format_utc(ms)
 }
 
 /// Which Kafka sink a status is of.
@@ -968,13 +949,13 @@ mod tests {
 
     #[test]
     fn windows_are_dated_in_utc() {
-        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(utc(1_700_000_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(utc(951_868_799_999), "2000-02-29T23:59:59Z");
-        assert_eq!(utc(4_107_542_400_000), "2100-03-01T00:00:00Z");
-        assert_eq!(utc(-1), "1969-12-31T23:59:59Z");
-        assert_eq!(utc(253_402_300_799_000), "9999-12-31T23:59:59Z");
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(1_700_000_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(format_utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(951_868_799_999), "2000-02-29T23:59:59Z");
+        assert_eq!(format_utc(4_107_542_400_000), "2100-03-01T00:00:00Z");
+        assert_eq!(format_utc(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(format_utc(253_402_300_799_000), "9999-12-31T23:59:59Z");
         assert_eq!(window_start(28_333_337, 60_000), "2023-11-14T22:17:00Z");
         assert_eq!(
             window_start(u64::MAX, 60_000),

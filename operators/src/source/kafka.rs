@@ -7,8 +7,9 @@
 //! - The worker never blocks: [`PartitionReader::read`] polls with a zero timeout until the
 //!   queue is empty, and the consumer queue's "non-empty" callback wakes the source operator
 //!   through a [`SyncActivator`] (with a 100 ms re-check as a safety net).
-//! - Start offsets: the group's committed offset of each partition, else `earliest` or
-//!   `latest` ([`StartOffset`]). A committed offset written by sessionflow carries the
+//! - Start offsets: the group's committed offset of each partition, else `earliest`, `latest`
+//!   or the first message at or after a time ([`StartOffset`]; the broker's record timestamps,
+//!   looked up with `offsets_for_times`). A committed offset written by sessionflow carries the
 //!   partition's [`Cut`] as commit metadata (`{"v":"sessionflow/1","frontier":F,"max_ts":T}`);
 //!   every worker reads the commits of all partitions and resumes its own at the job's resume
 //!   frontier `D` = the largest `F` (see [`super`] for why that is exact). A partition without
@@ -117,12 +118,19 @@ pub enum StartOffset {
     Earliest,
     /// The end of the partition: only messages produced after the start.
     Latest,
+    /// The first message whose Kafka timestamp (the record's, `CreateTime` or
+    /// `LogAppendTime` as the topic keeps them, not the event's `timestamp`) is at or after
+    /// this time, in ms since the Unix epoch; the end of a partition without one.
+    Time(i64),
 }
 
 impl StartOffset {
-    fn name(self) -> &'static str {
+    /// The `auto.offset.reset` of this start: where a partition whose committed offset is no
+    /// longer in the log (retention removed it) starts. After a time: `earliest`, the oldest
+    /// message kept, which is later than the committed offset's.
+    fn reset(self) -> &'static str {
         match self {
-            StartOffset::Earliest => "earliest",
+            StartOffset::Earliest | StartOffset::Time(_) => "earliest",
             StartOffset::Latest => "latest",
         }
     }
@@ -138,7 +146,8 @@ pub struct KafkaSourceConfig {
     pub topic: String,
     /// Consumer group the offsets are committed under (a name; the group never rebalances).
     pub group: String,
-    /// Where a partition without a committed offset starts (`earliest` or `latest`).
+    /// Where a partition without a committed offset starts (`earliest`, `latest`, or a time
+    /// in ms since the Unix epoch).
     pub start: StartOffset,
     /// Stop each partition at the end offset it had when the job started (bounded run).
     pub stop_at_end: bool,
@@ -189,8 +198,9 @@ impl KafkaSourceConfig {
             ("enable.auto.commit", "false".to_string()),
             // ... and never stored implicitly by poll() either.
             ("enable.auto.offset.store", "false".to_string()),
-            // A partition without a (valid) committed offset starts here.
-            ("auto.offset.reset", self.start.name().to_string()),
+            // A committed offset no longer in the log (retention removed it) restarts here, as
+            // does a partition started at `earliest` (see `StartOffset::reset`).
+            ("auto.offset.reset", self.start.reset().to_string()),
             // --stop-at-end: an EOF event tells that a partition reached its end even when its
             // last offsets are not messages (transaction markers, compaction).
             ("enable.partition.eof", self.stop_at_end.to_string()),
@@ -1158,6 +1168,52 @@ fn cut_list(topic: &str, cuts: &[Cut]) -> Result<TopicPartitionList, String> {
     Ok(tpl)
 }
 
+/// The offset of the first message of each of `partitions` whose Kafka timestamp is at or
+/// after `ms` (`None`: no such message, the partition starts at its end). Retried until
+/// `deadline`, as the other start-up requests.
+fn offsets_at_time(
+    consumer: &SourceConsumer,
+    topic: &str,
+    partitions: &[u32],
+    ms: i64,
+    label: &str,
+    deadline: Instant,
+) -> Result<BTreeMap<u32, Option<u64>>, String> {
+    if partitions.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    // A negative time is no timestamp to this request (-1 and -2 mean "latest" and
+    // "earliest", and the client refuses them): a time before 1970 asks for 0 instead (record
+    // timestamps are never negative).
+    let at = Offset::Offset(ms.max(0));
+    let mut query = TopicPartitionList::with_capacity(partitions.len());
+    for &p in partitions {
+        query
+            .add_partition_offset(topic, p as i32, at)
+            .map_err(|e| e.to_string())?;
+    }
+    let what = format!("cannot look up the offsets of topic {topic} at time {ms} ms");
+    retry(label, &what, deadline, |timeout| {
+        let found = consumer
+            .offsets_for_times(query.clone(), timeout)
+            .map_err(|e| e.to_string())?;
+        let mut out = BTreeMap::new();
+        for &p in partitions {
+            let elem = found
+                .find_partition(topic, p as i32)
+                .ok_or_else(|| format!("partition {p} missing from the answer"))?;
+            elem.error().map_err(|e| format!("partition {p}: {e}"))?;
+            let offset = match elem.offset() {
+                Offset::Offset(o) if o >= 0 => Some(o as u64),
+                Offset::End => None,
+                other => return Err(format!("partition {p}: unexpected offset {other:?} in the answer")),
+            };
+            out.insert(p, offset);
+        }
+        Ok(out)
+    })
+}
+
 impl KafkaReader {
     /// Connects worker `index` of `peers`: creates its consumer, reads the committed offsets
     /// (and their cuts), the end offsets with `stop_at_end`, and assigns its partitions.
@@ -1238,6 +1294,30 @@ impl KafkaReader {
         };
         let resume_frontier = (0..count).filter_map(|p| committed_at(p).1).map(|c| c.frontier).max();
 
+        // With a start time: the offsets of the first messages at or after it, for the
+        // partitions without a committed offset (one request for all of them).
+        let by_time = match cfg.start {
+            StartOffset::Time(ms) => {
+                let unstarted: Vec<u32> = mine.iter().copied().filter(|p| committed_at(*p).0.is_none()).collect();
+                let found = offsets_at_time(&consumer, &cfg.topic, &unstarted, ms, log.label(), deadline)?;
+                if !found.is_empty() {
+                    let list: Vec<String> = found
+                        .iter()
+                        .map(|(p, o)| match o {
+                            Some(o) => format!("{p} at offset {o}"),
+                            None => format!("{p} at its end"),
+                        })
+                        .collect();
+                    log.note(&format!(
+                        "starting partitions {} (the first messages with a Kafka timestamp at or after {ms} ms)",
+                        list.join(", ")
+                    ));
+                }
+                found
+            }
+            StartOffset::Earliest | StartOffset::Latest => BTreeMap::new(),
+        };
+
         // Start offsets and assignment, with end offsets for --stop-at-end.
         let now = Instant::now();
         let mut assign = TopicPartitionList::with_capacity(mine.len());
@@ -1258,12 +1338,18 @@ impl KafkaReader {
                 (Some(o), _) => Offset::Offset(o as i64),
                 (None, StartOffset::Earliest) => Offset::Beginning,
                 (None, StartOffset::Latest) => Offset::End,
+                (None, StartOffset::Time(_)) => match by_time.get(&p).copied().flatten() {
+                    Some(o) => Offset::Offset(o as i64),
+                    None => Offset::End,
+                },
             };
             let mut first = start;
-            // `latest` as a number too: a replaced consumer (see `replace_consumer`) that read
-            // nothing yet must resume where this one started, not at the end of its own start.
-            let latest = start.is_none() && cfg.start == StartOffset::Latest;
-            if cfg.stop_at_end || latest || (start.is_none() && resume_frontier.is_some()) {
+            // `latest` (and a time after a partition's last message) as a number too: a
+            // replaced consumer (see `replace_consumer`) that read nothing yet must resume
+            // where this one started, not at the end of its own start.
+            let at_end = start.is_none() && from == Offset::End;
+            let at_time = start.is_none() && matches!(cfg.start, StartOffset::Time(_));
+            if cfg.stop_at_end || at_end || at_time || (start.is_none() && resume_frontier.is_some()) {
                 let what = format!("cannot read the end offset of partition {p}");
                 let (low, high) = retry(log.label(), &what, deadline, |timeout| {
                     consumer
@@ -1275,6 +1361,9 @@ impl KafkaReader {
                     (Some(o), _) => o,
                     (None, StartOffset::Earliest) => low,
                     (None, StartOffset::Latest) => high,
+                    (None, StartOffset::Time(_)) => {
+                        by_time.get(&p).copied().flatten().map_or(high, |o| o.clamp(low, high))
+                    }
                 };
                 from = Offset::Offset(at as i64);
                 first = Some(at);
