@@ -19,10 +19,12 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use sessionflow_operators::source::PartitionPosition;
+
 use crate::stats::Stats;
 
 /// One sample of the figures a process serves (summed over its workers).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sample {
     /// The spec's counters so far.
     pub stats: Stats,
@@ -50,6 +52,40 @@ pub struct Sample {
     pub dead_letter_sink: Option<KafkaSinkFigures>,
     /// The HBase sink, with `--hbase`.
     pub hbase: Option<HbaseFigures>,
+    /// The input partitions this process's workers read, by partition.
+    pub partitions: Vec<PartitionFigures>,
+}
+
+/// One input partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionFigures {
+    /// Where the source stands in it.
+    pub position: PartitionPosition,
+    /// Messages after its consumer's position, once librdkafka's statistics reported it
+    /// (messages).
+    pub lag: Option<i64>,
+}
+
+impl Sample {
+    /// The partitions holding the frontier back (see [`PartitionPosition::holds`]), when some
+    /// other live partition is past it: the ones the output waits for. Empty when every live
+    /// partition is at the frontier (they advance together) or no frontier is known.
+    pub fn holding(&self) -> Vec<&PartitionFigures> {
+        let Some(frontier) = self.frontier else {
+            return Vec::new();
+        };
+        let live = |p: &&PartitionFigures| !p.position.ended && !p.position.idle;
+        let (holding, ahead): (Vec<_>, Vec<_>) = self
+            .partitions
+            .iter()
+            .filter(live)
+            .partition(|p| p.position.holds(frontier));
+        if ahead.is_empty() {
+            Vec::new()
+        } else {
+            holding
+        }
+    }
 }
 
 /// One Kafka output's sinks, summed over the process's workers.
@@ -103,6 +139,14 @@ pub struct Info {
 
 /// A Kafka output metric: name, type, help, and its figure.
 type KafkaMetric = (&'static str, &'static str, &'static str, fn(&KafkaSinkFigures) -> u64);
+
+/// A per-partition metric: name, help, and its figure (given the partitions holding the
+/// frontier back), if known.
+type PartitionMetric = (
+    &'static str,
+    &'static str,
+    fn(&PartitionFigures, &[u32]) -> Option<String>,
+);
 
 /// A label value as the text format wants it: `\`, `"` and newlines escaped.
 fn label(value: &str) -> String {
@@ -264,6 +308,51 @@ pub fn render(info: &Info, sample: &Sample) -> String {
             &format!("Start of the {what} window, seconds since the Unix epoch."),
             window.and_then(window_s),
         );
+    }
+    // The input partitions this process reads: one line each, labelled with the partition.
+    let holding: Vec<u32> = sample.holding().iter().map(|p| p.position.partition).collect();
+    let per_partition: [PartitionMetric; 6] = [
+        (
+            "sessionflow_partition_lag_messages",
+            "Messages after the consumer's position in the partition (librdkafka statistics).",
+            |p, _| p.lag.map(|l| l.to_string()),
+        ),
+        (
+            "sessionflow_partition_next_offset",
+            "Next offset the source reads in the partition (once it read or resumed).",
+            |p, _| p.position.next_offset.map(|o| o.to_string()),
+        ),
+        (
+            "sessionflow_partition_watermark_window",
+            "The partition's watermark window w(WM_p): windows below it are complete for it (from its first valid event).",
+            |p, _| p.position.max_ts.map(|_| p.position.window.to_string()),
+        ),
+        (
+            "sessionflow_partition_max_event_timestamp_seconds",
+            "Largest valid event time read from the partition, seconds since the Unix epoch.",
+            |p, _| p.position.max_ts.map(|t| format!("{}", t as f64 / 1000.0)),
+        ),
+        (
+            "sessionflow_partition_idle",
+            "1 while the partition is idle (--idle-timeout) and holds no window back.",
+            |p, _| Some(u8::from(p.position.idle).to_string()),
+        ),
+        (
+            "sessionflow_partition_holds_frontier",
+            "1 while the partition holds the frontier back and another partition is past it: the output waits for it.",
+            |p, holding| Some(u8::from(holding.contains(&p.position.partition)).to_string()),
+        ),
+    ];
+    for (name, help, get) in per_partition {
+        let mut first = true;
+        for p in &sample.partitions {
+            if let Some(v) = get(p, &holding) {
+                if std::mem::take(&mut first) {
+                    header(&mut out, name, "gauge", help);
+                }
+                let _ = writeln!(out, "{name}{{partition=\"{}\"}} {v}", p.position.partition);
+            }
+        }
     }
     // The Kafka outputs: one line per output, labelled with its kind and topic.
     let outputs: Vec<(String, KafkaSinkFigures)> = [
@@ -572,6 +661,94 @@ mod tests {
         }
         assert_eq!(value(&text, "sessionflow_events_read_total"), Some("0"));
         assert_eq!(value(&text, "sessionflow_open_sessions"), Some("0"));
+    }
+
+    fn part(partition: u32, window: u64, max_ts: Option<i64>, lag: Option<i64>) -> PartitionFigures {
+        PartitionFigures {
+            position: PartitionPosition {
+                partition,
+                next_offset: max_ts.map(|_| 100 + u64::from(partition)),
+                window,
+                max_ts,
+                ended: false,
+                idle: false,
+            },
+            lag,
+        }
+    }
+
+    #[test]
+    fn the_partitions_holding_the_frontier_are_the_live_ones_at_it_while_others_are_past() {
+        let mut sample = Sample {
+            frontier: Some(10),
+            partitions: vec![part(0, 10, Some(600_000), None), part(1, 10, Some(600_000), None)],
+            ..Sample::default()
+        };
+        // Together at the frontier: nothing singled out.
+        assert!(sample.holding().is_empty());
+        sample.partitions[1].position.window = 12;
+        let held: Vec<u32> = sample.holding().iter().map(|p| p.position.partition).collect();
+        assert_eq!(held, [0]);
+        // Below the frontier (a resumed job's frontier is its resume point) holds it too.
+        sample.partitions.push(part(2, 0, None, None));
+        let held: Vec<u32> = sample.holding().iter().map(|p| p.position.partition).collect();
+        assert_eq!(held, [0, 2]);
+        // Idle and ended partitions hold nothing back, nor count as past it.
+        sample.partitions[0].position.idle = true;
+        sample.partitions[2].position.ended = true;
+        assert!(sample.holding().is_empty());
+        sample.frontier = None;
+        sample.partitions[0].position.idle = false;
+        assert!(sample.holding().is_empty());
+    }
+
+    #[test]
+    fn each_partition_gets_its_own_lines_and_unknown_figures_are_left_out() {
+        let sample = Sample {
+            frontier: Some(28_333_337),
+            partitions: vec![
+                part(0, 28_333_337, Some(1_700_000_250_500), Some(7)),
+                part(3, 28_333_339, Some(1_700_000_370_000), Some(0)),
+                part(5, 0, None, None),
+            ],
+            ..Sample::default()
+        };
+        let text = render(&info(), &sample);
+        for (name, v) in [
+            ("sessionflow_partition_lag_messages{partition=\"0\"}", "7"),
+            ("sessionflow_partition_lag_messages{partition=\"3\"}", "0"),
+            ("sessionflow_partition_next_offset{partition=\"3\"}", "103"),
+            ("sessionflow_partition_watermark_window{partition=\"0\"}", "28333337"),
+            (
+                "sessionflow_partition_max_event_timestamp_seconds{partition=\"0\"}",
+                "1700000250.5",
+            ),
+            ("sessionflow_partition_idle{partition=\"5\"}", "0"),
+            ("sessionflow_partition_holds_frontier{partition=\"0\"}", "1"),
+            ("sessionflow_partition_holds_frontier{partition=\"3\"}", "0"),
+            ("sessionflow_partition_holds_frontier{partition=\"5\"}", "1"),
+        ] {
+            assert_eq!(value(&text, name), Some(v), "{name} in\n{text}");
+        }
+        for name in [
+            "sessionflow_partition_lag_messages{partition=\"5\"}",
+            "sessionflow_partition_next_offset{partition=\"5\"}",
+            "sessionflow_partition_watermark_window{partition=\"5\"}",
+            "sessionflow_partition_max_event_timestamp_seconds{partition=\"5\"}",
+        ] {
+            assert!(!text.contains(name), "{name} in\n{text}");
+        }
+        // One HELP and TYPE per metric, before its first line.
+        for name in [
+            "sessionflow_partition_lag_messages",
+            "sessionflow_partition_holds_frontier",
+        ] {
+            assert_eq!(text.matches(&format!("# TYPE {name} gauge\n")).count(), 1, "{name}");
+            let at = text.find(&format!("# HELP {name} ")).unwrap();
+            assert!(at < text.find(&format!("{name}{{")).unwrap(), "{name}");
+        }
+        // No partition, no partition lines.
+        assert!(!render(&info(), &Sample::default()).contains("sessionflow_partition_"));
     }
 
     #[test]

@@ -81,7 +81,7 @@ fn a_partition_far_ahead_of_an_empty_one_is_paused_not_read_into_memory() {
     // Progress every second (the last pair of run_flags is `--progress 0`).
     let n = flags.len();
     flags[n - 1] = "1s".into();
-    flags.extend(["--max-windows-ahead", "2"].map(String::from));
+    flags.extend(["--max-windows-ahead", "2", "--metrics", "127.0.0.1:0"].map(String::from));
     // The live job, killed however the test ends (a failed assertion included).
     let mut child = sessionflow(&flags)
         .stdout(Stdio::null())
@@ -123,6 +123,39 @@ fn a_partition_far_ahead_of_an_empty_one_is_paused_not_read_into_memory() {
         held < EVENTS / 2,
         "read {held} of {EVENTS} events while the frontier could not move: not paused\n{}",
         log.join("\n")
+    );
+
+    // The progress line and the metrics name the partition the output waits for.
+    assert!(
+        log.iter()
+            .any(|l| l.contains("held back by partition 1 (no event yet; see --idle-timeout)")),
+        "no progress line names partition 1\n{}",
+        log.join("\n")
+    );
+    let addr = log
+        .iter()
+        .find_map(|l| l.strip_prefix("run: metrics at http://"))
+        .and_then(|rest| rest.split("/metrics").next())
+        .unwrap_or_else(|| panic!("no metrics line\n{}", log.join("\n")));
+    let (_, text) = scrape(addr);
+    let get = |series: &str| labelled(&text, series);
+    assert_eq!(
+        get("sessionflow_partition_holds_frontier{partition=\"1\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        get("sessionflow_partition_holds_frontier{partition=\"0\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        get("sessionflow_partition_watermark_window{partition=\"1\"}").is_none(),
+        "{text}"
+    );
+    assert!(
+        get("sessionflow_partition_watermark_window{partition=\"0\"}").is_some_and(|w| w > 0.0),
+        "{text}"
     );
 
     // 2. Partition 1 catches up: the frontier moves and partition 0 is read to its end.

@@ -257,12 +257,7 @@ fn a_live_run_serves_its_figures_as_prometheus_metrics() {
     let addr = metrics_address(&log, deadline);
     let total = expected["events_read"].as_f64().unwrap();
     let snap_acked =
-        format!("sessionflow_kafka_sink_acked_messages_total{{sink=\"snapshots\",topic=\"{snap_topic}\"}} ");
-    let labelled = |text: &str, prefix: &str| -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(|v| v.parse().unwrap())
-    };
+        format!("sessionflow_kafka_sink_acked_messages_total{{sink=\"snapshots\",topic=\"{snap_topic}\"}}");
     let (m, text) = loop {
         let (m, text) = scrape(&addr);
         let get = |name: &str| m.get(name).copied();
@@ -304,12 +299,24 @@ fn a_live_run_serves_its_figures_as_prometheus_metrics() {
     );
     // Every snapshot emitted is acknowledged (the wait above); none is left in flight, and the
     // dead-letter output has its own lines.
-    let in_flight = format!("sessionflow_kafka_sink_in_flight_messages{{sink=\"snapshots\",topic=\"{snap_topic}\"}} ");
+    let in_flight = format!("sessionflow_kafka_sink_in_flight_messages{{sink=\"snapshots\",topic=\"{snap_topic}\"}}");
     assert_eq!(labelled(&text, &in_flight), Some(0.0), "{text}");
     let dead_acked =
-        format!("sessionflow_kafka_sink_acked_messages_total{{sink=\"dead_letters\",topic=\"{dead_topic}\"}} ");
+        format!("sessionflow_kafka_sink_acked_messages_total{{sink=\"dead_letters\",topic=\"{dead_topic}\"}}");
     assert!(labelled(&text, &dead_acked).is_some_and(|n| n > 0.0), "{text}");
     assert!(!text.contains("sessionflow_hbase_"), "{text}");
+    // Each partition: read to its end, no lag, past the frontier, not idle, and none holds
+    // the frontier back alone (the stream's partitions advance together).
+    let ends = end_offsets(&f.topic, PARTITIONS);
+    for p in 0..PARTITIONS {
+        let get = |name: &str| labelled(&text, &format!("sessionflow_partition_{name}{{partition=\"{p}\"}}"));
+        assert_eq!(get("next_offset"), Some(ends[p as usize] as f64), "{p}: {text}");
+        assert_eq!(get("lag_messages"), Some(0.0), "{p}: {text}");
+        assert!(get("watermark_window").is_some_and(|w| w >= frontier), "{p}: {text}");
+        assert!(get("max_event_timestamp_seconds").is_some(), "{p}: {text}");
+        assert_eq!(get("idle"), Some(0.0), "{p}: {text}");
+        assert!(get("holds_frontier").is_some(), "{p}: {text}");
+    }
     let mut c = child.0.take().unwrap();
     terminate(&c);
     expect_graceful_exit(&mut c, std::time::Instant::now() + Duration::from_secs(60), &log);

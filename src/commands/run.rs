@@ -40,7 +40,7 @@ use std::cell::{Cell, RefCell};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,10 +52,10 @@ use sessionflow_operators::sink::kafka::{
     ensure_topic, KafkaMessage, KafkaSink, KafkaSinkConfig, KafkaSinkStatus, SinkKafka,
 };
 use sessionflow_operators::source::kafka::{
-    options_with_file, parse_brokers, parse_option, parse_topic, KafkaReader, KafkaSourceConfig, MetadataClient,
-    StartOffset,
+    options_with_file, parse_brokers, parse_option, parse_topic, ConsumerLag, KafkaReader, KafkaSourceConfig,
+    MetadataClient, StartOffset,
 };
-use sessionflow_operators::source::{Cut, PartitionReader};
+use sessionflow_operators::source::{Cut, PartitionPosition, PartitionReader};
 use timely::dataflow::operators::vec::{Broadcast, Input};
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::dataflow::StreamVec;
@@ -200,7 +200,7 @@ struct Report {
 }
 
 /// What one worker last reported, for the progress line.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Figures {
     /// The worker's counters ([`pipeline::Job::stats`]).
     stats: Stats,
@@ -213,6 +213,8 @@ struct Figures {
     acknowledged: Option<u64>,
     /// Commits issued again (not acknowledged within an interval).
     commit_retries: u64,
+    /// Where each of the worker's partitions stands.
+    positions: Vec<PartitionPosition>,
 }
 
 /// A Kafka sink as an extra sink of the pipeline.
@@ -546,6 +548,7 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
                         commits: src.commits,
                         acknowledged: src.acknowledged.filter(|_| src.window.is_some()),
                         commit_retries: src.commit_retries,
+                        positions: src.positions.clone(),
                     };
                 }
             }
@@ -844,7 +847,7 @@ enum SinkKind {
 #[derive(Clone)]
 struct Live {
     figures: Arc<Mutex<Vec<Figures>>>,
-    lags: Arc<Mutex<Vec<Arc<AtomicI64>>>>,
+    lags: Arc<Mutex<Vec<Arc<ConsumerLag>>>>,
     kafka_sinks: Arc<Mutex<Vec<(SinkKind, KafkaSinkStatus)>>>,
     /// With `--hbase` only.
     hbase: Option<Arc<sessionflow_operators::sink::hbase::SinkStats>>,
@@ -874,14 +877,24 @@ impl Live {
             out.frontier = f.iter().filter_map(|x| x.window).min();
             out.committed = f.iter().filter_map(|x| x.acknowledged).min();
         }
-        out.lag = self.lags.lock().ok().and_then(|l| {
-            let v: Vec<i64> = l
+        let mut lags: Vec<(u32, i64)> = Vec::new();
+        if let Ok(l) = self.lags.lock() {
+            let totals: Vec<i64> = l.iter().filter_map(|g| g.total()).collect();
+            out.lag = (!totals.is_empty()).then(|| totals.iter().sum());
+            lags.extend(l.iter().flat_map(|g| g.partitions()));
+        }
+        // Each partition is one worker's: its position, with the lag its consumer reported.
+        if let Ok(f) = self.figures.lock() {
+            out.partitions = f
                 .iter()
-                .map(|a| a.load(Ordering::Relaxed))
-                .filter(|x| *x >= 0)
+                .flat_map(|x| x.positions.iter())
+                .map(|p| metrics::PartitionFigures {
+                    position: *p,
+                    lag: lags.iter().find(|(q, _)| *q == p.partition).map(|(_, l)| *l),
+                })
                 .collect();
-            (!v.is_empty()).then(|| v.iter().sum())
-        });
+            out.partitions.sort_unstable_by_key(|p| p.position.partition);
+        }
         if let Ok(sinks) = self.kafka_sinks.lock() {
             for (kind, status) in sinks.iter() {
                 let sum = match kind {
@@ -905,6 +918,37 @@ impl Live {
     }
 }
 
+/// The progress line's note on the partitions holding the frontier back while another is two
+/// windows or more past it (`, held back by partition 3 (no event yet; see --idle-timeout)`);
+/// empty when there are none (partitions a window apart are the normal flow of a live topic).
+/// At most three are named.
+fn held_back(sample: &metrics::Sample) -> String {
+    let holding = sample.holding();
+    let ahead = sample
+        .partitions
+        .iter()
+        .filter(|p| !p.position.ended && !p.position.idle)
+        .map(|p| p.position.window)
+        .max();
+    let far = matches!((sample.frontier, ahead), (Some(f), Some(a)) if a >= f.saturating_add(2));
+    if holding.is_empty() || !far {
+        return String::new();
+    }
+    let mut names: Vec<String> = holding
+        .iter()
+        .take(3)
+        .map(|p| match p.position.max_ts {
+            Some(_) => p.position.partition.to_string(),
+            None => format!("{} (no event yet; see --idle-timeout)", p.position.partition),
+        })
+        .collect();
+    if holding.len() > 3 {
+        names.push(format!("{} more", holding.len() - 3));
+    }
+    let s = if holding.len() > 1 { "s" } else { "" };
+    format!(", held back by partition{s} {}", names.join(", "))
+}
+
 fn progress_loop(live: &Live, done: &std::sync::mpsc::Receiver<()>, every: Duration, window_ms: u64, started: Instant) {
     let mut last = (Instant::now(), 0u64);
     let mut next = Instant::now() + every;
@@ -917,6 +961,8 @@ fn progress_loop(live: &Live, done: &std::sync::mpsc::Receiver<()>, every: Durat
         }
         // After a stall the lines go on at least half an interval apart, not in a burst.
         next = (next + every).max(Instant::now() + every / 2);
+        let sample = live.sample();
+        let held = held_back(&sample);
         let metrics::Sample {
             stats,
             open_sessions: open,
@@ -926,12 +972,12 @@ fn progress_loop(live: &Live, done: &std::sync::mpsc::Receiver<()>, every: Durat
             commits,
             commit_retries: retries,
             ..
-        } = live.sample();
+        } = sample;
         let read = stats.events_read;
         let rate = (read - last.1) as f64 / last.0.elapsed().as_secs_f64().max(1e-9);
         last = (Instant::now(), read);
         eprintln!(
-            "run [{:7.1}s] {read} events, {rate:.0} events/s, lag {}, open sessions {open}, window {}, commits {commits}{}{}",
+            "run [{:7.1}s] {read} events, {rate:.0} events/s, lag {}, open sessions {open}, window {}{held}, commits {commits}{}{}",
             started.elapsed().as_secs_f64(),
             lag.map_or("?".to_string(), |l| l.to_string()),
             window.map_or("-".to_string(), |w| format!("{w} ({})", window_start(w, window_ms))),
@@ -946,6 +992,40 @@ fn progress_loop(live: &Live, done: &std::sync::mpsc::Receiver<()>, every: Durat
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_progress_line_names_the_partitions_the_output_waits_for() {
+        let part = |partition: u32, window: u64, max_ts: Option<i64>| metrics::PartitionFigures {
+            position: PartitionPosition {
+                partition,
+                window,
+                max_ts,
+                ..PartitionPosition::default()
+            },
+            lag: None,
+        };
+        let mut sample = metrics::Sample {
+            frontier: Some(5),
+            partitions: vec![part(0, 5, Some(1)), part(1, 7, Some(1))],
+            ..metrics::Sample::default()
+        };
+        assert_eq!(held_back(&sample), ", held back by partition 0");
+        sample.partitions[1].position.window = 6;
+        assert_eq!(held_back(&sample), "", "a window apart");
+        sample.partitions[1].position.window = 7;
+        sample.partitions.push(part(2, 0, None));
+        assert_eq!(
+            held_back(&sample),
+            ", held back by partitions 0, 2 (no event yet; see --idle-timeout)"
+        );
+        sample.partitions.extend([part(3, 5, Some(1)), part(4, 5, Some(1))]);
+        assert_eq!(
+            held_back(&sample),
+            ", held back by partitions 0, 2 (no event yet; see --idle-timeout), 3, 1 more"
+        );
+        sample.partitions.retain(|p| p.position.partition != 1);
+        assert_eq!(held_back(&sample), "", "every live partition at the frontier");
+    }
 
     #[test]
     fn windows_are_dated_in_utc() {

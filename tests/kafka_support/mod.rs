@@ -395,3 +395,11 @@ pub fn scrape(addr: &str) -> (std::collections::HashMap<String, f64>, String) {
         .collect();
     (values, body)
 }
+
+/// The value of the sample `series` (a name with its labels, `m{partition="1"}`) in a scrape's
+/// text, if present.
+pub fn labelled(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}

@@ -69,7 +69,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::JoinHandle;
@@ -785,11 +785,40 @@ impl ClientContext for LogContext {
 
 impl ConsumerContext for LogContext {}
 
+/// The consumer lag of one reader's partitions, from librdkafka's statistics (read by the
+/// progress line and the metrics).
+#[derive(Debug, Default)]
+pub struct ConsumerLag {
+    /// `(partition, messages)` of each partition the consumer has a position in, as of its
+    /// latest statistics; `None` until the first.
+    partitions: Mutex<Option<Vec<(u32, i64)>>>,
+}
+
+impl ConsumerLag {
+    fn report(&self, lags: Vec<(u32, i64)>) {
+        if let Ok(mut p) = self.partitions.lock() {
+            *p = Some(lags);
+        }
+    }
+
+    /// Messages not read yet, over the partitions; `None` until the first statistics (or
+    /// with statistics off).
+    pub fn total(&self) -> Option<i64> {
+        let p = self.partitions.lock().ok()?;
+        p.as_ref().map(|v| v.iter().map(|(_, l)| l).sum())
+    }
+
+    /// `(partition, messages not read yet)` of each partition with a position, by partition.
+    pub fn partitions(&self) -> Vec<(u32, i64)> {
+        self.partitions.lock().ok().and_then(|p| p.clone()).unwrap_or_default()
+    }
+}
+
 /// The source consumer's context: logs, the lag gauge, commit results.
 struct SourceContext {
     log: Arc<ClientLog>,
     topic: String,
-    lag: Arc<AtomicI64>,
+    lag: Arc<ConsumerLag>,
     /// Since when the consumer's statistics show no broker.
     stranded: Arc<StrandedClock>,
     /// The most partitions of the topic its statistics listed (count; 0 until the first).
@@ -825,13 +854,17 @@ impl ClientContext for SourceContext {
             self.partitions_gone
                 .store(u32::try_from(gone).unwrap_or(u32::MAX), Ordering::Relaxed);
             // Messages not read yet: last stable offset (or high watermark) minus the position.
-            let lag: i64 = t
+            let mut lags: Vec<(u32, i64)> = t
                 .partitions
                 .values()
                 .filter(|p| p.partition >= 0 && p.app_offset >= 0)
-                .map(|p| (if p.ls_offset >= 0 { p.ls_offset } else { p.hi_offset } - p.app_offset).max(0))
-                .sum();
-            self.lag.store(lag, Ordering::Relaxed);
+                .map(|p| {
+                    let end = if p.ls_offset >= 0 { p.ls_offset } else { p.hi_offset };
+                    (p.partition as u32, (end - p.app_offset).max(0))
+                })
+                .collect();
+            lags.sort_unstable();
+            self.lag.report(lags);
         }
     }
 }
@@ -956,7 +989,7 @@ pub struct KafkaReader {
     idle_timeout: Option<Duration>,
     final_commit_timeout: Duration,
     stop_at_end: bool,
-    lag: Arc<AtomicI64>,
+    lag: Arc<ConsumerLag>,
     /// Since when the current consumer's statistics show no broker (see
     /// [`KafkaReader::replace_consumer`]).
     stranded: Arc<StrandedClock>,
@@ -973,6 +1006,9 @@ pub struct KafkaReader {
     commit_thread: Option<CommitThread>,
     /// Messages taken from a partition queue and not yet handled (kept: empty between calls).
     polled: Vec<Polled>,
+    /// What [`PartitionReader::serve`] took from the consumer's own queue that is not an event
+    /// (a message or an error), handled by the next `read` before anything else.
+    deferred: Vec<Polled>,
     /// Partitions whose next offset moved past offsets without messages (see
     /// [`KafkaReader::check_positions`]), for [`PartitionReader::skipped`].
     skips: Vec<(u32, u64)>,
@@ -1214,13 +1250,27 @@ fn offsets_at_time(
     })
 }
 
+/// Whether [`KafkaReader::take`] does anything with a poll result: a message, a partition's
+/// end, or an error that stops the source (any other error is transient: logged by the
+/// consumer's context, retried by librdkafka).
+fn acted_on(item: &Polled) -> bool {
+    matches!(
+        item,
+        Ok(_)
+            | Err(KafkaError::PartitionEOF(_) | KafkaError::MessageConsumptionFatal(_))
+            | Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::TopicAuthorizationFailed | RDKafkaErrorCode::GroupAuthorizationFailed
+            ))
+    )
+}
+
 impl KafkaReader {
     /// Connects worker `index` of `peers`: creates its consumer, reads the committed offsets
     /// (and their cuts), the end offsets with `stop_at_end`, and assigns its partitions.
     /// Blocking calls are retried until `connect_timeout_ms` (see the module docs).
     pub fn connect(cfg: &KafkaSourceConfig, index: usize, peers: usize) -> Result<KafkaReader, String> {
         let log = Arc::new(ClientLog::new(format!("kafka source (worker {index})")));
-        let lag = Arc::new(AtomicI64::new(-1));
+        let lag = Arc::new(ConsumerLag::default());
         let stranded = Arc::new(StrandedClock::default());
         let partitions_seen = Arc::new(AtomicU32::new(0));
         let partitions_gone = Arc::new(AtomicU32::new(0));
@@ -1264,6 +1314,7 @@ impl KafkaReader {
             commits: None,
             commit_thread: None,
             polled: Vec::new(),
+            deferred: Vec::new(),
             skips: Vec::new(),
             positions_checked: None,
         };
@@ -1520,7 +1571,7 @@ impl KafkaReader {
             idle_timeout: None,
             final_commit_timeout: Duration::ZERO,
             stop_at_end: true,
-            lag: Arc::new(AtomicI64::new(-1)),
+            lag: Arc::new(ConsumerLag::default()),
             stranded: Arc::new(StrandedClock::default()),
             topic_partitions: 0,
             partitions_seen: Arc::new(AtomicU32::new(0)),
@@ -1529,6 +1580,7 @@ impl KafkaReader {
             commits: None,
             commit_thread: None,
             polled: Vec::new(),
+            deferred: Vec::new(),
             skips: Vec::new(),
             positions_checked: None,
         }
@@ -1551,9 +1603,8 @@ impl KafkaReader {
         }
     }
 
-    /// The consumer lag of this worker's partitions (messages), from librdkafka's statistics;
-    /// -1 until the first statistics arrived (or with statistics off).
-    pub fn lag_gauge(&self) -> Arc<AtomicI64> {
+    /// The consumer lag of this worker's partitions (messages), from librdkafka's statistics.
+    pub fn lag_gauge(&self) -> Arc<ConsumerLag> {
         Arc::clone(&self.lag)
     }
 
@@ -1615,7 +1666,7 @@ impl KafkaReader {
                 return Err(format!("Kafka consumer of topic {}: {code}", self.topic));
             }
             // Transient (broker down, leader change ...): logged by the context, and
-            // librdkafka retries by itself.
+            // librdkafka retries by itself. (`acted_on` lists the errors handled above.)
             Err(_) => {}
         }
         Ok(())
@@ -1699,6 +1750,22 @@ impl PartitionReader for KafkaReader {
         shared.acked.load(Ordering::Relaxed).checked_sub(1)
     }
 
+    fn serve(&mut self) {
+        let Some(consumer) = self.consumer.clone() else {
+            return;
+        };
+        // Statistics and logs go to the context's callbacks inside `poll`; what it returns
+        // (errors, and a message should one come this way) waits for `read`.
+        while let Some(result) = consumer.poll(Duration::ZERO) {
+            let item = result.map(|m| (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
+            // Transient errors `take` would only drop (the context logged them) are not kept:
+            // a long throttle during a broker outage would pile them up.
+            if acted_on(&item) {
+                self.deferred.push(item);
+            }
+        }
+    }
+
     fn read(&mut self, marks: &mut Watermarks, budget: usize, out: &mut Vec<RawRecord>) -> Result<ReadStatus, String> {
         if !self.told_ended {
             self.told_ended = true;
@@ -1738,7 +1805,10 @@ impl PartitionReader for KafkaReader {
             ));
         }
         // The consumer's own queue carries only events now (errors, statistics, commit
-        // results): serve them.
+        // results): serve them, after what `serve` put aside.
+        for item in std::mem::take(&mut self.deferred) {
+            self.take(None, item, marks, out, now)?;
+        }
         while let Some(result) = consumer.poll(Duration::ZERO) {
             let item = result.map(|m| (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
             self.take(None, item, marks, out, now)?;
@@ -2062,7 +2132,7 @@ mod tests {
         let context = SourceContext {
             log: Arc::new(ClientLog::new("test")),
             topic: "sf-test-close".into(),
-            lag: Arc::new(AtomicI64::new(-1)),
+            lag: Arc::new(ConsumerLag::default()),
             stranded: Arc::new(StrandedClock::default()),
             partitions_seen: Arc::new(AtomicU32::new(0)),
             partitions_gone: Arc::new(AtomicU32::new(0)),

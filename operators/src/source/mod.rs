@@ -293,6 +293,12 @@ pub trait PartitionReader: 'static {
     fn acknowledged(&mut self, issued: Option<u64>) -> Option<u64> {
         issued
     }
+    /// Serves the client's own events (statistics, errors, logs) without reading records:
+    /// called instead of [`PartitionReader::read`] while the source reads nothing (throttled
+    /// behind the sinks, or stopped), so what those events feed (a consumer's lag gauge, its
+    /// check for lost brokers) stays current. Anything record-like it receives must wait for
+    /// the next `read`. Must not block. Default: nothing to serve.
+    fn serve(&mut self) {}
 }
 
 /// Settings of a partitioned source.
@@ -337,6 +343,32 @@ impl Default for SourceConfig {
     }
 }
 
+/// Where one partition of a source stands (the progress line's and the metrics' view of it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionPosition {
+    /// The partition.
+    pub partition: u32,
+    /// Next offset to read; `None` until a record was read (or the partition resumed).
+    pub next_offset: Option<u64>,
+    /// `w(WM_p)`, the partition's watermark window: windows below it are complete for it
+    /// (window index; 0 before its first valid event).
+    pub window: u64,
+    /// Its largest valid event timestamp so far (ms), if any.
+    pub max_ts: Option<i64>,
+    /// It ended (bounded input) and holds nothing back any more.
+    pub ended: bool,
+    /// It is idle (no data for the idle timeout) and holds nothing back for now.
+    pub idle: bool,
+}
+
+impl PartitionPosition {
+    /// Whether it holds a frontier at `window` back: a live partition whose watermark has
+    /// not passed that window.
+    pub fn holds(&self, window: u64) -> bool {
+        !self.ended && !self.idle && self.window <= window
+    }
+}
+
 /// Live figures of one worker's source.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SourceGauges {
@@ -350,8 +382,8 @@ pub struct SourceGauges {
     pub throttled: u64,
     /// A read error that stopped the source.
     pub error: Option<String>,
-    /// Per partition: `(partition, next offset to read, low window)`.
-    pub positions: Vec<(u32, u64, u64)>,
+    /// Where each of the worker's partitions stands.
+    pub positions: Vec<PartitionPosition>,
     /// Records read again after a restart and dropped because their window was already durable
     /// (not counted in `events_read`).
     pub skipped_on_resume: u64,
@@ -742,11 +774,13 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
             if stop.stopped() {
                 // Read nothing more, but look again soon: the commits above follow the
                 // sinks as they catch up with what was read.
+                reader.serve();
                 activator.activate_after(STOPPED_RECHECK);
                 return;
             }
             if let Some(probe) = &throttle {
                 if probe.less_than(&floor.saturating_sub(cfg.max_windows_ahead)) {
+                    reader.serve();
                     shared.borrow_mut().throttled += 1;
                     activator.activate_after(Duration::from_millis(1));
                     return;
@@ -834,21 +868,16 @@ pub fn partitioned_source<'scope, R: PartitionReader>(
                 }
                 spare.push((events, dead));
             }
-            g.positions = marks
-                .clocks()
-                .iter()
-                .map(|(p, c)| {
-                    (
-                        *p,
-                        tracks
-                            .iter()
-                            .find(|t| t.partition == *p)
-                            .and_then(|t| t.next)
-                            .unwrap_or(0),
-                        c.low,
-                    )
-                })
-                .collect();
+            g.positions.clear();
+            g.positions
+                .extend(marks.clocks().iter().map(|(p, c)| PartitionPosition {
+                    partition: *p,
+                    next_offset: tracks.iter().find(|t| t.partition == *p).and_then(|t| t.next),
+                    window: c.low,
+                    max_ts: c.max_ts,
+                    ended: c.ended,
+                    idle: c.idle,
+                }));
             let ended = matches!(status, ReadStatus::Done) || marks.clocks().iter().all(|(_, c)| c.ended);
             if ended {
                 let low = marks.clocks().iter().map(|(_, c)| c.low).min().unwrap_or(0);
@@ -988,6 +1017,8 @@ mod tests {
         /// reported through `skipped` once every line was read.
         markers_to: Option<u64>,
         skips: Vec<(u32, u64)>,
+        /// Calls of `serve` (the source reading nothing).
+        served: Arc<AtomicU64>,
     }
 
     impl Lines {
@@ -1000,6 +1031,7 @@ mod tests {
                 commits: Arc::new(std::sync::Mutex::new(Vec::new())),
                 markers_to: None,
                 skips: Vec::new(),
+                served: Arc::new(AtomicU64::new(0)),
             }
         }
     }
@@ -1249,6 +1281,10 @@ mod tests {
             vec![0]
         }
 
+        fn serve(&mut self) {
+            self.served.fetch_add(1, Ordering::Relaxed);
+        }
+
         fn read(
             &mut self,
             marks: &mut Watermarks,
@@ -1302,20 +1338,16 @@ mod tests {
             // The sink acknowledges nothing at or past `release` (a stalled writer).
             let release = Rc::new(Cell::new(0u64));
             let hold = Rc::clone(&release);
+            let served: Cell<Option<Arc<AtomicU64>>> = Cell::new(None);
             let gauges = worker.dataflow::<u64, _, _>(|scope| {
                 let cfg = SourceConfig {
                     batch: 16,
                     max_windows_ahead: 2,
                     ..SourceConfig::default()
                 };
-                let s = partitioned_source(
-                    scope,
-                    "Source",
-                    cfg,
-                    Lines::new(sample(), 0, Vec::new()),
-                    Some(sinks.clone()),
-                    None,
-                );
+                let lines = Lines::new(sample(), 0, Vec::new());
+                served.set(Some(Arc::clone(&lines.served)));
+                let s = partitioned_source(scope, "Source", cfg, lines, Some(sinks.clone()), None);
                 s.events
                     .unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Sink", move |cap, info| {
                         let wake = scope.activator_for(info.address);
@@ -1347,8 +1379,12 @@ mod tests {
             //    then reads nothing more.
             settle(worker, "the source paused behind a sink at 0");
             let first = read();
+            let serves = served.take().unwrap();
+            let before = serves.load(Ordering::Relaxed);
             settle(worker, "more pauses");
             assert_eq!(read(), first, "it read on while the sink was far behind");
+            // Each pause served the reader's own events (a consumer's statistics) instead.
+            assert!(serves.load(Ordering::Relaxed) >= before + 50, "not served while paused");
             assert!(first <= 16, "read {first}");
             // 2. The sink at w0 + 10: the source reads while its window is at most 2 past it;
             //    its last batch (16 lines, 5 s apart) can carry it up to 2 windows further.
