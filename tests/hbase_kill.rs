@@ -6,7 +6,8 @@
 //! restores its own rows); and with 2 workers stopped by SIGTERM, SIGKILL, SIGTERM (a graceful
 //! stop drains, commits and exits 0; the restart restores what it committed; a SessionDB job
 //! routes by key hash even where the workers divide the partitions, so each worker restores
-//! the salt buckets it owns). Needs Kafka and HBase (`scripts/services.sh up`;
+//! the salt buckets it owns); and rescaled at every restart (1, 3, 2 workers, finished with 4).
+//! Needs Kafka and HBase (`scripts/services.sh up`;
 //! KAFKA_BROKERS, HBASE_THRIFT).
 #![allow(clippy::unwrap_used)]
 
@@ -47,13 +48,13 @@ fn flags(topic: &str, group: &str, table: &str, workers: usize) -> Vec<String> {
 #[test]
 #[ignore = "needs Kafka and HBase: scripts/services.sh up"]
 fn killed_runs_restored_from_sessiondb_equal_an_uninterrupted_run() {
-    killed_runs_equal_an_uninterrupted_run(1, 5, [false; 3]);
+    killed_runs_equal_an_uninterrupted_run([1; 4], 5, [false; 3]);
 }
 
 #[test]
 #[ignore = "needs Kafka and HBase: scripts/services.sh up"]
 fn killed_3_worker_runs_restored_from_sessiondb_equal_an_uninterrupted_run() {
-    killed_runs_equal_an_uninterrupted_run(3, 6, [false; 3]);
+    killed_runs_equal_an_uninterrupted_run([3; 4], 6, [false; 3]);
 }
 
 /// The same with graceful stops (SIGTERM: the run drains and exits 0) before and after a
@@ -61,13 +62,24 @@ fn killed_3_worker_runs_restored_from_sessiondb_equal_an_uninterrupted_run() {
 #[test]
 #[ignore = "needs Kafka and HBase: scripts/services.sh up"]
 fn terminated_and_killed_runs_restored_from_sessiondb_equal_an_uninterrupted_run() {
-    killed_runs_equal_an_uninterrupted_run(2, 7, [true, false, true]);
+    killed_runs_equal_an_uninterrupted_run([2; 4], 7, [true, false, true]);
 }
 
-/// Tables A (uninterrupted) and B (stopped three times, then finished), both written by runs
-/// with `workers` workers on a stream generated with `seed`; round `r` ends with SIGTERM when
-/// `term[r]`, else with SIGKILL.
-fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64, term: [bool; 3]) {
+/// Scaling in and out is a restart with another worker count: rounds of 1, 3 and 2 workers
+/// (killed, stopped gracefully, killed), finished with 4. Each restart's workers restore the
+/// salt buckets they own now (every bucket where the count does not divide 16) and sessions
+/// route by the new count, so the table is still the uninterrupted run's.
+#[test]
+#[ignore = "needs Kafka and HBase: scripts/services.sh up"]
+fn runs_rescaled_across_restarts_equal_an_uninterrupted_run() {
+    killed_runs_equal_an_uninterrupted_run([1, 3, 2, 4], 8, [false, true, false]);
+}
+
+/// Tables A (uninterrupted) and B (stopped three times, then finished) on a stream generated
+/// with `seed`: round `r` of B runs `workers[r]` workers and ends with SIGTERM when `term[r]`,
+/// else with SIGKILL; B's final run and A have `workers[3]`.
+fn killed_runs_equal_an_uninterrupted_run(rounds: [usize; 4], seed: u64, term: [bool; 3]) {
+    let workers = rounds[3];
     let _ = brokers();
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("hbkill");
@@ -81,8 +93,8 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64, term: [bool
     };
     produce_generated(&args, &topic);
     let (a, b) = (
-        hbase_common::fresh_table(&format!("kill{workers}_a")),
-        hbase_common::fresh_table(&format!("kill{workers}_b")),
+        hbase_common::fresh_table(&format!("kill{seed}_a")),
+        hbase_common::fresh_table(&format!("kill{seed}_b")),
     );
 
     let mut once = flags(&topic, &unique("hbkill-a"), &a, workers);
@@ -104,7 +116,7 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64, term: [bool
         let log = dir.path().join(format!("live{round}.log"));
         // Killed on a panic too, not left running.
         let mut guard = KillOnDrop(Some(
-            sessionflow(&flags(&topic, &group, &b, workers))
+            sessionflow(&flags(&topic, &group, &b, rounds[round]))
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
@@ -144,7 +156,8 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64, term: [bool
         guard.0 = None;
         kills.push(last);
         eprintln!(
-            "{workers} workers, round {round}: {} at committed frontier {last}\n{}",
+            "{} workers, round {round}: {} at committed frontier {last}\n{}",
+            rounds[round],
             if term { "SIGTERM" } else { "killed" },
             std::fs::read_to_string(&log).unwrap()
         );
@@ -170,7 +183,7 @@ fn killed_runs_equal_an_uninterrupted_run(workers: usize, seed: u64, term: [bool
         .collect();
     assert!(
         diff.is_empty(),
-        "{workers} workers: rows differ after kills at {kills:?}: {diff:?}"
+        "{rounds:?} workers: rows differ after kills at {kills:?}: {diff:?}"
     );
     assert_eq!(want.len(), got.len());
     let mut c = hbase_common::client();

@@ -3,7 +3,8 @@
 //! `--stop-at-end`: the restart resumes from the committed cuts and skips every record whose
 //! window was already durable, so no window below the resume frontier `D` is computed twice,
 //! no input record is lost, and the committed offsets end at the end offsets. With 2 workers
-//! and with 3 (which do not divide the 4 partitions evenly: worker 0 reads two of them).
+//! and with 3 (which do not divide the 4 partitions evenly: worker 0 reads two of them), and a
+//! 1-worker run restarted with 3 (scaling out).
 //!
 //! What this cannot check without the session state restore (SessionDB, another module): the
 //! restarted job starts with no open session, so sessions spanning `D` are split (their
@@ -54,14 +55,22 @@ fn lines(path: &std::path::Path) -> Vec<Value> {
 #[test]
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
 fn killed_live_run_resumes_without_recounting_durable_windows() {
-    killed_live_run_resumes(2, 99, Stop::Kill);
+    killed_live_run_resumes(2, 2, 99, Stop::Kill);
 }
 
 /// 3 workers on 4 partitions: worker 0 reads partitions 0 and 3, workers 1 and 2 one each.
 #[test]
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
 fn killed_live_run_with_3_workers_resumes_without_recounting_durable_windows() {
-    killed_live_run_resumes(3, 7, Stop::Kill);
+    killed_live_run_resumes(3, 3, 7, Stop::Kill);
+}
+
+/// Scaling out is a restart with more workers: a 1-worker job killed, restarted with 3 (which
+/// split its partitions 2 + 1 + 1), resumes exactly as with as many workers.
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_killed_live_run_restarted_with_more_workers_resumes_without_recounting() {
+    killed_live_run_resumes(1, 3, 17, Stop::Kill);
 }
 
 /// SIGTERM instead of SIGKILL: the job stops reading, waits until what it read is durable and
@@ -70,7 +79,7 @@ fn killed_live_run_with_3_workers_resumes_without_recounting_durable_windows() {
 #[test]
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
 fn terminated_live_run_commits_what_it_wrote_and_exits_cleanly() {
-    killed_live_run_resumes(3, 11, Stop::Term);
+    killed_live_run_resumes(3, 3, 11, Stop::Term);
 }
 
 /// The same as a two-process timely cluster (1 worker each) where only process 1 gets the
@@ -78,7 +87,7 @@ fn terminated_live_run_commits_what_it_wrote_and_exits_cleanly() {
 #[test]
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
 fn a_signal_to_one_process_stops_the_whole_cluster_gracefully() {
-    killed_live_run_resumes(2, 13, Stop::TermOneOfTwoProcesses);
+    killed_live_run_resumes(2, 2, 13, Stop::TermOneOfTwoProcesses);
 }
 
 /// A two-process cluster where process 1 is killed (SIGKILL): process 0 cannot go on without
@@ -201,8 +210,8 @@ enum Stop {
 }
 
 /// The live job with `workers` workers on a stream generated with `seed`, stopped by `stop`,
-/// then restarted with as many workers (in one process).
-fn killed_live_run_resumes(workers: usize, seed: u64, stop: Stop) {
+/// then restarted with `restart_workers` workers (in one process).
+fn killed_live_run_resumes(workers: usize, restart_workers: usize, seed: u64, stop: Stop) {
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("resume");
     let snap_topic = unique("resume-snap");
@@ -322,7 +331,7 @@ fn killed_live_run_resumes(workers: usize, seed: u64, stop: Stop) {
 
     // 2. Restart with the same group, to the end.
     let files = Files::new(dir.path(), "resumed");
-    let mut again = run_flags(&topic, &group, workers);
+    let mut again = run_flags(&topic, &group, restart_workers);
     again.extend(
         [
             "--stop-at-end",
@@ -335,7 +344,10 @@ fn killed_live_run_resumes(workers: usize, seed: u64, stop: Stop) {
     );
     again.extend(files.flags());
     let out = run_ok(sessionflow(&again), Duration::from_secs(120));
-    eprintln!("{workers} workers, restart:\n{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "{workers} workers, restart with {restart_workers}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Every message from the cuts on was read once: counted, or skipped as already durable.
     let stats = files.stats_json();
