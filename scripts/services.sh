@@ -17,7 +17,10 @@
 # with unsecured JWTs) on 127.0.0.1:9094 (KAFKA_SASL_SSL_BROKERS), as a managed Kafka does, with a
 # self-signed certificate made once per data directory by the JDK's keytool (its PEM:
 # KAFKA_TLS_CA) and one test user, `sessionflow` / `sessionflow-secret`, for PLAIN and SCRAM
-# (loopback only, for the tests; never a production setup).
+# (loopback only, for the tests; never a production setup); and with TLS that requires a client
+# certificate (mutual TLS, as Aiven and MSK offer) on 127.0.0.1:9095 (KAFKA_SSL_BROKERS): the
+# client's key and certificate, also self-signed, in the PKCS12 keystore KAFKA_TLS_CLIENT_KEYSTORE
+# (password `sessionflow`), which the listener's truststore trusts.
 #
 # Environment:
 #   SESSIONFLOW_CACHE          jar cache, default ~/.cache/sessionflow ({kafka,hbase}/lib)
@@ -48,6 +51,7 @@ HOST=127.0.0.1                 # everything binds to loopback only
 KAFKA_PORT=9092                # PLAINTEXT listener for clients
 KAFKA_CONTROLLER_PORT=9093     # KRaft controller listener (same JVM)
 KAFKA_SASL_SSL_PORT=9094       # SASL_SSL listener (TLS + SASL) for the security tests
+KAFKA_SSL_PORT=9095            # SSL listener requiring a client certificate (mutual TLS)
 KAFKA_SASL_USER=sessionflow    # its one user (test credentials, loopback only)
 KAFKA_SASL_PASSWORD=sessionflow-secret
 KAFKA_TLS_PASSWORD=sessionflow # the broker's keystore password (a generated test key)
@@ -202,22 +206,36 @@ show_logs() {  # show_logs FILE... : the end of each non-empty file, on stderr
 # ---------------------------------------------------------------------------------------------
 # Kafka: one KRaft node that is both broker and controller.
 
-# The SASL_SSL listener's key: a self-signed certificate for 127.0.0.1 in a PKCS12 keystore, and
-# the certificate alone in PEM for clients (`ssl.ca.location`). Made once per data directory.
+# The TLS listeners' key: a self-signed certificate for 127.0.0.1 in a PKCS12 keystore, and the
+# certificate alone in PEM for clients (`ssl.ca.location`); and a client's key and self-signed
+# certificate (CN=sessionflow-client) in a PKCS12 keystore, trusted by the mutual-TLS listener's
+# truststore. Made once per data directory (again when a file is missing, e.g. storage made by an
+# older version of this script).
 make_kafka_tls() {
-  local tls="$KAFKA_DIR/tls"
-  [[ -s $tls/ca.pem && -s $tls/broker.p12 ]] && return 0
+  local tls="$KAFKA_DIR/tls" f
+  local files=(ca.pem broker.p12 client.p12 clients.p12)
+  local missing=0
+  for f in "${files[@]}"; do [[ -s $tls/$f ]] || missing=1; done
+  ((missing)) || return 0
   command -v "$KEYTOOL" >/dev/null || die "keytool not found (it comes with the JDK)"
   mkdir -p "$tls"
-  rm -f "$tls/broker.p12" "$tls/ca.pem"
+  for f in "${files[@]}" client.pem; do rm -f "${tls:?}/$f"; done
+  local pw=(-storepass "$KAFKA_TLS_PASSWORD") kt=(-storetype PKCS12)
   if ! "$KEYTOOL" -genkeypair -alias broker -keyalg RSA -keysize 2048 -validity 3650 \
-      -dname "CN=$HOST" -ext "SAN=ip:$HOST,dns:localhost" -storetype PKCS12 \
-      -keystore "$tls/broker.p12" -storepass "$KAFKA_TLS_PASSWORD" \
+      -dname "CN=$HOST" -ext "SAN=ip:$HOST,dns:localhost" "${kt[@]}" \
+      -keystore "$tls/broker.p12" "${pw[@]}" \
       >"$KAFKA_DIR/logs/keytool.log" 2>&1 9>&- ||
     ! "$KEYTOOL" -exportcert -rfc -alias broker -keystore "$tls/broker.p12" \
-      -storepass "$KAFKA_TLS_PASSWORD" -file "$tls/ca.pem" >>"$KAFKA_DIR/logs/keytool.log" 2>&1 9>&-; then
+      "${pw[@]}" -file "$tls/ca.pem" >>"$KAFKA_DIR/logs/keytool.log" 2>&1 9>&- ||
+    ! "$KEYTOOL" -genkeypair -alias client -keyalg RSA -keysize 2048 -validity 3650 \
+      -dname "CN=sessionflow-client" "${kt[@]}" -keystore "$tls/client.p12" "${pw[@]}" \
+      >>"$KAFKA_DIR/logs/keytool.log" 2>&1 9>&- ||
+    ! "$KEYTOOL" -exportcert -rfc -alias client -keystore "$tls/client.p12" \
+      "${pw[@]}" -file "$tls/client.pem" >>"$KAFKA_DIR/logs/keytool.log" 2>&1 9>&- ||
+    ! "$KEYTOOL" -importcert -noprompt -alias client -file "$tls/client.pem" "${kt[@]}" \
+      -keystore "$tls/clients.p12" "${pw[@]}" >>"$KAFKA_DIR/logs/keytool.log" 2>&1 9>&-; then
     show_logs "$KAFKA_DIR/logs/keytool.log"
-    die "kafka: making the TLS key failed"
+    die "kafka: making the TLS keys failed"
   fi
 }
 
@@ -227,11 +245,11 @@ write_kafka_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT,SSL://$HOST:$KAFKA_SSL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT,SSL://$HOST:$KAFKA_SSL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
 # TLS + SASL on the SASL_SSL listener: one user, for the security tests. PLAIN's users are in
 # its JAAS line; SCRAM's credentials live in the cluster metadata (StorageTool's --add-scram).
 # OAUTHBEARER takes unsecured JWTs (Kafka's default validator without an OIDC provider).
@@ -244,6 +262,16 @@ listener.name.sasl_ssl.ssl.keystore.location=$KAFKA_DIR/tls/broker.p12
 listener.name.sasl_ssl.ssl.keystore.type=PKCS12
 listener.name.sasl_ssl.ssl.keystore.password=$KAFKA_TLS_PASSWORD
 listener.name.sasl_ssl.ssl.key.password=$KAFKA_TLS_PASSWORD
+# Mutual TLS on the SSL listener: the same server key; a client must present a certificate its
+# truststore holds (the test client's), and is then user CN=sessionflow-client.
+listener.name.ssl.ssl.keystore.location=$KAFKA_DIR/tls/broker.p12
+listener.name.ssl.ssl.keystore.type=PKCS12
+listener.name.ssl.ssl.keystore.password=$KAFKA_TLS_PASSWORD
+listener.name.ssl.ssl.key.password=$KAFKA_TLS_PASSWORD
+listener.name.ssl.ssl.client.auth=required
+listener.name.ssl.ssl.truststore.location=$KAFKA_DIR/tls/clients.p12
+listener.name.ssl.ssl.truststore.type=PKCS12
+listener.name.ssl.ssl.truststore.password=$KAFKA_TLS_PASSWORD
 log.dirs=$KAFKA_DIR/data
 # One broker: every internal and default topic gets a single replica.
 default.replication.factor=1
@@ -286,7 +314,7 @@ start_kafka() {
     log "kafka: already running (pid $pid)"
     return 0
   fi
-  check_ports_free kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_SSL_PORT"
+  check_ports_free kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_SSL_PORT" "$KAFKA_SSL_PORT"
   mkdir -p "$KAFKA_DIR/data" "$KAFKA_DIR/logs"
   make_kafka_tls
   write_kafka_config
@@ -507,6 +535,8 @@ cmd_up() {
         echo "KAFKA_BROKERS=$HOST:$KAFKA_PORT"
         echo "KAFKA_SASL_SSL_BROKERS=$HOST:$KAFKA_SASL_SSL_PORT"
         echo "KAFKA_TLS_CA=$KAFKA_DIR/tls/ca.pem"
+        echo "KAFKA_SSL_BROKERS=$HOST:$KAFKA_SSL_PORT"
+        echo "KAFKA_TLS_CLIENT_KEYSTORE=$KAFKA_DIR/tls/client.p12"
         ;;
       hbase) echo "HBASE_THRIFT=$HOST:$THRIFT_PORT" ;;
     esac

@@ -6,7 +6,8 @@
 //! produces its snapshots over it (the same options from a `--kafka-config` file, the password
 //! off the command line), writing byte for byte what `replay` writes for the same files. A
 //! wrong password and an unverifiable certificate are clear errors within `--connect-timeout`,
-//! naming the cause.
+//! naming the cause. The same job over mutual TLS (the client's certificate from a PKCS12
+//! keystore, no SASL) on the listener that requires one; without a certificate, a clear error.
 //!
 //! `#[ignore]`d: needs Kafka (`scripts/test.sh` starts it and sets `KAFKA_SASL_SSL_BROKERS`
 //! and `KAFKA_TLS_CA` from `scripts/services.sh up`).
@@ -62,7 +63,7 @@ fn args(list: &[&str]) -> Vec<String> {
 #[test]
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
 fn a_job_over_tls_and_sasl_plain_equals_replay() {
-    job_over_tls_equals_replay("PLAIN", "PLAIN");
+    job_over_sasl_equals_replay("PLAIN", "PLAIN");
 }
 
 /// SCRAM, as most managed Kafkas (MSK, Aiven, Redpanda Cloud) ask for: the password never
@@ -70,7 +71,7 @@ fn a_job_over_tls_and_sasl_plain_equals_replay() {
 #[test]
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
 fn a_job_over_tls_and_sasl_scram_equals_replay() {
-    job_over_tls_equals_replay("SCRAM-SHA-256", "SCRAM-SHA-512");
+    job_over_sasl_equals_replay("SCRAM-SHA-256", "SCRAM-SHA-512");
 }
 
 /// OAUTHBEARER with librdkafka's unsecured JWT (a managed Kafka's OIDC method needs libcurl,
@@ -78,14 +79,64 @@ fn a_job_over_tls_and_sasl_scram_equals_replay() {
 #[test]
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
 fn a_job_over_tls_and_sasl_oauthbearer_equals_replay() {
-    job_over_tls_equals_replay("OAUTHBEARER", "OAUTHBEARER");
+    job_over_sasl_equals_replay("OAUTHBEARER", "OAUTHBEARER");
 }
 
-/// `generate` produces over TLS and SASL `produce_with`; `run` reads the topic and produces
-/// its snapshots with `run_with`: the job's files equal replay's, every snapshot is on the
-/// topic, and the committed offsets are the input's end.
-fn job_over_tls_equals_replay(produce_with: &str, run_with: &str) {
+/// The SSL listener with mutual TLS, as Aiven (by default) and MSK offer: the client proves
+/// who it is with its certificate (here from a PKCS12 keystore; PEM files work the same with
+/// `ssl.certificate.location` and `ssl.key.location`), no SASL.
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_job_over_mutual_tls_equals_replay() {
+    let (brokers, ca, keystore) = mutual();
+    let opts = mutual_tls(&ca, Some(&keystore));
+    job_over_tls_equals_replay(&brokers, opts.clone(), opts, None);
+}
+
+/// The mutual-TLS listener's bootstrap address, the PEM of the broker's certificate, and the
+/// client's PKCS12 keystore.
+fn mutual() -> (String, String, String) {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!("{name} is not set: scripts/test.sh sets it from `scripts/services.sh up` (restart an older Kafka of the services: it has no mutual-TLS listener)")
+        })
+    };
+    (
+        var("KAFKA_SSL_BROKERS"),
+        var("KAFKA_TLS_CA"),
+        var("KAFKA_TLS_CLIENT_KEYSTORE"),
+    )
+}
+
+/// `-X` options for the mutual-TLS listener: the server checked against `ca`, the client's
+/// certificate from `keystore` (none: no client certificate).
+fn mutual_tls(ca: &str, keystore: Option<&str>) -> Vec<String> {
+    let mut opts = vec!["security.protocol=SSL".to_string(), format!("ssl.ca.location={ca}")];
+    if let Some(k) = keystore {
+        opts.push(format!("ssl.keystore.location={k}"));
+        // The services' test keystore password (`scripts/services.sh`).
+        opts.push("ssl.keystore.password=sessionflow".to_string());
+    }
+    opts.into_iter().flat_map(|o| ["-X".to_string(), o]).collect()
+}
+
+/// [`job_over_tls_equals_replay`] on the SASL_SSL listener: `generate` with SASL mechanism
+/// `produce_with`, the job with `run_with`.
+fn job_over_sasl_equals_replay(produce_with: &str, run_with: &str) {
     let (brokers, ca) = secure();
+    job_over_tls_equals_replay(
+        &brokers,
+        security(produce_with, PASSWORD, Some(&ca)),
+        security(run_with, PASSWORD, Some(&ca)),
+        Some(PASSWORD),
+    );
+}
+
+/// `generate` produces to `brokers` with the `-X` options `produce_opts`; `run` reads the
+/// topic and produces its snapshots with `run_opts` (from a `--kafka-config` file): the job's
+/// files equal replay's, every snapshot is on the topic, the committed offsets are the input's
+/// end, and the job never prints `secret`.
+fn job_over_tls_equals_replay(brokers: &str, produce_opts: Vec<String>, run_opts: Vec<String>, secret: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("secure");
     let snapshots = unique("secure-snapshots");
@@ -110,9 +161,9 @@ fn job_over_tls_equals_replay(produce_with: &str, run_with: &str) {
     let reference = Files::new(dir.path(), "replay");
     replay(&inputs, &reference);
     // The same stream produced over TLS and SASL.
-    let mut produce = args(&["generate", "--brokers", &brokers, "--topic", &topic]);
+    let mut produce = args(&["generate", "--brokers", brokers, "--topic", &topic]);
     produce.extend(stream);
-    produce.extend(security(produce_with, PASSWORD, Some(&ca)));
+    produce.extend(produce_opts);
     run_ok(sessionflow(&produce), Duration::from_secs(120));
     // The job reads it and produces its snapshots over TLS and SASL too.
     let files = Files::new(dir.path(), "secure");
@@ -120,7 +171,7 @@ fn job_over_tls_equals_replay(produce_with: &str, run_with: &str) {
     let mut run = args(&[
         "run",
         "--brokers",
-        &brokers,
+        brokers,
         "--topic",
         &topic,
         "--group",
@@ -136,17 +187,16 @@ fn job_over_tls_equals_replay(produce_with: &str, run_with: &str) {
     run.extend(files.flags());
     // The same options from a file (kcat's -F): `key=value` lines.
     let config = dir.path().join("client.properties");
-    let lines: Vec<String> = security(run_with, PASSWORD, Some(&ca))
-        .into_iter()
-        .filter(|a| a != "-X")
-        .collect();
-    std::fs::write(&config, format!("# the SASL_SSL listener\n{}\n", lines.join("\n"))).unwrap();
+    let lines: Vec<String> = run_opts.into_iter().filter(|a| a != "-X").collect();
+    std::fs::write(&config, format!("# the TLS listener\n{}\n", lines.join("\n"))).unwrap();
     run.extend(["--kafka-config".to_string(), config.display().to_string()]);
     let out = run_ok(sessionflow(&run), Duration::from_secs(180));
-    assert!(
-        !String::from_utf8_lossy(&out.stderr).contains(PASSWORD),
-        "the password was printed"
-    );
+    if let Some(secret) = secret {
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains(secret),
+            "the password was printed"
+        );
+    }
     files.assert_same(&reference.read(), "over TLS and SASL");
     // Read back on the plaintext listener: every snapshot reached the topic, and the
     // committed offsets are the input's end offsets.
@@ -218,5 +268,19 @@ fn a_certificate_the_client_cannot_verify_is_a_clear_error() {
     assert!(
         error.contains("certificate verify failed"),
         "the error does not name the certificate check: {error}"
+    );
+}
+
+/// The mutual-TLS listener refuses a client without a certificate: a clear error within
+/// `--connect-timeout`, not a hang.
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_client_without_a_certificate_is_refused_with_a_clear_error() {
+    let (brokers, ca, _) = mutual();
+    let error = failing_run(&brokers, mutual_tls(&ca, None));
+    assert!(
+        error.contains("alert bad certificate")
+            && error.contains("the broker refused this client's certificate, or its lack of one"),
+        "the error does not name the refused client certificate: {error}"
     );
 }

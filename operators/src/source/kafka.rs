@@ -526,7 +526,10 @@ impl ClientLog {
     /// authentication, a certificate that did not verify, an unknown host).
     pub fn explain(&self, e: String) -> String {
         match self.last_error() {
-            Some(last) => format!("{e}; the client's last error: {last}"),
+            Some(last) => {
+                let hint = tls_hint(&last).map_or(String::new(), |h| format!(" ({h})"));
+                format!("{e}; the client's last error: {last}{hint}")
+            }
             None => e,
         }
     }
@@ -546,6 +549,17 @@ impl ClientLog {
             eprintln!("{}: librdkafka {fac}: {message}", self.label);
         }
     }
+}
+
+/// What a TLS alert in librdkafka's error means for the user, where OpenSSL's words leave it
+/// open: the broker's "bad certificate" (42) or "certificate required" (116) is about the
+/// client's certificate, which it refused or did not get.
+fn tls_hint(error: &str) -> Option<&'static str> {
+    (error.contains("alert bad certificate") || error.contains("alert certificate required")).then_some(
+        "the broker refused this client's certificate, or its lack of one: a listener with mutual TLS \
+         wants ssl.certificate.location and ssl.key.location, or ssl.keystore.location, with a \
+         certificate it trusts",
+    )
 }
 
 /// Runs `attempt` until it succeeds or `deadline` passes, sleeping 0.2 s, 0.4 s ... (at most
@@ -2105,6 +2119,17 @@ mod tests {
         );
         log.error(&KafkaError::Global(RDKafkaErrorCode::Authentication), "bad password");
         assert!(log.explain("x".into()).ends_with("bad password"));
+        // A TLS alert about the client's certificate gets a hint; other errors none.
+        log.librdkafka(
+            RDKafkaLogLevel::Error,
+            "FAIL",
+            "Receive failed: error:0A000412:SSL routines::ssl/tls alert bad certificate: SSL alert number 42",
+        );
+        assert!(log
+            .explain("x".into())
+            .ends_with("alert number 42 (the broker refused this client's certificate, or its lack of one: a listener with mutual TLS wants ssl.certificate.location and ssl.key.location, or ssl.keystore.location, with a certificate it trusts)"));
+        log.librdkafka(RDKafkaLogLevel::Error, "FAIL", "certificate verify failed");
+        assert!(log.explain("x".into()).ends_with("certificate verify failed"));
     }
 
     #[test]
