@@ -171,6 +171,84 @@ fn offsets_are_the_end_offsets_and_a_second_run_reads_nothing() {
     assert_eq!(committed(&group, &f.topic, PARTITIONS), commits);
 }
 
+/// The output topics the job creates: the snapshot topic compacted (the latest snapshot of
+/// each session stays), the dead-letter topic with the broker's defaults; each with the configs
+/// given by `--snapshot-topic-config` / `--dead-letter-topic-config` instead, and a config the
+/// broker refuses is an error at once, not a minute of retries.
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn output_topics_are_created_with_their_configs() {
+    let f = fixture();
+    let run = |tag: &str, extra: &[&str]| {
+        let mut args = run_flags(&f.topic, &unique(tag), 2);
+        args.push("--stop-at-end".into());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        sessionflow(&args)
+    };
+    let (snap, dead) = (unique("cfg-snap"), unique("cfg-dead"));
+    run_ok(
+        run("cfg1", &["--snapshot-topic", &snap, "--dead-letter-topic", &dead]),
+        Duration::from_secs(120),
+    );
+    assert_eq!(topic_configs(&snap)["cleanup.policy"], "compact");
+    assert_eq!(topic_configs(&dead)["cleanup.policy"], "delete");
+
+    let (snap, dead) = (unique("cfg-snap"), unique("cfg-dead"));
+    let out = run_ok(
+        run(
+            "cfg2",
+            &[
+                "--snapshot-topic",
+                &snap,
+                "--snapshot-topic-config",
+                "cleanup.policy=delete",
+                "--snapshot-topic-config",
+                "retention.ms=3600000",
+                "--dead-letter-topic",
+                &dead,
+                "--dead-letter-topic-config",
+                "retention.ms=86400000",
+            ],
+        ),
+        Duration::from_secs(120),
+    );
+    let (s, d) = (topic_configs(&snap), topic_configs(&dead));
+    assert_eq!(
+        (s["cleanup.policy"].as_str(), s["retention.ms"].as_str()),
+        ("delete", "3600000")
+    );
+    assert_eq!(d["retention.ms"], "86400000");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("(cleanup.policy=delete, retention.ms=3600000)"),
+        "the creation line does not name the configs"
+    );
+
+    let bad = unique("cfg-bad");
+    let started = std::time::Instant::now();
+    let out = run_capture(
+        &mut run(
+            "cfg3",
+            &[
+                "--snapshot-topic",
+                &bad,
+                "--snapshot-topic-config",
+                "cleanup.policy=bogus",
+            ],
+        ),
+        Duration::from_secs(120),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cannot create topic {bad}:")) && err.contains("cleanup.policy=bogus"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "retried a refused config: {err}"
+    );
+}
+
 /// Scale-out across processes: `run --stop-at-end` as a two-process timely cluster (timely's
 /// own cluster mode over TCP on localhost, 2 workers each: every worker reads one of the 4
 /// partitions, sessions are exchanged across the processes) writes what replay writes, and

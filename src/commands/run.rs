@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use sessionflow_operators::record::DeadLetter;
 use sessionflow_operators::sink::files::{finish_all, LineFile};
 use sessionflow_operators::sink::kafka::{
-    ensure_topic, KafkaMessage, KafkaSink, KafkaSinkConfig, KafkaSinkStatus, SinkKafka,
+    ensure_topic_with, KafkaMessage, KafkaSink, KafkaSinkConfig, KafkaSinkStatus, SinkKafka,
 };
 use sessionflow_operators::source::kafka::{
     options_with_file, parse_brokers, parse_option, parse_topic, ConsumerLag, KafkaReader, KafkaSourceConfig,
@@ -69,6 +69,29 @@ use crate::metrics;
 use crate::pipeline::{self, Attach, Outputs};
 use crate::sessiondb::SinkMode;
 use crate::stats::Stats;
+
+/// Parses a `--*-topic-config` value, `key=value` (the broker checks the key and the value).
+fn parse_topic_config(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        }
+        _ => Err(format!(
+            "bad topic config {text:?}: expected key=value, e.g. retention.ms=604800000"
+        )),
+    }
+}
+
+/// The configs of a created snapshot topic: `cleanup.policy=compact` unless `given` sets it,
+/// then `given`.
+fn snapshot_topic_configs(given: &[(String, String)]) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    if !given.iter().any(|(k, _)| k == "cleanup.policy") {
+        all.push(("cleanup.policy".to_string(), "compact".to_string()));
+    }
+    all.extend(given.iter().cloned());
+    all
+}
 
 /// Parses `--start`: `earliest`, `latest`, or a time ([`parse_time_ms`]).
 fn parse_start(text: &str) -> Result<StartOffset, String> {
@@ -107,6 +130,16 @@ pub struct RunArgs {
     /// Topic receiving the dead letters (value = `{"reason","partition","offset","raw"}`).
     #[arg(long, value_parser = parse_topic)]
     pub dead_letter_topic: Option<String>,
+    /// A topic config (`key=value`, repeat) for the snapshot topic when sessionflow creates it,
+    /// over the default `cleanup.policy=compact` (snapshots are upserts by session id: the
+    /// topic keeps each session's latest, as SessionDB's row does). An existing topic keeps
+    /// its own.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_topic_config, requires = "snapshot_topic")]
+    pub snapshot_topic_config: Vec<(String, String)>,
+    /// A topic config (`key=value`, repeat) for the dead-letter topic when sessionflow creates
+    /// it (else the broker's defaults). An existing topic keeps its own.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_topic_config, requires = "dead_letter_topic")]
+    pub dead_letter_topic_config: Vec<(String, String)>,
     /// Snapshot file, as replay's --output (requires --stop-at-end).
     #[arg(long, requires = "stop_at_end")]
     pub output: Option<PathBuf>,
@@ -350,8 +383,17 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
     metadata.check_group_unused(&args.group, deadline)?;
     // Its threads are not needed past the checks.
     drop(metadata);
-    for topic in [&args.snapshot_topic, &args.dead_letter_topic].into_iter().flatten() {
-        ensure_topic(&args.brokers, topic, partitions, &args.options, deadline)?;
+    let outputs = [
+        (
+            &args.snapshot_topic,
+            snapshot_topic_configs(&args.snapshot_topic_config),
+        ),
+        (&args.dead_letter_topic, args.dead_letter_topic_config.clone()),
+    ];
+    for (topic, configs) in outputs {
+        if let Some(topic) = topic {
+            ensure_topic_with(&args.brokers, topic, partitions, &args.options, &configs, deadline)?;
+        }
     }
 
     let abort: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
@@ -992,6 +1034,30 @@ fn progress_loop(live: &Live, done: &std::sync::mpsc::Receiver<()>, every: Durat
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_created_snapshot_topic_is_compacted_unless_told_otherwise() {
+        let kv = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(snapshot_topic_configs(&[]), [kv("cleanup.policy", "compact")]);
+        assert_eq!(
+            snapshot_topic_configs(&[kv("retention.ms", "1000")]),
+            [kv("cleanup.policy", "compact"), kv("retention.ms", "1000")]
+        );
+        assert_eq!(
+            snapshot_topic_configs(&[kv("cleanup.policy", "delete")]),
+            [kv("cleanup.policy", "delete")]
+        );
+        assert_eq!(
+            parse_topic_config(" segment.ms = 60000 "),
+            Ok(kv("segment.ms", "60000"))
+        );
+        for bad in ["", "x", "=1", "x="] {
+            assert!(
+                parse_topic_config(bad).unwrap_err().starts_with("bad topic config"),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn the_progress_line_names_the_partitions_the_output_waits_for() {

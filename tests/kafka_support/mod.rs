@@ -403,3 +403,24 @@ pub fn labelled(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map(|v| v.parse().unwrap())
 }
+
+/// The value of each config of `topic` (the broker's, defaults included).
+pub fn topic_configs(topic: &str) -> std::collections::HashMap<String, String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let results = sessionflow_operators::source::kafka::block_on(
+        admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts),
+    )
+    .unwrap();
+    let resource = results.into_iter().next().unwrap().unwrap();
+    resource
+        .entries
+        .into_iter()
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect()
+}

@@ -665,6 +665,20 @@ pub fn ensure_topic(
     extra: &[(String, String)],
     deadline: Instant,
 ) -> Result<u32, String> {
+    ensure_topic_with(brokers, topic, partitions, extra, &[], deadline)
+}
+
+/// [`ensure_topic`], creating a missing topic with the topic configs `configs` (`key=value`,
+/// e.g. `cleanup.policy=compact`; the broker checks them, and refuses the creation with a
+/// clear error if one is wrong). An existing topic keeps its own.
+pub fn ensure_topic_with(
+    brokers: &str,
+    topic: &str,
+    partitions: u32,
+    extra: &[(String, String)],
+    configs: &[(String, String)],
+    deadline: Instant,
+) -> Result<u32, String> {
     let log = Arc::new(ClientLog::new(format!("kafka admin {brokers}")));
     let config = metadata_config(brokers, "sessionflow-admin", extra)?;
     let context = || crate::source::kafka::LogContext(Arc::clone(&log));
@@ -675,13 +689,14 @@ pub fn ensure_topic(
         .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
     let mut admin: Option<AdminClient<crate::source::kafka::LogContext>> = None;
     let mut created = false;
+    // Ok(Err(..)): an error no retry mends (a topic config the broker refuses).
     retry(
         log.label(),
         &format!("cannot create topic {topic} on {brokers}"),
         deadline,
         |timeout| {
             match served_topic_partitions(&client, topic, timeout) {
-                Ok(n) => return Ok(n),
+                Ok(n) => return Ok(Ok(n)),
                 Err(e) if created || !e.ends_with("does not exist") => return Err(log.explain(e)),
                 Err(_) => {}
             }
@@ -693,25 +708,41 @@ pub fn ensure_topic(
                         .map_err(|e| format!("cannot create a Kafka admin client: {e}"))?,
                 ),
             };
-            let new = NewTopic::new(topic, partitions.max(1) as i32, TopicReplication::Fixed(-1));
+            let mut new = NewTopic::new(topic, partitions.max(1) as i32, TopicReplication::Fixed(-1));
+            for (k, v) in configs {
+                new = new.set(k, v);
+            }
             let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
             let results = block_on(admin.create_topics([&new], &opts)).map_err(|e| e.to_string())?;
+            let listed: Vec<String> = configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
             for r in results {
                 match r {
                     Ok(_) => eprintln!(
-                        "{}: created topic {topic} with {} partitions",
+                        "{}: created topic {topic} with {} partitions{}",
                         log.label(),
-                        partitions.max(1)
+                        partitions.max(1),
+                        if listed.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", listed.join(", "))
+                        }
                     ),
                     Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    // A config the broker refuses: no retry makes it valid.
+                    Err((name, code @ (RDKafkaErrorCode::InvalidConfig | RDKafkaErrorCode::PolicyViolation))) => {
+                        return Ok(Err(format!(
+                            "cannot create topic {name}: {code} (its topic configs: {})",
+                            listed.join(", ")
+                        )))
+                    }
                     Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
                 }
             }
             created = true;
             // The creation took part of the attempt's time: what is left of it, afresh.
-            served_topic_partitions(&client, topic, request_timeout(deadline))
+            served_topic_partitions(&client, topic, request_timeout(deadline)).map(Ok)
         },
-    )
+    )?
 }
 
 #[cfg(test)]
