@@ -129,6 +129,21 @@ fn bad_topic_group_and_broker_values_are_usage_errors_at_once() {
             "{start}: {err}"
         );
     }
+    // Files need a bounded run; --stop-at bounds it by a time, and is one or the other.
+    for (args, says) in [
+        (vec!["--output", "o.jsonl"], "<--stop-at-end|--stop-at <TIME>>"),
+        (vec!["--stop-at-end", "--stop-at", "2026-01-01"], "cannot be used with"),
+        (vec!["--stop-at", "2026-01-01T00:00"], "bad time"),
+    ] {
+        let out = bin()
+            .args(["run", "--brokers", "127.0.0.1:1", "--topic", "t", "--group", "g"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
     let out = bin()
         .args(["generate", "--brokers", "b:1", "--topic", "a/b"])
         .output()

@@ -39,8 +39,8 @@ fn rfc3339_ms(ms: i64) -> String {
     format!("{}.{:03}Z", secs.trim_end_matches('Z'), ms.rem_euclid(1000))
 }
 
-/// A bounded run of `group` from `start`, its files under `dir` tagged `tag`; returns the
-/// files and the run's stderr.
+/// A bounded run of `group` from `start` to the end offsets, its files under `dir` tagged
+/// `tag`; returns the files and the run's stderr.
 fn run_from(
     topic: &str,
     group: &str,
@@ -49,12 +49,36 @@ fn run_from(
     dir: &std::path::Path,
     tag: &str,
 ) -> (Files, String) {
+    run_with(topic, group, workers, &["--stop-at-end", "--start", start], dir, tag)
+}
+
+/// A run of `group` with `flags` (which bound it), its files under `dir` tagged `tag`; returns
+/// the files and the run's stderr.
+fn run_with(
+    topic: &str,
+    group: &str,
+    workers: usize,
+    flags: &[&str],
+    dir: &std::path::Path,
+    tag: &str,
+) -> (Files, String) {
     let files = Files::new(dir, tag);
     let mut args = run_flags(topic, group, workers);
-    args.extend(["--stop-at-end".to_string(), "--start".to_string(), start.to_string()]);
+    args.extend(flags.iter().map(|f| f.to_string()));
     args.extend(files.flags());
     let out = run_ok(sessionflow(&args), Duration::from_secs(120));
     (files, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Produces stream `tag` (generated with `seed`) to `topic`, then waits past the millisecond of
+/// its last acknowledged message and returns the time after it: every message produced from
+/// then on has a later Kafka timestamp.
+fn produce_then_mark(dir: &std::path::Path, topic: &str, tag: &str, seed: u64) -> (Vec<PathBuf>, i64) {
+    let files = produce_generated(&stream(dir, tag, seed), topic);
+    std::thread::sleep(Duration::from_millis(50));
+    let time = now_ms();
+    std::thread::sleep(Duration::from_millis(50));
+    (files, time)
 }
 
 /// Asserts a run's files equal replay's `expected` of the stream produced after `base` (the
@@ -90,15 +114,12 @@ fn assert_same_after(files: &Files, expected: &(Vec<u8>, Vec<u8>, Vec<u8>), base
 fn a_start_time_reads_what_was_produced_from_then_on() {
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("start");
-    let before: Vec<PathBuf> = produce_generated(&stream(dir.path(), "a", 31), &topic);
+    // Every message of A is acknowledged (so timestamped) before `time`, and B's are produced
+    // after it.
+    let (before, time) = produce_then_mark(dir.path(), &topic, "a", 31);
     assert_eq!(before.len(), PARTITIONS as usize);
     let base = end_offsets(&topic, PARTITIONS);
     assert!(base.iter().all(|o| *o > 0), "{base:?}");
-    // Every message of A is acknowledged (so timestamped) before `time`, and B's are produced
-    // after it: the pauses keep them off `time`'s own millisecond whatever the clock does.
-    std::thread::sleep(Duration::from_millis(50));
-    let time = now_ms();
-    std::thread::sleep(Duration::from_millis(50));
     let after = produce_generated(&stream(dir.path(), "b", 32), &topic);
     let reference = Files::new(dir.path(), "replay-b");
     replay(&after, &reference);
@@ -148,4 +169,56 @@ fn a_start_time_reads_what_was_produced_from_then_on() {
     assert!(out.is_empty() && dead.is_empty());
     assert_eq!(files.stats_json()["events_read"], 0);
     assert!(log.contains("0 at its end"), "{log}");
+}
+
+/// `--stop-at TIME`: a bounded run that ends each partition before its first message at or
+/// after TIME. Streams A, B and C produced with times T1 and T2 between them: `--stop-at T1`
+/// equals replay of A, `--start T1 --stop-at T2` replay of B; a stop before the start reads
+/// nothing.
+#[test]
+#[ignore = "needs a Kafka broker: scripts/test.sh"]
+fn a_time_range_reads_what_was_produced_within_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("range");
+    let (a, t1) = produce_then_mark(dir.path(), &topic, "a", 41);
+    let after_a = end_offsets(&topic, PARTITIONS);
+    let (b, t2) = produce_then_mark(dir.path(), &topic, "b", 42);
+    produce_generated(&stream(dir.path(), "c", 43), &topic);
+    let reference = |inputs: &[PathBuf], tag: &str| {
+        let files = Files::new(dir.path(), tag);
+        replay(inputs, &files);
+        files.read()
+    };
+    let (t1_text, t2_text) = (rfc3339_ms(t1), rfc3339_ms(t2));
+
+    let (files, log) = run_with(&topic, &unique("range-a"), 2, &["--stop-at", &t1_text], dir.path(), "a");
+    assert_same_after(
+        &files,
+        &reference(&a, "replay-a"),
+        &[0; PARTITIONS as usize],
+        "--stop-at T1",
+    );
+    assert!(
+        log.contains("stopping partitions 0 before offset") && log.contains(&format!("at or after {t1} ms")),
+        "no line naming the end offsets: {log}"
+    );
+    let (files, _) = run_with(
+        &topic,
+        &unique("range-b"),
+        3,
+        &["--start", &t1_text, "--stop-at", &t2_text],
+        dir.path(),
+        "b",
+    );
+    assert_same_after(&files, &reference(&b, "replay-b"), &after_a, "--start T1 --stop-at T2");
+
+    let (files, _) = run_with(
+        &topic,
+        &unique("range-none"),
+        2,
+        &["--start", &t2_text, "--stop-at", &t1_text],
+        dir.path(),
+        "none",
+    );
+    assert_eq!(files.stats_json()["events_read"], 0);
 }

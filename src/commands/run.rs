@@ -140,18 +140,23 @@ pub struct RunArgs {
     /// it (else the broker's defaults). An existing topic keeps its own.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_topic_config, requires = "dead_letter_topic")]
     pub dead_letter_topic_config: Vec<(String, String)>,
-    /// Snapshot file, as replay's --output (requires --stop-at-end).
-    #[arg(long, requires = "stop_at_end")]
+    /// Snapshot file, as replay's --output (requires --stop-at-end or --stop-at).
+    #[arg(long, requires = "bounded")]
     pub output: Option<PathBuf>,
-    /// Dead-letter file, as replay's --dead-letter (requires --stop-at-end).
-    #[arg(long, requires = "stop_at_end")]
+    /// Dead-letter file, as replay's --dead-letter (requires --stop-at-end or --stop-at).
+    #[arg(long, requires = "bounded")]
     pub dead_letter: Option<PathBuf>,
-    /// Counters file, as replay's --stats (requires --stop-at-end).
-    #[arg(long, requires = "stop_at_end")]
+    /// Counters file, as replay's --stats (requires --stop-at-end or --stop-at).
+    #[arg(long, requires = "bounded")]
     pub stats: Option<PathBuf>,
     /// Stop once every partition reached the end offset it had when the job started.
-    #[arg(long)]
+    #[arg(long, group = "bounded")]
     pub stop_at_end: bool,
+    /// Stop each partition before its first message with a Kafka timestamp at or after this
+    /// time (as --start takes it), or at its end offset at start where that comes first: a
+    /// bounded run like --stop-at-end, over a time range of the topic with --start TIME.
+    #[arg(long, value_name = "TIME", value_parser = parse_time_ms, group = "bounded")]
+    pub stop_at: Option<i64>,
     /// A librdkafka option `key=value` for every Kafka client (applied after ours; repeat).
     /// Prefix the key with `consumer:` or `producer:` for one kind of client only. Options the
     /// job's guarantees rest on (group.id, enable.auto.commit, enable.auto.offset.store,
@@ -274,6 +279,8 @@ fn sink_config(args: &RunArgs, topic: &str) -> KafkaSinkConfig {
 /// `--stop-at-end` run: no file is written and nothing committed.
 pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
     args.options = options_with_file(args.kafka_config.as_deref(), &args.options)?;
+    // --stop-at is a bounded run that ends its partitions earlier.
+    args.stop_at_end |= args.stop_at.is_some();
     let mut job = args.session.job()?;
     let source = KafkaSourceConfig {
         brokers: args.brokers.clone(),
@@ -281,6 +288,7 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
         group: args.group.clone(),
         start: args.start,
         stop_at_end: args.stop_at_end,
+        end_time_ms: args.stop_at,
         idle_timeout_ms: args.idle_timeout,
         connect_timeout_ms: args.connect_timeout,
         final_commit_timeout_ms: args.final_commit_timeout,

@@ -15,7 +15,8 @@
 //!   frontier `D` = the largest `F` (see [`super`] for why that is exact). A partition without
 //!   a sessionflow commit then resumes from its start offset with a fresh watermark.
 //! - `stop_at_end`: each worker fetches its partitions' high watermarks when it starts and
-//!   ends a partition once it read up to there (bounded run, like a replay).
+//!   ends a partition once it read up to there (bounded run, like a replay); with
+//!   `end_time_ms`, at its first message at or after that time where that comes first.
 //! - `idle_timeout_ms`: a partition without a message for that long is marked idle and stops
 //!   holding the frontier; it holds it again from its next message, which is assigned no
 //!   earlier than the worker's capability. Off by default: idleness depends on arrival times,
@@ -151,6 +152,10 @@ pub struct KafkaSourceConfig {
     pub start: StartOffset,
     /// Stop each partition at the end offset it had when the job started (bounded run).
     pub stop_at_end: bool,
+    /// With `stop_at_end`: end each partition at its first message with a Kafka timestamp at
+    /// or after this time (ms since the Unix epoch) instead, where that comes first (a time
+    /// range of a topic, with `start`); `None`: at the end offset.
+    pub end_time_ms: Option<i64>,
     /// A partition without a message for this long stops holding the frontier, in
     /// milliseconds; `None` (the default) never: deterministic output.
     pub idle_timeout_ms: Option<u64>,
@@ -176,6 +181,7 @@ impl Default for KafkaSourceConfig {
             group: String::new(),
             start: StartOffset::Earliest,
             stop_at_end: false,
+            end_time_ms: None,
             idle_timeout_ms: None,
             connect_timeout_ms: 60_000,
             final_commit_timeout_ms: 300_000,
@@ -1383,6 +1389,26 @@ impl KafkaReader {
             StartOffset::Earliest | StartOffset::Latest => BTreeMap::new(),
         };
 
+        // With an end time: where each partition stops, for all of them (committed or not).
+        let end_by_time = match cfg.end_time_ms.filter(|_| cfg.stop_at_end) {
+            Some(ms) => {
+                let found = offsets_at_time(&consumer, &cfg.topic, &mine, ms, log.label(), deadline)?;
+                let list: Vec<String> = found
+                    .iter()
+                    .map(|(p, o)| match o {
+                        Some(o) => format!("{p} before offset {o}"),
+                        None => format!("{p} at its end"),
+                    })
+                    .collect();
+                log.note(&format!(
+                    "stopping partitions {} (the first messages with a Kafka timestamp at or after {ms} ms)",
+                    list.join(", ")
+                ));
+                found
+            }
+            None => BTreeMap::new(),
+        };
+
         // Start offsets and assignment, with end offsets for --stop-at-end.
         let now = Instant::now();
         let mut assign = TopicPartitionList::with_capacity(mine.len());
@@ -1433,8 +1459,9 @@ impl KafkaReader {
                 from = Offset::Offset(at as i64);
                 first = Some(at);
                 if cfg.stop_at_end {
-                    part.end = Some(high);
-                    part.ended = at >= high;
+                    let end = end_by_time.get(&p).copied().flatten().map_or(high, |o| o.min(high));
+                    part.end = Some(end);
+                    part.ended = at >= end;
                 }
             }
             if let (Some(d), Some(offset)) = (resume_frontier, first) {
