@@ -20,7 +20,10 @@
 # (loopback only, for the tests; never a production setup); and with TLS that requires a client
 # certificate (mutual TLS, as Aiven and MSK offer) on 127.0.0.1:9095 (KAFKA_SSL_BROKERS): the
 # client's key and certificate, also self-signed, in the PKCS12 keystore KAFKA_TLS_CLIENT_KEYSTORE
-# (password `sessionflow`), which the listener's truststore trusts.
+# (password `sessionflow`), which the listener's truststore trusts; and with TLS and SASL
+# OAUTHBEARER tokens from an OIDC token endpoint on 127.0.0.1:9096 (KAFKA_OIDC_BROKERS): a test
+# token endpoint (scripts/oidc_idp.java, KAFKA_OIDC_TOKEN_URL) signs tokens for client
+# `sessionflow` / `sessionflow-secret`, and the listener verifies them with its public keys.
 #
 # Environment:
 #   SESSIONFLOW_CACHE          jar cache, default ~/.cache/sessionflow ({kafka,hbase}/lib)
@@ -52,6 +55,9 @@ KAFKA_PORT=9092                # PLAINTEXT listener for clients
 KAFKA_CONTROLLER_PORT=9093     # KRaft controller listener (same JVM)
 KAFKA_SASL_SSL_PORT=9094       # SASL_SSL listener (TLS + SASL) for the security tests
 KAFKA_SSL_PORT=9095            # SSL listener requiring a client certificate (mutual TLS)
+KAFKA_OIDC_PORT=9096           # SASL_SSL listener taking OIDC tokens (OAUTHBEARER, verified)
+KAFKA_IDP_PORT=9097            # the test token endpoint those tokens come from
+IDP="$SCRIPT_DIR/oidc_idp.java"
 KAFKA_SASL_USER=sessionflow    # its one user (test credentials, loopback only)
 KAFKA_SASL_PASSWORD=sessionflow-secret
 KAFKA_TLS_PASSWORD=sessionflow # the broker's keystore password (a generated test key)
@@ -245,11 +251,11 @@ write_kafka_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT,SSL://$HOST:$KAFKA_SSL_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT,SSL://$HOST:$KAFKA_SSL_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT,SSL://$HOST:$KAFKA_SSL_PORT,OIDC://$HOST:$KAFKA_OIDC_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT,SASL_SSL://$HOST:$KAFKA_SASL_SSL_PORT,SSL://$HOST:$KAFKA_SSL_PORT,OIDC://$HOST:$KAFKA_OIDC_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,OIDC:SASL_SSL
 # TLS + SASL on the SASL_SSL listener: one user, for the security tests. PLAIN's users are in
 # its JAAS line; SCRAM's credentials live in the cluster metadata (StorageTool's --add-scram).
 # OAUTHBEARER takes unsecured JWTs (Kafka's default validator without an OIDC provider).
@@ -272,6 +278,18 @@ listener.name.ssl.ssl.client.auth=required
 listener.name.ssl.ssl.truststore.location=$KAFKA_DIR/tls/clients.p12
 listener.name.ssl.ssl.truststore.type=PKCS12
 listener.name.ssl.ssl.truststore.password=$KAFKA_TLS_PASSWORD
+# OAUTHBEARER with verified tokens on the OIDC listener: signed by the test token endpoint
+# (scripts/oidc_idp.java), checked against its public keys, issuer and audience.
+listener.name.oidc.sasl.enabled.mechanisms=OAUTHBEARER
+listener.name.oidc.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;
+listener.name.oidc.oauthbearer.sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler
+listener.name.oidc.ssl.keystore.location=$KAFKA_DIR/tls/broker.p12
+listener.name.oidc.ssl.keystore.type=PKCS12
+listener.name.oidc.ssl.keystore.password=$KAFKA_TLS_PASSWORD
+listener.name.oidc.ssl.key.password=$KAFKA_TLS_PASSWORD
+sasl.oauthbearer.jwks.endpoint.url=file://$KAFKA_DIR/oidc/jwks.json
+sasl.oauthbearer.expected.issuer=sessionflow-test-idp
+sasl.oauthbearer.expected.audience=sessionflow-kafka
 log.dirs=$KAFKA_DIR/data
 # One broker: every internal and default topic gets a single replica.
 default.replication.factor=1
@@ -308,13 +326,35 @@ log4j.logger.kafka.request.logger=WARN
 EOF
 }
 
+# The test token endpoint of the OIDC listener (scripts/oidc_idp.java, a single-file Java
+# program on Kafka's jars); it writes the key set the broker reads at its start.
+start_idp() {
+  local lib="$CACHE_DIR/kafka/lib" _
+  pid_of "$KAFKA_DIR/idp.pid" "$IDP" >/dev/null && return 0
+  check_ports_free kafka "$KAFKA_IDP_PORT"
+  mkdir -p "$KAFKA_DIR/oidc" "$KAFKA_DIR/logs"
+  rm -f "$KAFKA_DIR/oidc/jwks.json"
+  launch "$KAFKA_DIR/idp.pid" "$KAFKA_DIR/logs/idp.out" \
+    "$JAVA" -Xmx64m -cp "$lib/*" "$IDP" "$HOST" "$KAFKA_IDP_PORT" "$KAFKA_DIR/oidc" \
+    "$KAFKA_SASL_USER" "$KAFKA_SASL_PASSWORD"
+  for _ in $(seq 600); do
+    [[ -s $KAFKA_DIR/oidc/jwks.json ]] && return 0
+    pid_of "$KAFKA_DIR/idp.pid" "$IDP" >/dev/null || break
+    sleep 0.1
+  done
+  show_logs "$KAFKA_DIR/logs/idp.out"
+  die "kafka: the test token endpoint did not start"
+}
+
 start_kafka() {
   local lib="$CACHE_DIR/kafka/lib" pid
+  start_idp
   if pid=$(pid_of "$KAFKA_DIR/kafka.pid" kafka.Kafka); then
     log "kafka: already running (pid $pid)"
     return 0
   fi
-  check_ports_free kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_SSL_PORT" "$KAFKA_SSL_PORT"
+  check_ports_free kafka "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_SASL_SSL_PORT" "$KAFKA_SSL_PORT" \
+    "$KAFKA_OIDC_PORT"
   mkdir -p "$KAFKA_DIR/data" "$KAFKA_DIR/logs"
   make_kafka_tls
   write_kafka_config
@@ -537,6 +577,8 @@ cmd_up() {
         echo "KAFKA_TLS_CA=$KAFKA_DIR/tls/ca.pem"
         echo "KAFKA_SSL_BROKERS=$HOST:$KAFKA_SSL_PORT"
         echo "KAFKA_TLS_CLIENT_KEYSTORE=$KAFKA_DIR/tls/client.p12"
+        echo "KAFKA_OIDC_BROKERS=$HOST:$KAFKA_OIDC_PORT"
+        echo "KAFKA_OIDC_TOKEN_URL=http://$HOST:$KAFKA_IDP_PORT/token"
         ;;
       hbase) echo "HBASE_THRIFT=$HOST:$THRIFT_PORT" ;;
     esac
@@ -546,7 +588,7 @@ cmd_up() {
 # The server processes of a service, as PIDFILE:MAIN_CLASS (HBase: Thrift first, it is a client).
 server_procs() {
   case $1 in
-    kafka) echo "$KAFKA_DIR/kafka.pid:kafka.Kafka" ;;
+    kafka) echo "$KAFKA_DIR/kafka.pid:kafka.Kafka" "$KAFKA_DIR/idp.pid:$IDP" ;;
     hbase) echo "$HBASE_DIR/thrift.pid:org.apache.hadoop.hbase.thrift.ThriftServer" \
                 "$HBASE_DIR/master.pid:org.apache.hadoop.hbase.master.HMaster" ;;
   esac

@@ -12,6 +12,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "toolchain"
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+command -v cmake >/dev/null || { echo "cmake is required (librdkafka is built with it)"; exit 1; }
 cargo --version
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
