@@ -25,13 +25,17 @@ const PARTITIONS: u32 = 4;
 const USER: &str = "sessionflow";
 const PASSWORD: &str = "sessionflow-secret";
 
+/// The services' address or file in environment variable `name` (`listener` names what needs
+/// it, for the error when it is missing).
+fn service_var(name: &str, listener: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: scripts/test.sh sets it from `scripts/services.sh up` (restart an older Kafka of the services: it has no {listener} listener)")
+    })
+}
+
 /// The SASL_SSL bootstrap address and the PEM of the broker's certificate.
 fn secure() -> (String, String) {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!("{name} is not set: scripts/test.sh sets it from `scripts/services.sh up` (restart an older Kafka of the services: it has no SASL_SSL listener)")
-        })
-    };
+    let var = |name: &str| service_var(name, "SASL_SSL");
     (var("KAFKA_SASL_SSL_BROKERS"), var("KAFKA_TLS_CA"))
 }
 
@@ -129,11 +133,7 @@ fn an_oidc_client_secret_the_provider_refuses_is_a_clear_error() {
 /// The OIDC listener's bootstrap address, the PEM of the broker's certificate and the test
 /// token endpoint's URL.
 fn oidc() -> (String, String, String) {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!("{name} is not set: scripts/test.sh sets it from `scripts/services.sh up` (restart an older Kafka of the services: it has no OIDC listener)")
-        })
-    };
+    let var = |name: &str| service_var(name, "OIDC");
     (
         var("KAFKA_OIDC_BROKERS"),
         var("KAFKA_TLS_CA"),
@@ -161,11 +161,7 @@ fn oidc_options(ca: &str, token_url: &str, secret: &str) -> Vec<String> {
 /// The mutual-TLS listener's bootstrap address, the PEM of the broker's certificate, and the
 /// client's PKCS12 keystore.
 fn mutual() -> (String, String, String) {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!("{name} is not set: scripts/test.sh sets it from `scripts/services.sh up` (restart an older Kafka of the services: it has no mutual-TLS listener)")
-        })
-    };
+    let var = |name: &str| service_var(name, "mutual-TLS");
     (
         var("KAFKA_SSL_BROKERS"),
         var("KAFKA_TLS_CA"),

@@ -1270,6 +1270,22 @@ fn offsets_at_time(
     })
 }
 
+/// The line naming the offsets [`offsets_at_time`] found for time `ms`: `starting partitions
+/// 0 at offset 12, 2 at its end (...)` (`what` starting, `at` at), or stopping ... before.
+fn offsets_note(what: &str, at: &str, found: &BTreeMap<u32, Option<u64>>, ms: i64) -> String {
+    let list: Vec<String> = found
+        .iter()
+        .map(|(p, o)| match o {
+            Some(o) => format!("{p} {at} offset {o}"),
+            None => format!("{p} at its end"),
+        })
+        .collect();
+    format!(
+        "{what} partitions {} (the first messages with a Kafka timestamp at or after {ms} ms)",
+        list.join(", ")
+    )
+}
+
 /// Whether [`KafkaReader::take`] does anything with a poll result: a message, a partition's
 /// end, or an error that stops the source (any other error is transient: logged by the
 /// consumer's context, retried by librdkafka).
@@ -1372,17 +1388,7 @@ impl KafkaReader {
                 let unstarted: Vec<u32> = mine.iter().copied().filter(|p| committed_at(*p).0.is_none()).collect();
                 let found = offsets_at_time(&consumer, &cfg.topic, &unstarted, ms, log.label(), deadline)?;
                 if !found.is_empty() {
-                    let list: Vec<String> = found
-                        .iter()
-                        .map(|(p, o)| match o {
-                            Some(o) => format!("{p} at offset {o}"),
-                            None => format!("{p} at its end"),
-                        })
-                        .collect();
-                    log.note(&format!(
-                        "starting partitions {} (the first messages with a Kafka timestamp at or after {ms} ms)",
-                        list.join(", ")
-                    ));
+                    log.note(&offsets_note("starting", "at", &found, ms));
                 }
                 found
             }
@@ -1393,17 +1399,7 @@ impl KafkaReader {
         let end_by_time = match cfg.end_time_ms.filter(|_| cfg.stop_at_end) {
             Some(ms) => {
                 let found = offsets_at_time(&consumer, &cfg.topic, &mine, ms, log.label(), deadline)?;
-                let list: Vec<String> = found
-                    .iter()
-                    .map(|(p, o)| match o {
-                        Some(o) => format!("{p} before offset {o}"),
-                        None => format!("{p} at its end"),
-                    })
-                    .collect();
-                log.note(&format!(
-                    "stopping partitions {} (the first messages with a Kafka timestamp at or after {ms} ms)",
-                    list.join(", ")
-                ));
+                log.note(&offsets_note("stopping", "before", &found, ms));
                 found
             }
             None => BTreeMap::new(),
@@ -2157,6 +2153,16 @@ mod tests {
             .ends_with("alert number 42 (the broker refused this client's certificate, or its lack of one: a listener with mutual TLS wants ssl.certificate.location and ssl.key.location, or ssl.keystore.location, with a certificate it trusts)"));
         log.librdkafka(RDKafkaLogLevel::Error, "FAIL", "certificate verify failed");
         assert!(log.explain("x".into()).ends_with("certificate verify failed"));
+    }
+
+    #[test]
+    fn the_offsets_found_for_a_time_are_named() {
+        let found = BTreeMap::from([(0, Some(12)), (2, None)]);
+        assert_eq!(
+            offsets_note("starting", "at", &found, 5),
+            "starting partitions 0 at offset 12, 2 at its end (the first messages with a Kafka timestamp at or after 5 ms)"
+        );
+        assert!(offsets_note("stopping", "before", &found, 5).starts_with("stopping partitions 0 before offset 12, "));
     }
 
     #[test]
