@@ -25,6 +25,8 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Queries SessionDB in HBase: project metrics, or one session by id.
     Query(commands::query::QueryArgs),
+    /// Where a `run` consumer group stands: committed offsets, lag, and the window it resumes at.
+    Offsets(commands::offsets::OffsetsArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         }),
         Command::Demo(args) => commands::demo::run(args),
         Command::Query(args) => commands::query::run(args),
+        Command::Offsets(args) => commands::offsets::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

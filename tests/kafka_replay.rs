@@ -157,6 +157,39 @@ fn offsets_are_the_end_offsets_and_a_second_run_reads_nothing() {
         "frontiers {frontiers:?}, partition windows {lows:?}"
     );
 
+    // `sessionflow offsets` reads the same back: every partition at its end, the resume window;
+    // a group that never ran has no commit and all of the topic to read.
+    let offsets = |group: &str| -> serde_json::Value {
+        let args: Vec<String> = [
+            "offsets",
+            "--brokers",
+            &brokers(),
+            "--topic",
+            &f.topic,
+            "--group",
+            group,
+            "--json",
+        ]
+        .map(String::from)
+        .to_vec();
+        serde_json::from_slice(&run_ok(sessionflow(&args), Duration::from_secs(60)).stdout).unwrap()
+    };
+    let report = offsets(&group);
+    assert_eq!(report["resume_window"], expected, "{report}");
+    assert_eq!(report["lag"], 0, "{report}");
+    for (p, end) in ends.iter().enumerate() {
+        let part = &report["partitions"][p];
+        assert_eq!(
+            (&part["committed"], &part["end"]),
+            (&(*end).into(), &(*end).into()),
+            "{report}"
+        );
+        assert_eq!(part["frontier"], expected, "{report}");
+    }
+    let fresh = offsets(&unique("never-ran"));
+    assert!(fresh["resume_window"].is_null(), "{fresh}");
+    assert_eq!(fresh["lag"], ends.iter().sum::<i64>(), "{fresh}");
+
     // Same group again: nothing new to read, nothing written, the commits unchanged.
     let again = Files::new(f.dir.path(), "offsets-2");
     let mut args = run_flags(&f.topic, &group, 2);

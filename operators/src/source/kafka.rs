@@ -689,19 +689,38 @@ pub struct MetadataClient {
     brokers: String,
     log: Arc<ClientLog>,
     client: BaseConsumer<LogContext>,
+    /// The client's settings (for a consumer of a group, see `group_positions`).
+    config: ClientConfig,
+}
+
+/// Where a consumer group stands on one partition (see [`MetadataClient::group_positions`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupPosition {
+    /// The partition.
+    pub partition: u32,
+    /// The group's committed offset, if any.
+    pub committed: Option<u64>,
+    /// The cut sessionflow committed with it, if it was sessionflow's.
+    pub cut: Option<Cut>,
+    /// The partition's oldest offset still in the log.
+    pub low: u64,
+    /// The partition's end offset (high watermark).
+    pub high: u64,
 }
 
 impl MetadataClient {
     /// A client of `brokers` with the user's `extra` options (security, ...); connects lazily.
     pub fn new(brokers: &str, extra: &[(String, String)]) -> Result<MetadataClient, String> {
         let log = Arc::new(ClientLog::new(format!("kafka {brokers}")));
-        let client = metadata_config(brokers, "sessionflow-metadata", extra)?
+        let config = metadata_config(brokers, "sessionflow-metadata", extra)?;
+        let client = config
             .create_with_context(LogContext(Arc::clone(&log)))
             .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
         Ok(MetadataClient {
             brokers: brokers.to_string(),
             log,
             client,
+            config,
         })
     }
 
@@ -713,6 +732,53 @@ impl MetadataClient {
             deadline,
             |timeout| served_topic_partitions(&self.client, topic, timeout).map_err(|e| self.log.explain(e)),
         )
+    }
+
+    /// Where `group` stands on each of `topic`'s partitions: its committed offset and cut (as
+    /// sessionflow wrote them), and the partition's low and high watermarks. For `sessionflow
+    /// offsets`, which shows where a stopped job will resume. Retried until `deadline`.
+    pub fn group_positions(&self, topic: &str, group: &str, deadline: Instant) -> Result<Vec<GroupPosition>, String> {
+        let count = self.wait_for_topic(topic, deadline)?;
+        // Committed offsets are read through a consumer of the group; it never joins it.
+        let consumer: BaseConsumer<LogContext> = self
+            .config
+            .clone()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create_with_context(LogContext(Arc::clone(&self.log)))
+            .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
+        let mut query = TopicPartitionList::with_capacity(count as usize);
+        for p in 0..count {
+            query.add_partition(topic, p as i32);
+        }
+        let what = format!("cannot read the committed offsets of group {group}");
+        let committed = retry(self.log.label(), &what, deadline, |timeout| {
+            consumer
+                .committed_offsets(query.clone(), timeout)
+                .map_err(|e| self.log.explain(e.to_string()))
+        })?;
+        let mut out = Vec::with_capacity(count as usize);
+        for p in 0..count {
+            let what = format!("cannot read the watermarks of partition {p}");
+            let (low, high) = retry(self.log.label(), &what, deadline, |timeout| {
+                consumer
+                    .fetch_watermarks(topic, p as i32, timeout)
+                    .map_err(|e| self.log.explain(e.to_string()))
+            })?;
+            let elem = committed.find_partition(topic, p as i32);
+            let (offset, cut) = match elem.as_ref().map(|e| (e.offset(), e.metadata())) {
+                Some((Offset::Offset(o), meta)) if o >= 0 => (Some(o as u64), parse_cut(p, o as u64, meta)),
+                _ => (None, None),
+            };
+            out.push(GroupPosition {
+                partition: p,
+                committed: offset,
+                cut,
+                low: low.max(0) as u64,
+                high: high.max(0) as u64,
+            });
+        }
+        Ok(out)
     }
 
     /// Checks that no consumer is a member of `group`. sessionflow commits under the group
