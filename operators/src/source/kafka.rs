@@ -80,7 +80,7 @@ use rdkafka::client::Client;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -747,29 +747,18 @@ impl MetadataClient {
             .set("enable.auto.commit", "false")
             .create_with_context(LogContext(Arc::clone(&self.log)))
             .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
-        let mut query = TopicPartitionList::with_capacity(count as usize);
-        for p in 0..count {
-            query.add_partition(topic, p as i32);
-        }
         let what = format!("cannot read the committed offsets of group {group}");
         let committed = retry(self.log.label(), &what, deadline, |timeout| {
-            consumer
-                .committed_offsets(query.clone(), timeout)
-                .map_err(|e| self.log.explain(e.to_string()))
+            committed_cuts(&consumer, topic, count, timeout).map_err(|e| self.log.explain(e.to_string()))
         })?;
         let mut out = Vec::with_capacity(count as usize);
-        for p in 0..count {
+        for (p, (offset, cut)) in (0..count).zip(committed) {
             let what = format!("cannot read the watermarks of partition {p}");
             let (low, high) = retry(self.log.label(), &what, deadline, |timeout| {
                 consumer
                     .fetch_watermarks(topic, p as i32, timeout)
                     .map_err(|e| self.log.explain(e.to_string()))
             })?;
-            let elem = committed.find_partition(topic, p as i32);
-            let (offset, cut) = match elem.as_ref().map(|e| (e.offset(), e.metadata())) {
-                Some((Offset::Offset(o), meta)) if o >= 0 => (Some(o as u64), parse_cut(p, o as u64, meta)),
-                _ => (None, None),
-            };
             out.push(GroupPosition {
                 partition: p,
                 committed: offset,
@@ -1290,6 +1279,31 @@ fn cut_list(topic: &str, cuts: &[Cut]) -> Result<TopicPartitionList, String> {
     Ok(tpl)
 }
 
+/// The consumer group's committed offset of each of `topic`'s `count` partitions, in partition
+/// order, with the cut sessionflow committed with it (`(None, None)`: no commit; `(Some, None)`:
+/// a commit that is not sessionflow's). One request, not retried.
+fn committed_cuts<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    count: u32,
+    timeout: Duration,
+) -> KafkaResult<Vec<(Option<u64>, Option<Cut>)>> {
+    let mut query = TopicPartitionList::with_capacity(count as usize);
+    for p in 0..count {
+        query.add_partition(topic, p as i32);
+    }
+    let committed = consumer.committed_offsets(query, timeout)?;
+    Ok((0..count)
+        .map(|p| match committed.find_partition(topic, p as i32) {
+            Some(elem) => match elem.offset() {
+                Offset::Offset(o) if o >= 0 => (Some(o as u64), parse_cut(p, o as u64, elem.metadata())),
+                _ => (None, None),
+            },
+            None => (None, None),
+        })
+        .collect())
+}
+
 /// The offset of the first message of each of `partitions` whose Kafka timestamp is at or
 /// after `ms` (`None`: no such message, the partition starts at its end). Retried until
 /// `deadline`, as the other start-up requests.
@@ -1426,25 +1440,11 @@ impl KafkaReader {
 
         // Committed offsets of every partition (and the cuts in their metadata): the resume
         // frontier D is the largest frontier committed for any partition of the topic.
-        let mut query = TopicPartitionList::with_capacity(count as usize);
-        for p in 0..count {
-            query.add_partition(&cfg.topic, p as i32);
-        }
         let what = format!("cannot read the committed offsets of group {}", cfg.group);
         let committed = retry(log.label(), &what, deadline, |timeout| {
-            consumer
-                .committed_offsets(query.clone(), timeout)
-                .map_err(|e| e.to_string())
+            committed_cuts(&**consumer, &cfg.topic, count, timeout).map_err(|e| e.to_string())
         })?;
-        let committed_at = |p: u32| -> (Option<u64>, Option<Cut>) {
-            let Some(elem) = committed.find_partition(&cfg.topic, p as i32) else {
-                return (None, None);
-            };
-            match elem.offset() {
-                Offset::Offset(o) if o >= 0 => (Some(o as u64), parse_cut(p, o as u64, elem.metadata())),
-                _ => (None, None),
-            }
-        };
+        let committed_at = |p: u32| committed[p as usize].clone();
         let resume_frontier = (0..count).filter_map(|p| committed_at(p).1).map(|c| c.frontier).max();
 
         // With a start time: the offsets of the first messages at or after it, for the
@@ -1490,19 +1490,15 @@ impl KafkaReader {
             let mut from = match (start, cfg.start) {
                 (Some(o), _) => Offset::Offset(o as i64),
                 (None, StartOffset::Earliest) => Offset::Beginning,
-                (None, StartOffset::Latest) => Offset::End,
-                (None, StartOffset::Time(_)) => match by_time.get(&p).copied().flatten() {
-                    Some(o) => Offset::Offset(o as i64),
-                    None => Offset::End,
-                },
+                // Both made a number below.
+                (None, StartOffset::Latest | StartOffset::Time(_)) => Offset::End,
             };
             let mut first = start;
-            // `latest` (and a time after a partition's last message) as a number too: a
-            // replaced consumer (see `replace_consumer`) that read nothing yet must resume
-            // where this one started, not at the end of its own start.
-            let at_end = start.is_none() && from == Offset::End;
-            let at_time = start.is_none() && matches!(cfg.start, StartOffset::Time(_));
-            if cfg.stop_at_end || at_end || at_time || (start.is_none() && resume_frontier.is_some()) {
+            // `latest` and a time as numbers: a replaced consumer (see `replace_consumer`) that
+            // read nothing yet must resume where this one started, not at the end of its own
+            // start; and a time's offset is clamped to the partition's.
+            let numbered = start.is_none() && cfg.start != StartOffset::Earliest;
+            if cfg.stop_at_end || numbered || (start.is_none() && resume_frontier.is_some()) {
                 let what = format!("cannot read the end offset of partition {p}");
                 let (low, high) = retry(log.label(), &what, deadline, |timeout| {
                     consumer
@@ -1882,9 +1878,9 @@ impl PartitionReader for KafkaReader {
         if self.stranded.stranded(now) {
             self.replace_consumer()?;
         }
-        let Some(consumer) = self.consumer.clone() else {
+        if self.consumer.is_none() {
             return Ok(ReadStatus::Done);
-        };
+        }
         // Partitions are assigned once, at the start: stop rather than leave new ones unread
         // (a bounded run reads what the topic held when it started, new partitions aside).
         let seen = self.partitions_seen.load(Ordering::Relaxed);
@@ -1908,12 +1904,9 @@ impl PartitionReader for KafkaReader {
             ));
         }
         // The consumer's own queue carries only events now (errors, statistics, commit
-        // results): serve them, after what `serve` put aside.
+        // results): serve them, and handle what `serve` put aside, now and earlier.
+        self.serve();
         for item in std::mem::take(&mut self.deferred) {
-            self.take(None, item, marks, out, now)?;
-        }
-        while let Some(result) = consumer.poll(Duration::ZERO) {
-            let item = result.map(|m| (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec)));
             self.take(None, item, marks, out, now)?;
         }
         // Read the partitions laggard first, so they advance together in event time; leave
