@@ -67,24 +67,19 @@ pub struct PartitionFigures {
 }
 
 impl Sample {
-    /// The partitions holding the frontier back (see [`PartitionPosition::holds`]), when some
-    /// other live partition is past it: the ones the output waits for. Empty when every live
-    /// partition is at the frontier (they advance together) or no frontier is known.
-    pub fn holding(&self) -> Vec<&PartitionFigures> {
+    /// The partitions holding the frontier back (see [`PartitionPosition::holds`]) while
+    /// another live partition is at least `gap` (>= 1) windows past it: the ones the output
+    /// waits for. Empty when no live partition is that far ahead (with `gap` 1: every live
+    /// partition is at the frontier, they advance together) or no frontier is known.
+    pub fn holding(&self, gap: u64) -> Vec<&PartitionFigures> {
         let Some(frontier) = self.frontier else {
             return Vec::new();
         };
-        let live = |p: &&PartitionFigures| !p.position.ended && !p.position.idle;
-        let (holding, ahead): (Vec<_>, Vec<_>) = self
-            .partitions
-            .iter()
-            .filter(live)
-            .partition(|p| p.position.holds(frontier));
-        if ahead.is_empty() {
-            Vec::new()
-        } else {
-            holding
+        let live = self.partitions.iter().filter(|p| p.position.live());
+        if live.clone().all(|p| p.position.window < frontier.saturating_add(gap)) {
+            return Vec::new();
         }
+        live.filter(|p| p.position.holds(frontier)).collect()
     }
 }
 
@@ -310,7 +305,7 @@ pub fn render(info: &Info, sample: &Sample) -> String {
         );
     }
     // The input partitions this process reads: one line each, labelled with the partition.
-    let holding: Vec<u32> = sample.holding().iter().map(|p| p.position.partition).collect();
+    let holding: Vec<u32> = sample.holding(1).iter().map(|p| p.position.partition).collect();
     let per_partition: [PartitionMetric; 6] = [
         (
             "sessionflow_partition_lag_messages",
@@ -685,21 +680,21 @@ mod tests {
             ..Sample::default()
         };
         // Together at the frontier: nothing singled out.
-        assert!(sample.holding().is_empty());
+        assert!(sample.holding(1).is_empty());
         sample.partitions[1].position.window = 12;
-        let held: Vec<u32> = sample.holding().iter().map(|p| p.position.partition).collect();
+        let held: Vec<u32> = sample.holding(1).iter().map(|p| p.position.partition).collect();
         assert_eq!(held, [0]);
         // Below the frontier (a resumed job's frontier is its resume point) holds it too.
         sample.partitions.push(part(2, 0, None, None));
-        let held: Vec<u32> = sample.holding().iter().map(|p| p.position.partition).collect();
+        let held: Vec<u32> = sample.holding(1).iter().map(|p| p.position.partition).collect();
         assert_eq!(held, [0, 2]);
         // Idle and ended partitions hold nothing back, nor count as past it.
         sample.partitions[0].position.idle = true;
         sample.partitions[2].position.ended = true;
-        assert!(sample.holding().is_empty());
+        assert!(sample.holding(1).is_empty());
         sample.frontier = None;
         sample.partitions[0].position.idle = false;
-        assert!(sample.holding().is_empty());
+        assert!(sample.holding(1).is_empty());
     }
 
     #[test]

@@ -973,15 +973,8 @@ impl Live {
 /// empty when there are none (partitions a window apart are the normal flow of a live topic).
 /// At most three are named.
 fn held_back(sample: &metrics::Sample) -> String {
-    let holding = sample.holding();
-    let ahead = sample
-        .partitions
-        .iter()
-        .filter(|p| !p.position.ended && !p.position.idle)
-        .map(|p| p.position.window)
-        .max();
-    let far = matches!((sample.frontier, ahead), (Some(f), Some(a)) if a >= f.saturating_add(2));
-    if holding.is_empty() || !far {
+    let holding = sample.holding(2);
+    if holding.is_empty() {
         return String::new();
     }
     let mut names: Vec<String> = holding

@@ -362,10 +362,15 @@ pub struct PartitionPosition {
 }
 
 impl PartitionPosition {
+    /// Whether it can hold the frontier back: neither ended nor idle.
+    pub fn live(&self) -> bool {
+        !self.ended && !self.idle
+    }
+
     /// Whether it holds a frontier at `window` back: a live partition whose watermark has
     /// not passed that window.
     pub fn holds(&self, window: u64) -> bool {
-        !self.ended && !self.idle && self.window <= window
+        self.live() && self.window <= window
     }
 }
 
