@@ -12,6 +12,7 @@ use sessionflow_operators::source::kafka::{
     options_with_file, parse_brokers, parse_option, parse_topic, GroupPosition, MetadataClient,
 };
 
+use crate::commands::run::window_start;
 use crate::config::{format_utc, parse_duration_ms};
 
 /// Flags of `sessionflow offsets`.
@@ -94,11 +95,7 @@ fn report(topic: &str, group: &str, positions: &[GroupPosition]) -> Report {
 
 /// The report as a table, windows dated with `window_ms`.
 fn table(r: &Report, window_ms: u64) -> String {
-    let date = |w: u64| {
-        w.checked_mul(window_ms)
-            .and_then(|ms| i64::try_from(ms).ok())
-            .map_or_else(|| format!("window {w}"), format_utc)
-    };
+    let date = |w: u64| window_start(w, window_ms);
     let mut out = match r.resume_window {
         Some(w) => format!(
             "group {} on topic {}: a restart resumes at window {w} ({}); {} messages to read\n",
