@@ -203,6 +203,7 @@ fn bench_replay(dir: &std::path::Path, inputs: &[std::path::PathBuf], lines: u64
         inputs: inputs.to_vec(),
         output: dir.join(format!("out-{workers}.jsonl")),
         dead_letter: dir.join(format!("dead-{workers}.jsonl")),
+        experiments: None,
         stats: dir.join(format!("stats-{workers}.json")),
         session: sessionflow::config::SessionArgs {
             window: 60_000,

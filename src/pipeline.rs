@@ -17,7 +17,10 @@
 //!        |----------------------------------------------> session_closed --------+
 //!        v                                                                       v
 //!  snapshots (time = window) --> snapshot file sink (sorted)          dead-letter file sink
-//!        |                  \--> [extra sinks: Kafka, HBase ...]
+//!        |                  |--> [extra sinks: Kafka, HBase ...]
+//!        |                  \--> [experiment totals: sessions as a differential collection
+//!        |                       (upsert arrangement of the open sessions, -previous +new),
+//!        |                       explode into per-variation totals, count_total --> file]
 //!        v
 //!  probe: the frontier of everything written; the source throttles on it
 //!  durable probe (with `commit_on_durable`): the frontier the extra sinks acknowledged;
@@ -36,8 +39,8 @@ use std::time::Duration;
 
 use sessionflow_operators::record::{DeadLetter, Sourced};
 use sessionflow_operators::session::operator::SessionGauges;
-use sessionflow_operators::session::{SessionStore, Sessionize, Snapshot};
-use sessionflow_operators::sink::files::{SharedLineFile, SinkDeadLetterFile, SinkSnapshotFile};
+use sessionflow_operators::session::{ExperimentTotals, SessionStore, Sessionize, Snapshot};
+use sessionflow_operators::sink::files::{SharedLineFile, SinkDeadLetterFile, SinkExperimentFile, SinkSnapshotFile};
 use sessionflow_operators::source::{partitioned_source, Cut, PartitionReader, SourceControl, SourceGauges};
 use timely::dataflow::operators::vec::Input;
 use timely::dataflow::operators::{Concat, Exchange, Inspect, Probe};
@@ -54,6 +57,12 @@ pub struct Outputs<'a> {
     pub snapshot_file: Option<SharedLineFile>,
     /// Dead-letter JSON-lines file, sorted by `(partition, offset)`.
     pub dead_letter_file: Option<SharedLineFile>,
+    /// Compute the totals per experiment variation (`experiment_totals`); set it on every
+    /// worker alike (they all build the same dataflow).
+    pub experiments: bool,
+    /// The experiment totals' JSON-lines file, sorted by `(window, project_id, experiment_id,
+    /// variation_id)` (with `experiments`; `Some` on worker 0 only).
+    pub experiment_file: Option<SharedLineFile>,
     /// Further sinks on the snapshot stream.
     pub snapshot_sinks: Vec<Box<dyn Attach<Snapshot> + 'a>>,
     /// Further sinks on the dead-letter stream.
@@ -175,6 +184,15 @@ pub fn build<R: PartitionReader>(worker: &mut Worker, job: &JobConfig, reader: R
         let no_snapshot_sinks = outputs.snapshot_sinks.is_empty();
         for sink in outputs.dead_letter_sinks {
             sink.attach(dead.clone()).probe_with(&probe).probe_with(&durable);
+        }
+        // Live totals per experiment variation: the sessions as a differential collection.
+        if outputs.experiments {
+            sessions
+                .snapshots
+                .clone()
+                .experiment_totals()
+                .sink_experiment_file(outputs.experiment_file)
+                .probe_with(&probe);
         }
         for sink in outputs.snapshot_sinks {
             sink.attach(sessions.snapshots.clone())

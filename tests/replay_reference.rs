@@ -20,6 +20,7 @@ struct EngineRun {
     output: Vec<u8>,
     dead: Vec<u8>,
     stats: Vec<u8>,
+    experiments: Vec<u8>,
 }
 
 /// Writes the partitions into `dir`, returns their paths.
@@ -40,6 +41,7 @@ fn run_engine(dir: &Path, inputs: &[PathBuf], flags: &[String], workers: usize) 
     let out = dir.join(format!("out-{workers}.jsonl"));
     let dead = dir.join(format!("dead-{workers}.jsonl"));
     let stats = dir.join(format!("stats-{workers}.json"));
+    let experiments = dir.join(format!("experiments-{workers}.jsonl"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessionflow"));
     cmd.arg("replay");
     for i in inputs {
@@ -50,7 +52,9 @@ fn run_engine(dir: &Path, inputs: &[PathBuf], flags: &[String], workers: usize) 
         .arg("--dead-letter")
         .arg(&dead)
         .arg("--stats")
-        .arg(&stats);
+        .arg(&stats)
+        .arg("--experiments")
+        .arg(&experiments);
     cmd.args(flags).arg("--workers").arg(workers.to_string());
     let result = with_retries(|| cmd.output()).map_err(|e| format!("cannot run sessionflow: {e}"))?;
     if !result.status.success() {
@@ -65,6 +69,7 @@ fn run_engine(dir: &Path, inputs: &[PathBuf], flags: &[String], workers: usize) 
         output: read(&out)?,
         dead: read(&dead)?,
         stats: read(&stats)?,
+        experiments: read(&experiments)?,
     })
 }
 
@@ -226,6 +231,9 @@ fn compare(reference: &Output, run: &EngineRun) -> Result<(), String> {
         ));
     }
 
+    // (f) experiment totals: those the reference's snapshots imply, window by window.
+    check_experiments(&reference.snapshots, &run.experiments)?;
+
     // (e) invariants.
     check_invariants(&engine).map_err(|e| format!("engine output: {e}"))?;
     check_invariants(&reference.snapshots).map_err(|e| format!("REFERENCE output: {e}"))?;
@@ -296,6 +304,127 @@ fn check_invariants(snapshots: &[Value]) -> Result<(), String> {
     Ok(())
 }
 
+/// `(project_id, experiment_id, variation_id)`.
+type Variation = (u64, u64, u64);
+/// `(sessions, sessions_with_revenue, events, revenue)`.
+type Totals = (i64, i64, i64, i128);
+/// A session's `(project_id, totals, pairs)` by `(session_id, project of a gap session, life)`.
+type Sessions = std::collections::BTreeMap<(String, String, u64), (u64, Totals, Vec<(u64, u64)>)>;
+
+/// The experiment totals that `snapshots` imply, computed directly (no differential): after
+/// each window, every session of the run counts once per pair it has, with its latest
+/// snapshot (closed sessions keep their final one, merged-away ones leave); the result is, per
+/// window, each variation whose totals changed, with its new totals (zeros once it has none).
+fn expected_experiments(snapshots: &[Value]) -> std::collections::BTreeMap<u64, Vec<(Variation, Totals)>> {
+    use std::collections::BTreeMap;
+    let mut sorted = snapshots.to_vec();
+    sorted.sort_by_key(reference::snapshot_sort_key);
+    // Identity as in `check_invariants`, plus the life: an id seen again after its closed
+    // snapshot is a new session.
+    let mut lives: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut sessions: Sessions = BTreeMap::new();
+    let totals_of = |sessions: &Sessions| {
+        let mut all: BTreeMap<Variation, Totals> = BTreeMap::new();
+        for (project, t, pairs) in sessions.values() {
+            for &(e, v) in pairs {
+                let a = all.entry((*project, e, v)).or_default();
+                *a = (a.0 + t.0, a.1 + t.1, a.2 + t.2, a.3 + t.3);
+            }
+        }
+        all
+    };
+    let mut before: BTreeMap<Variation, Totals> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let window = sorted[i]["window"].as_u64().unwrap();
+        while i < sorted.len() && sorted[i]["window"].as_u64() == Some(window) {
+            let s = &sorted[i];
+            i += 1;
+            let id = s["session_id"].as_str().unwrap().to_string();
+            let project = if id.contains('@') {
+                s["project_id"].to_string()
+            } else {
+                String::new()
+            };
+            let life = *lives.get(&(id.clone(), project.clone())).unwrap_or(&0);
+            let key = (id.clone(), project.clone(), life);
+            if s["closed"] == Value::Bool(true) {
+                lives.insert((id, project), life + 1);
+            }
+            if s.get("merged_into").is_some() {
+                sessions.remove(&key);
+                continue;
+            }
+            let pairs: Vec<(u64, u64)> = s["experiments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p[0].as_u64().unwrap(), p[1].as_u64().unwrap()))
+                .collect();
+            let revenue: i128 = s["revenue"].to_string().parse().unwrap();
+            let events = s["event_count"].as_i64().unwrap();
+            let totals = (1, i64::from(revenue > 0), events, revenue);
+            sessions.insert(key, (s["project_id"].as_u64().unwrap(), totals, pairs));
+        }
+        let after = totals_of(&sessions);
+        let changed: Vec<(Variation, Totals)> = after
+            .iter()
+            .filter(|(v, t)| before.get(*v) != Some(*t))
+            .map(|(v, t)| (*v, *t))
+            .chain(
+                before
+                    .keys()
+                    .filter(|v| !after.contains_key(*v))
+                    .map(|v| (*v, (0, 0, 0, 0))),
+            )
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        if !changed.is_empty() {
+            out.insert(window, changed);
+        }
+        before = after;
+    }
+    out
+}
+
+/// Checks `replay --experiments` output: sorted by `(window, project, experiment,
+/// variation)`, and equal to [`expected_experiments`] of the reference's snapshots.
+fn check_experiments(snapshots: &[Value], file: &[u8]) -> Result<(), String> {
+    use std::collections::BTreeMap;
+    let mut engine: BTreeMap<u64, Vec<(Variation, Totals)>> = BTreeMap::new();
+    let mut last: Option<(u64, Variation)> = None;
+    for l in lines(file, "experiments")? {
+        let v: Value = serde_json::from_str(&l).map_err(|e| format!("experiments line is not JSON: {e}: {l}"))?;
+        let n = |k: &str| v[k].as_u64().ok_or(format!("experiments line lacks {k}: {l}"));
+        let i = |k: &str| v[k].as_i64().ok_or(format!("experiments line lacks {k}: {l}"));
+        let window = n("window")?;
+        let variation = (n("project_id")?, n("experiment_id")?, n("variation_id")?);
+        let revenue: i128 = v["revenue"].to_string().parse().map_err(|_| format!("revenue: {l}"))?;
+        let totals = (i("sessions")?, i("sessions_with_revenue")?, i("events")?, revenue);
+        if last.is_some_and(|p| p >= (window, variation)) {
+            return Err(format!("experiments not sorted by (window, variation) at {l}"));
+        }
+        last = Some((window, variation));
+        engine.entry(window).or_default().push((variation, totals));
+    }
+    let expected = expected_experiments(snapshots);
+    if engine != expected {
+        let windows: std::collections::BTreeSet<&u64> = engine.keys().chain(expected.keys()).collect();
+        for w in windows {
+            if engine.get(w) != expected.get(w) {
+                return Err(format!(
+                    "experiment totals differ at window {w}:\n  engine:   {:?}\n  expected: {:?}",
+                    engine.get(w),
+                    expected.get(w)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs one seed on 1..=4 workers; returns a failure description.
 fn check_seed(seed: u64, conflicting_gap_copies: bool) -> Result<(), String> {
     let case = reference::gen::generate_with(seed, conflicting_gap_copies);
@@ -332,7 +461,8 @@ fn check_seed(seed: u64, conflicting_gap_copies: bool) -> Result<(), String> {
         let run = run_engine(dir.path(), &inputs, &flags, workers).map_err(|e| describe(workers, e))?;
         compare(&reference, &run).map_err(|e| describe(workers, e))?;
         if let Some(f) = &first {
-            if f.output != run.output || f.dead != run.dead || f.stats != run.stats {
+            if f.output != run.output || f.dead != run.dead || f.stats != run.stats || f.experiments != run.experiments
+            {
                 return Err(describe(workers, "outputs differ in bytes from --workers 1".into()));
             }
         } else {

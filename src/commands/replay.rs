@@ -29,6 +29,11 @@ pub struct ReplayArgs {
     /// Counters output: one JSON object.
     #[arg(long)]
     pub stats: PathBuf,
+    /// Totals per experiment variation: for each window, one JSON object per variation the
+    /// window changed, with its totals after it (sessions, sessions with revenue, events,
+    /// revenue over every session of the run with the pair; each session's latest snapshot).
+    #[arg(long, value_name = "FILE")]
+    pub experiments: Option<PathBuf>,
     /// Session semantics.
     #[command(flatten)]
     pub session: SessionArgs,
@@ -66,7 +71,10 @@ pub fn run(args: ReplayArgs) -> Result<Option<Stats>, String> {
     FileReader::check(&args.inputs)?;
     let writes = args.cluster.writes_outputs();
     if writes {
-        for p in [&args.output, &args.dead_letter, &args.stats] {
+        for p in [&args.output, &args.dead_letter, &args.stats]
+            .into_iter()
+            .chain(&args.experiments)
+        {
             check_writable(p)?;
         }
     }
@@ -84,11 +92,11 @@ pub fn run(args: ReplayArgs) -> Result<Option<Stats>, String> {
             Err(e) => (FileReader::empty(), Some(e)),
         };
         let files = if index == 0 && writes {
-            let snaps = LineFile::create(&args.output).map(|f| Rc::new(RefCell::new(f)));
-            let dead = LineFile::create(&args.dead_letter).map(|f| Rc::new(RefCell::new(f)));
-            match (snaps, dead) {
-                (Ok(s), Ok(d)) => Some((s, d)),
-                (s, d) => return Err(s.err().or(d.err()).unwrap_or_default()),
+            let create = |p: &Path| LineFile::create(p).map(|f| Rc::new(RefCell::new(f)));
+            let experiments = args.experiments.as_deref().map(create).transpose();
+            match (create(&args.output), create(&args.dead_letter), experiments) {
+                (Ok(s), Ok(d), Ok(e)) => Some((s, d, e)),
+                (s, d, e) => return Err(s.err().or(d.err()).or(e.err()).unwrap_or_default()),
             }
         } else {
             None
@@ -96,6 +104,8 @@ pub fn run(args: ReplayArgs) -> Result<Option<Stats>, String> {
         let outputs = Outputs {
             snapshot_file: files.as_ref().map(|f| Rc::clone(&f.0)),
             dead_letter_file: files.as_ref().map(|f| Rc::clone(&f.1)),
+            experiments: args.experiments.is_some(),
+            experiment_file: files.as_ref().and_then(|f| f.2.clone()),
             ..Outputs::default()
         };
         let built = pipeline::build(worker, &job, reader, outputs);
@@ -105,7 +115,7 @@ pub fn run(args: ReplayArgs) -> Result<Option<Stats>, String> {
         let Some((stats, errors)) = gathered else {
             return Ok(None);
         };
-        let Some((snaps, dead)) = files else {
+        let Some((snaps, dead, experiments)) = files else {
             return Ok(Some(stats));
         };
         let checked = match errors.into_iter().next() {
@@ -118,11 +128,12 @@ pub fn run(args: ReplayArgs) -> Result<Option<Stats>, String> {
             Err(e) => {
                 snaps.borrow_mut().abandon();
                 dead.borrow_mut().abandon();
+                experiments.iter().for_each(|f| f.borrow_mut().abandon());
                 return Err(e);
             }
         };
-        // All three in place, or none of them.
-        finish_all([&*snaps, &*dead, &stats_file])?;
+        // All of them in place, or none.
+        finish_all([&*snaps, &*dead, &stats_file].into_iter().chain(experiments.as_deref()))?;
         Ok(Some(stats))
     })?;
     let mut result = None;
