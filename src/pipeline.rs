@@ -173,7 +173,7 @@ pub fn build<R: PartitionReader>(worker: &mut Worker, job: &JobConfig, reader: R
                 .probe_with(&probe)
                 .probe_with(&durable);
         }
-        let sessions = match outputs.restored_sessions {
+        let mut sessions = match outputs.restored_sessions {
             Some(store) => input.events.sessionize_from(store),
             None => input.events.sessionize(job.session.clone()),
         };
@@ -185,14 +185,12 @@ pub fn build<R: PartitionReader>(worker: &mut Worker, job: &JobConfig, reader: R
         for sink in outputs.dead_letter_sinks {
             sink.attach(dead.clone()).probe_with(&probe).probe_with(&durable);
         }
-        // Live totals per experiment variation: the sessions as a differential collection.
+        // Live totals per experiment variation: the sessions as a differential collection
+        // (the snapshots pass through it, not copied).
         if outputs.experiments {
-            sessions
-                .snapshots
-                .clone()
-                .experiment_totals()
-                .sink_experiment_file(outputs.experiment_file)
-                .probe_with(&probe);
+            let (snapshots, totals) = sessions.snapshots.experiment_totals();
+            sessions.snapshots = snapshots;
+            totals.sink_experiment_file(outputs.experiment_file).probe_with(&probe);
         }
         for sink in outputs.snapshot_sinks {
             sink.attach(sessions.snapshots.clone())

@@ -2,54 +2,69 @@
 //! collection holding one record per session, its latest snapshot's value.
 //!
 //! A snapshot overwrites its session's previous one (as SessionDB's row does), so the
-//! collection changes by `-previous, +new` at each window that changed the session. The open
-//! sessions are an upsert arrangement keyed by the session (differential's
-//! `arrange_from_upsert`, which finds the `-previous` in its trace); a session that closes is
-//! taken out of it and its final value joins a plain insert-only collection, so the
-//! arrangement holds the open sessions only, however long the job runs, while the collection
-//! still counts every session of the run. A session merged into another (gap-based sessions)
-//! leaves the collection: its events are the survivor's now.
+//! collection changes by `-previous, +new` at each window that changed the session. The
+//! previous values are the open sessions' (a keyed, frontier-driven operator holds them, one
+//! per open session of the collection); a session that closes leaves that state and its final
+//! value stays in the collection for good, so memory follows the open sessions however long
+//! the job runs, while the collection still counts every session of the run. A session merged
+//! into another (gap-based sessions) leaves the collection: its events are the survivor's now.
+//! The collection is a plain differential collection: arrange it, join it, reduce it (see
+//! [`super::experiments`]).
 
-use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use std::collections::BTreeMap;
+
 use differential_dataflow::{AsCollection, ExchangeData, VecCollection};
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::vec::Map;
+use hashbrown::hash_map::Entry;
+use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{Operator, OutputBuilder};
+use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
+use super::operator::key_hash;
 use super::state::Snapshot;
 
-/// What names a session for its whole life: its output id, the project of the event that
-/// opened it and the window it opened in (a client id reused after its closed-set entry expired
-/// names a new session; gap-based ids repeat across projects).
-pub type SessionKey = (String, u64, u64);
+/// What names a session for its whole life: a hash of it (which routes it), its output id,
+/// the project of the event that opened it and the window it opened in (a client id reused
+/// after its closed-set entry expired names a new session; gap-based ids repeat across
+/// projects).
+pub type SessionKey = (u64, String, u64, u64);
 
 /// The key of a snapshot's session.
 pub fn session_key(s: &Snapshot) -> SessionKey {
-    (s.session_id.to_string(), s.opened_project, s.opened_window)
+    let hash = key_hash(
+        Some(&s.session_id),
+        s.opened_project ^ s.opened_window.rotate_left(32),
+        "",
+    );
+    (hash, s.session_id.to_string(), s.opened_project, s.opened_window)
 }
 
 /// What one snapshot does to the collection (see [`change_of`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionChange<V> {
     /// The session.
     pub key: SessionKey,
-    /// The session's value while open (`None`: not in the open part, or no longer).
+    /// The session's value while open (`None`: no longer open).
     pub open: Option<V>,
     /// The value the session keeps for good: its final snapshot's, when it closed.
     pub closed: Option<V>,
 }
 
-/// How a snapshot changes the collection, given its value (`None`: the session is not kept).
-/// An open session's snapshot replaces its open value; a final snapshot removes it and adds
-/// the final value for good, unless the session was merged into another (its events moved).
-pub fn change_of<V>(s: &Snapshot, value: Option<V>) -> SessionChange<V> {
+/// How a snapshot changes the collection, given its value (`None`: the session is not in the
+/// collection, and never was while open: see [`SessionCollection::session_collection`]): an
+/// open session's snapshot replaces its open value; a final snapshot removes it and adds the
+/// final value for good, unless the session was merged into another (its events moved).
+pub fn change_of<V>(s: &Snapshot, value: Option<V>) -> Option<SessionChange<V>> {
+    let value = value?;
     let key = session_key(s);
-    if !s.closed {
+    Some(if !s.closed {
         SessionChange {
             key,
-            open: value,
+            open: Some(value),
             closed: None,
         }
     } else if s.merged_into.is_some() {
@@ -62,7 +77,44 @@ pub fn change_of<V>(s: &Snapshot, value: Option<V>) -> SessionChange<V> {
         SessionChange {
             key,
             open: None,
-            closed: value,
+            closed: Some(value),
+        }
+    })
+}
+
+/// Applies one change to the open sessions' values, giving the collection's updates to
+/// `emit` (`+1` for a value in, `-1` for a value out): a new value replaces the previous one
+/// (nothing when they are equal), a final value takes the session out of `open` and stays in
+/// the collection, a merged session's value leaves.
+pub fn apply_change<V: Clone + PartialEq>(
+    open: &mut HashMap<SessionKey, V>,
+    c: SessionChange<V>,
+    mut emit: impl FnMut(V, isize),
+) {
+    match (c.open, c.closed) {
+        (Some(next), _) => match open.entry(c.key) {
+            Entry::Occupied(mut e) => {
+                if *e.get() != next {
+                    emit(e.insert(next.clone()), -1);
+                    emit(next, 1);
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(next.clone());
+                emit(next, 1);
+            }
+        },
+        (None, last) => {
+            let prev = open.remove(&c.key);
+            if prev == last {
+                return;
+            }
+            if let Some(prev) = prev {
+                emit(prev, -1);
+            }
+            if let Some(last) = last {
+                emit(last, 1);
+            }
         }
     }
 }
@@ -70,14 +122,23 @@ pub fn change_of<V>(s: &Snapshot, value: Option<V>) -> SessionChange<V> {
 /// Extension trait: `snapshots.session_collection(value)`.
 pub trait SessionCollection<'scope> {
     /// The collection of every session's latest value: `value` of the session's latest
-    /// snapshot at each window, one record per session (`None` keeps the session out). Its
-    /// updates at window `m` are exactly the changes `m`'s snapshots made: `-previous, +new`
-    /// for a session that changed (nothing when the value did not), `+new` for a new one,
-    /// `-previous` for one merged away. Sessions that closed stay with their final value.
+    /// snapshot at each window, one record per session. Its updates at window `m` are exactly
+    /// the changes `m`'s snapshots made: `-previous, +new` for a session that changed
+    /// (nothing when the value did not), `+new` for a new one, `-previous` for one merged away.
+    /// Sessions that closed stay with their final value.
     ///
-    /// The open sessions are arranged by [`SessionKey`] (exchanged by its hash, one value each,
-    /// so memory follows the open sessions); a closed session's final value is a one-off
-    /// insert. The result is independent of the number of workers.
+    /// `value` gives `None` for a session that is not in the collection, and a session's value,
+    /// once `Some`, must stay `Some` while the session is open (a session only gains events:
+    /// "is in an experiment", "has revenue", "saw a conversion" are such predicates). Sessions
+    /// that never had a value then cost nothing past this operator.
+    ///
+    /// Each session's open value is held by one worker (exchanged by its [`SessionKey`]'s hash;
+    /// one value per open session of the collection, so memory follows those), which turns
+    /// each window's changes into the collection's updates once the frontier passed the window
+    /// ([`apply_change`]); a closed session's final value costs nothing after that. The result
+    /// is independent of the number of workers. The snapshots pass through unchanged, returned
+    /// first: read the stream only from there (a second reader of a stream gets a copy of
+    /// every snapshot, its JSON included).
     ///
     /// ```
     /// use sessionflow_operators::session::{SessionCollection, Snapshot};
@@ -93,7 +154,8 @@ pub trait SessionCollection<'scope> {
     /// timely::execute_directly(move |worker| {
     ///     let mut input = worker.dataflow::<u64, _, _>(|scope| {
     ///         let (input, snapshots) = scope.new_input::<Snapshot>();
-    ///         snapshots.session_collection(|s| Some(s.event_count)).inner.capture_into(send);
+    ///         let (_snapshots, sessions) = snapshots.session_collection(|s| Some(s.event_count));
+    ///         sessions.inner.capture_into(send);
     ///         input
     ///     });
     ///     // Timely time = window: the session changes at 3 and 4 and closes at 40.
@@ -105,47 +167,77 @@ pub trait SessionCollection<'scope> {
     /// let mut updates: Vec<(u64, u64, isize)> = recv.extract().into_iter()
     ///     .flat_map(|(_, v)| v.into_iter().map(|(d, t, r)| (t, d, r))).collect();
     /// updates.sort();
-    /// // One event at 3; at 4 the value moves from 1 to 2; closing at 40 keeps it (the open
-    /// // value leaves, the final one stays).
-    /// assert_eq!(updates, [(3, 1, 1), (4, 1, -1), (4, 2, 1), (40, 2, -1), (40, 2, 1)]);
+    /// // One event at 3; at 4 the value moves from 1 to 2; closing at 40 with that value
+    /// // changes nothing: the session keeps it in the collection for good.
+    /// assert_eq!(updates, [(3, 1, 1), (4, 1, -1), (4, 2, 1)]);
     /// ```
-    fn session_collection<V, F>(self, value: F) -> VecCollection<'scope, u64, V, isize>
+    fn session_collection<V, F>(self, value: F) -> (Self, VecCollection<'scope, u64, V, isize>)
     where
+        Self: Sized,
         V: ExchangeData,
         F: FnMut(&Snapshot) -> Option<V> + 'static;
 }
 
 impl<'scope> SessionCollection<'scope> for StreamVec<'scope, u64, Snapshot> {
-    fn session_collection<V, F>(self, mut value: F) -> VecCollection<'scope, u64, V, isize>
+    fn session_collection<V, F>(self, mut value: F) -> (Self, VecCollection<'scope, u64, V, isize>)
     where
         V: ExchangeData,
         F: FnMut(&Snapshot) -> Option<V> + 'static,
     {
-        // Snapshots are large (their JSON): take what the collection needs right away, on
-        // the snapshot's worker, and move only that.
-        let changes = self.unary(Pipeline, "SessionChanges", move |_cap, _info| {
-            move |input, output| {
-                input.for_each(|cap, data| {
-                    let Some(&t) = cap.least() else { return };
-                    let mut session = output.session(&cap);
+        // One operator, two outputs: the snapshots, passed on as the containers they came in,
+        // and what the collection needs of them, taken on the snapshot's worker.
+        let mut builder = OperatorBuilder::new("SessionChanges".to_owned(), self.scope());
+        let mut input = builder.new_input(self, Pipeline);
+        let (snap_out, snapshots) = builder.new_output::<Vec<Snapshot>>();
+        let (change_out, changes) = builder.new_output::<Vec<SessionChange<V>>>();
+        let mut snap_out: OutputBuilder<u64, CapacityContainerBuilder<Vec<Snapshot>>> = OutputBuilder::from(snap_out);
+        let mut change_out: OutputBuilder<u64, CapacityContainerBuilder<Vec<SessionChange<V>>>> =
+            OutputBuilder::from(change_out);
+        builder.build(move |_initial| {
+            move |_frontiers| {
+                let (mut snaps, mut changed) = (snap_out.activate(), change_out.activate());
+                input.for_each(|time, data| {
+                    let Some(&t) = time.least() else { return };
+                    let at = time.delayed(&t, 1);
+                    let mut session = changed.session(&at);
                     for s in data.iter() {
-                        let change = change_of(s, value(s));
-                        session.give((change, t));
+                        if let Some(change) = change_of(s, value(s)) {
+                            session.give(change);
+                        }
                     }
-                })
+                    drop(session);
+                    snaps.session(&time.delayed(&t, 0)).give_container(data);
+                });
             }
         });
-        let finals = changes
-            .clone()
-            .flat_map(|(c, t): (SessionChange<V>, u64)| c.closed.map(|v| (v, t, 1isize)))
-            .as_collection();
-        let upserts = changes.map(|(c, t)| (c.key, c.open, t));
-        let open =
-            arrange_from_upsert::<ValBuilder<SessionKey, V, u64, isize>, ValSpine<SessionKey, V, u64, isize>, _, _>(
-                upserts,
-                "OpenSessions",
-            );
-        open.as_collection(|_key, v| v.clone()).concat(finals)
+        // Each session's changes to the worker holding its open value, applied window by
+        // window once the frontier passed the window (a session changes at most once a window).
+        let updates = changes.unary_frontier::<CapacityContainerBuilder<Vec<(V, u64, isize)>>, _, _, _>(
+            Exchange::new(|c: &SessionChange<V>| c.key.0),
+            "SessionCollection",
+            move |_cap, _info| {
+                let mut open: HashMap<SessionKey, V> = HashMap::new();
+                let mut pending: BTreeMap<u64, (Capability<u64>, Vec<SessionChange<V>>)> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        let Some(&t) = cap.least() else { return };
+                        let slot = pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new()));
+                        slot.1.append(data);
+                    });
+                    while let Some(entry) = pending.first_entry() {
+                        if frontier.less_equal(entry.key()) {
+                            break;
+                        }
+                        let (t, (cap, changes)) = entry.remove_entry();
+                        let mut session = output.session(&cap);
+                        for c in changes {
+                            apply_change(&mut open, c, |v, r| session.give((v, t, r)));
+                        }
+                    }
+                }
+            },
+        );
+        (snapshots, updates.as_collection())
     }
 }
 
@@ -176,38 +268,69 @@ mod tests {
 
     #[test]
     fn a_snapshot_replaces_removes_or_finalizes_its_session() {
-        let key = ("s".to_string(), 9, 2);
+        let key = session_key(&snap(false, None));
+        assert_eq!((key.1.as_str(), key.2, key.3), ("s", 9, 2));
         assert_eq!(
             change_of(&snap(false, None), Some(1)),
-            SessionChange {
+            Some(SessionChange {
                 key: key.clone(),
                 open: Some(1),
                 closed: None
-            }
+            })
         );
         assert_eq!(
             change_of(&snap(true, None), Some(1)),
-            SessionChange {
+            Some(SessionChange {
                 key: key.clone(),
                 open: None,
                 closed: Some(1)
-            }
+            })
         );
         assert_eq!(
             change_of(&snap(true, Some("t")), Some(1)),
-            SessionChange {
-                key: key.clone(),
-                open: None,
-                closed: None
-            }
-        );
-        assert_eq!(
-            change_of::<u8>(&snap(false, None), None),
-            SessionChange {
+            Some(SessionChange {
                 key,
                 open: None,
                 closed: None
-            }
+            })
         );
+        // Never in the collection: nothing to do, open, closed or merged.
+        for (closed, merged) in [(false, None), (true, None), (true, Some("t"))] {
+            assert_eq!(change_of::<u8>(&snap(closed, merged), None), None);
+        }
+    }
+
+    fn change(open: Option<u32>, closed: Option<u32>) -> SessionChange<u32> {
+        SessionChange {
+            key: (1, "s".into(), 2, 3),
+            open,
+            closed,
+        }
+    }
+
+    fn run(open: &mut HashMap<SessionKey, u32>, c: SessionChange<u32>) -> Vec<(u32, isize)> {
+        let mut out = Vec::new();
+        apply_change(open, c, |v, r| out.push((v, r)));
+        out
+    }
+
+    #[test]
+    fn changes_become_minus_previous_plus_new() {
+        let mut open = HashMap::new();
+        assert_eq!(run(&mut open, change(Some(1), None)), [(1, 1)]);
+        assert_eq!(run(&mut open, change(Some(1), None)), []);
+        assert_eq!(run(&mut open, change(Some(4), None)), [(1, -1), (4, 1)]);
+        // Closing with the same value: the value stays, the state goes.
+        assert_eq!(run(&mut open, change(None, Some(4))), []);
+        assert!(open.is_empty());
+        // A session that opens and closes in one window only ever had its final value.
+        assert_eq!(run(&mut open, change(None, Some(7))), [(7, 1)]);
+        assert!(open.is_empty());
+        // Closing with a new value; a merge takes the value out.
+        run(&mut open, change(Some(2), None));
+        assert_eq!(run(&mut open, change(None, Some(5))), [(2, -1), (5, 1)]);
+        run(&mut open, change(Some(2), None));
+        assert_eq!(run(&mut open, change(None, None)), [(2, -1)]);
+        assert!(open.is_empty());
     }
 }

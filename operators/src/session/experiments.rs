@@ -10,8 +10,15 @@
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use differential_dataflow::operators::CountTotal;
-use differential_dataflow::VecCollection;
+use std::collections::BTreeMap;
+
+use differential_dataflow::{AsCollection, VecCollection};
+use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 use super::collection::SessionCollection;
@@ -189,7 +196,8 @@ pub trait ExperimentTotals<'scope> {
     /// variation whose totals the window's snapshots changed ([`totals_after`] reads them).
     /// A session counts in each variation it has, with its latest snapshot's figures; closed
     /// sessions keep counting, sessions merged into another stop (their events are the
-    /// survivor's). The same for any number of workers.
+    /// survivor's). The same for any number of workers. The snapshots pass through unchanged,
+    /// returned first (see [`SessionCollection::session_collection`]).
     ///
     /// ```
     /// use sessionflow_operators::session::{ExperimentTotals, Snapshot, Variation, VariationTotals};
@@ -204,6 +212,7 @@ pub trait ExperimentTotals<'scope> {
     ///     vec![snap("a", 500, vec![(1, 2)]), snap("b", 0, vec![(1, 2), (4, 1)]), snap("c", 0, vec![])]
     ///         .to_stream(scope)
     ///         .experiment_totals()
+    ///         .1
     ///         .inner
     ///         .capture()
     /// });
@@ -217,14 +226,51 @@ pub trait ExperimentTotals<'scope> {
     ///     ((v(4, 1), t(1, 0, 3, 0)), 0, 1),
     /// ]);
     /// ```
-    fn experiment_totals(self) -> VecCollection<'scope, u64, (Variation, VariationTotals), isize>;
+    fn experiment_totals(self) -> (Self, VecCollection<'scope, u64, (Variation, VariationTotals), isize>)
+    where
+        Self: Sized;
 }
 
 impl<'scope> ExperimentTotals<'scope> for StreamVec<'scope, u64, Snapshot> {
-    fn experiment_totals(self) -> VecCollection<'scope, u64, (Variation, VariationTotals), isize> {
-        self.session_collection(SessionFacts::of)
-            .explode(SessionFacts::contributions)
-            .count_total()
+    fn experiment_totals(self) -> (Self, VecCollection<'scope, u64, (Variation, VariationTotals), isize>) {
+        // A session's experiments only grow: once in one, it stays (`session_collection`'s rule).
+        let (snapshots, sessions) = self.session_collection(SessionFacts::of);
+        let deltas = sessions.explode(SessionFacts::contributions);
+        // Each worker sums its window's deltas per variation first: one update per variation
+        // and window leaves the worker, not one per session and pair.
+        let summed = deltas
+            .inner
+            .unary_frontier::<CapacityContainerBuilder<Vec<(Variation, u64, VariationTotals)>>, _, _, _>(
+                Pipeline,
+                "VariationDeltas",
+                |_cap, _info| {
+                    let mut pending: BTreeMap<u64, (Capability<u64>, HashMap<Variation, VariationTotals>)> =
+                        BTreeMap::new();
+                    move |(input, frontier), output| {
+                        input.for_each(|cap, data| {
+                            let Some(&t) = cap.least() else { return };
+                            let slot = pending.entry(t).or_insert_with(|| (cap.delayed(&t, 0), HashMap::new()));
+                            for (v, _t, d) in data.drain(..) {
+                                slot.1.entry(v).or_default().plus_equals(&d);
+                            }
+                        });
+                        while let Some(entry) = pending.first_entry() {
+                            if frontier.less_equal(entry.key()) {
+                                break;
+                            }
+                            let (t, (cap, sums)) = entry.remove_entry();
+                            let mut session = output.session(&cap);
+                            for (v, d) in sums {
+                                if !d.is_zero() {
+                                    session.give((v, t, d));
+                                }
+                            }
+                        }
+                    }
+                },
+            )
+            .as_collection();
+        (snapshots, summed.count_total())
     }
 }
 
