@@ -4,6 +4,8 @@
 //! partitions, so sessions follow them, `Routing::Partitions`; 3 route by key hash); the
 //! committed offsets are the end offsets with the frontier in their metadata, and a second run
 //! of the group reads nothing. The same stream compressed with each codec reads the same.
+//! The experiment totals (`--experiments`) are replay's too, with 1 to 3 workers and across
+//! two processes.
 //!
 //! `#[ignore]`d: needs Kafka (`scripts/test.sh` starts it; `KAFKA_BROKERS`, default
 //! 127.0.0.1:9092).
@@ -83,6 +85,7 @@ fn stop_at_end_equals_replay_with_1_2_and_3_workers() {
         args.extend(files.flags());
         run_ok(sessionflow(&args), Duration::from_secs(120));
         files.assert_same(&expected, &format!("{workers} workers"));
+        files.assert_same_experiments(&f.reference, &format!("{workers} workers"));
     }
 }
 
@@ -328,6 +331,7 @@ fn a_two_process_cluster_equals_replay() {
         );
     }
     files.assert_same(&expected, "2 processes");
+    files.assert_same_experiments(&f.reference, "2 processes");
     let ends = end_offsets(&f.topic, PARTITIONS);
     for (p, (c, end)) in committed(&group, &f.topic, PARTITIONS).iter().zip(&ends).enumerate() {
         assert_eq!(c.as_ref().map(|c| c.0), Some(*end), "partition {p}");

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 /// How long a cluster run may take before both processes are killed.
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The three output paths of a run.
+/// The output paths of a run.
 struct Outputs {
     output: PathBuf,
     dead: PathBuf,
     stats: PathBuf,
+    experiments: PathBuf,
 }
 
 impl Outputs {
@@ -26,6 +27,7 @@ impl Outputs {
             output: dir.join(format!("out-{tag}.jsonl")),
             dead: dir.join(format!("dead-{tag}.jsonl")),
             stats: dir.join(format!("stats-{tag}.json")),
+            experiments: dir.join(format!("experiments-{tag}.jsonl")),
         }
     }
 
@@ -44,6 +46,7 @@ fn replay(inputs: &[PathBuf], out: &Outputs, flags: &[String], extra: &[String])
     cmd.arg("--output").arg(&out.output);
     cmd.arg("--dead-letter").arg(&out.dead);
     cmd.arg("--stats").arg(&out.stats);
+    cmd.arg("--experiments").arg(&out.experiments);
     cmd.args(flags).args(extra);
     cmd
 }
@@ -223,9 +226,14 @@ fn check_case(case: reference::gen::Case, workers: usize, shared_paths: bool) {
     }
     assert!(s_dead == c_dead, "{context}: dead letters differ");
     assert!(s_stats == c_stats, "{context}: stats differ");
+    let experiments = |o: &Outputs| std::fs::read(&o.experiments).unwrap();
+    assert!(
+        experiments(&single) == experiments(&cluster),
+        "{context}: experiment totals differ"
+    );
     if !shared_paths {
         assert!(
-            !other.output.exists() && !other.dead.exists() && !other.stats.exists(),
+            !other.output.exists() && !other.dead.exists() && !other.stats.exists() && !other.experiments.exists(),
             "{context}: process 1 wrote output files"
         );
     }

@@ -149,6 +149,10 @@ pub struct RunArgs {
     /// Counters file, as replay's --stats (requires --stop-at-end or --stop-at).
     #[arg(long, requires = "bounded")]
     pub stats: Option<PathBuf>,
+    /// Totals per experiment variation, as replay's --experiments (requires --stop-at-end or
+    /// --stop-at).
+    #[arg(long, value_name = "FILE", requires = "bounded")]
+    pub experiments: Option<PathBuf>,
     /// Stop once every partition reached the end offset it had when the job started.
     #[arg(long, group = "bounded")]
     pub stop_at_end: bool,
@@ -342,9 +346,13 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
     let hbase_stats = Arc::new(sessionflow_operators::sink::hbase::SinkStats::default());
     let config = args.cluster.timely_config()?;
     let writes = args.cluster.writes_outputs();
-    let files = args.output.is_some() || args.dead_letter.is_some() || args.stats.is_some();
+    let files =
+        args.output.is_some() || args.dead_letter.is_some() || args.stats.is_some() || args.experiments.is_some();
     if writes {
-        for p in [&args.output, &args.dead_letter, &args.stats].into_iter().flatten() {
+        for p in [&args.output, &args.dead_letter, &args.stats, &args.experiments]
+            .into_iter()
+            .flatten()
+        {
             check_writable(p)?;
         }
     }
@@ -478,7 +486,7 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
                     None
                 })
             };
-            Some((open(&args.output), open(&args.dead_letter)))
+            Some((open(&args.output), open(&args.dead_letter), open(&args.experiments)))
         } else {
             None
         };
@@ -486,6 +494,8 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
         let mut outputs = Outputs {
             snapshot_file: line_files.as_ref().and_then(|f| f.0.clone()),
             dead_letter_file: line_files.as_ref().and_then(|f| f.1.clone()),
+            experiments: args.experiments.is_some(),
+            experiment_file: line_files.as_ref().and_then(|f| f.2.clone()),
             // A bounded run commits once, at the end: while it runs, partitions that ended hold
             // no frontier, so a frontier committed then could exceed an ended partition's
             // window and a later run would skip records appended to it.
@@ -763,11 +773,16 @@ impl StopReport {
     }
 }
 
-type Files = Option<(Option<Rc<RefCell<LineFile>>>, Option<Rc<RefCell<LineFile>>>)>;
+/// Worker 0's snapshot, dead-letter and experiment files (each if asked for).
+type Files = Option<(
+    Option<Rc<RefCell<LineFile>>>,
+    Option<Rc<RefCell<LineFile>>>,
+    Option<Rc<RefCell<LineFile>>>,
+)>;
 
 fn abandon(files: &Files) {
-    if let Some((s, d)) = files {
-        for f in [s, d].into_iter().flatten() {
+    if let Some((s, d, e)) = files {
+        for f in [s, d, e].into_iter().flatten() {
             f.borrow_mut().abandon();
         }
     }
@@ -792,7 +807,7 @@ fn finish(args: &RunArgs, files: &Files, reports: &[Report]) -> Result<Option<Ru
         abandon(files);
         return Err(format!("internal error: counters do not balance: {:?}", total.stats));
     }
-    if let Some((s, d)) = files {
+    if let Some((s, d, e)) = files {
         let stats_file = match args.stats.as_deref().map(|p| json_file(p, &total)).transpose() {
             Ok(f) => f.map(RefCell::new),
             Err(e) => {
@@ -801,7 +816,7 @@ fn finish(args: &RunArgs, files: &Files, reports: &[Report]) -> Result<Option<Ru
             }
         };
         // Every output in place, or none of them.
-        let all = [s.as_deref(), d.as_deref(), stats_file.as_ref()];
+        let all = [s.as_deref(), d.as_deref(), e.as_deref(), stats_file.as_ref()];
         finish_all(all.into_iter().flatten())?;
     }
     Ok(Some(total))

@@ -242,11 +242,12 @@ pub fn consume_all(topic: &str, partitions: u32) -> Vec<Msg> {
     out
 }
 
-/// The three output files of a run.
+/// The output files of a run: the three of the spec and the experiment totals.
 pub struct Files {
     pub output: PathBuf,
     pub dead: PathBuf,
     pub stats: PathBuf,
+    pub experiments: PathBuf,
 }
 
 impl Files {
@@ -255,6 +256,7 @@ impl Files {
             output: dir.join(format!("out-{tag}.jsonl")),
             dead: dir.join(format!("dead-{tag}.jsonl")),
             stats: dir.join(format!("stats-{tag}.json")),
+            experiments: dir.join(format!("experiments-{tag}.jsonl")),
         }
     }
 
@@ -266,6 +268,8 @@ impl Files {
             self.dead.display().to_string(),
             "--stats".into(),
             self.stats.display().to_string(),
+            "--experiments".into(),
+            self.experiments.display().to_string(),
         ]
     }
 
@@ -284,6 +288,15 @@ impl Files {
             String::from_utf8_lossy(&expected.2),
             "{what}: stats"
         );
+    }
+
+    /// Asserts these experiment totals equal `reference`'s byte for byte, and that there are
+    /// some (the generated streams put sessions in experiments).
+    pub fn assert_same_experiments(&self, reference: &Files, what: &str) {
+        let r = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+        let (got, expected) = (r(&self.experiments), r(&reference.experiments));
+        assert!(!expected.is_empty(), "{what}: the reference has no experiment totals");
+        assert!(got == expected, "{what}: experiment totals differ from replay");
     }
 
     pub fn stats_json(&self) -> serde_json::Value {
