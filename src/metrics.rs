@@ -19,6 +19,8 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use sessionflow_operators::session::VariationTotals;
+use sessionflow_operators::sink::experiments::LatestTotals;
 use sessionflow_operators::source::PartitionPosition;
 
 use crate::stats::Stats;
@@ -54,6 +56,8 @@ pub struct Sample {
     pub hbase: Option<HbaseFigures>,
     /// The input partitions this process's workers read, by partition.
     pub partitions: Vec<PartitionFigures>,
+    /// The totals per experiment variation, with `--experiment-metrics` (process 0 only).
+    pub experiments: Option<LatestTotals>,
 }
 
 /// One input partition.
@@ -388,6 +392,9 @@ pub fn render(info: &Info, sample: &Sample) -> String {
             }
         }
     }
+    if let Some(e) = &sample.experiments {
+        render_experiments(&mut out, e);
+    }
     if let Some(h) = sample.hbase {
         let hbase = [
             (
@@ -427,6 +434,57 @@ pub fn render(info: &Info, sample: &Sample) -> String {
         }
     }
     out
+}
+
+/// The experiment totals: the window they are as of, and per variation its sessions, sessions
+/// with revenue, events and revenue (labels `project_id`, `experiment_id`, `variation_id`).
+fn render_experiments(out: &mut String, e: &LatestTotals) {
+    let Some(window) = e.window else {
+        return;
+    };
+    header(
+        out,
+        "sessionflow_experiment_window",
+        "gauge",
+        "The window the experiment totals are as of (window index): every window below it and it are in them.",
+    );
+    let _ = writeln!(out, "sessionflow_experiment_window {window}");
+    type Figure = fn(&VariationTotals) -> String;
+    let figures: [(&str, &str, Figure); 4] = [
+        (
+            "sessionflow_experiment_sessions",
+            "Sessions with the experiment variation (each session's latest snapshot; closed sessions count, merged ones do not).",
+            |t| t.sessions.to_string(),
+        ),
+        (
+            "sessionflow_experiment_sessions_with_revenue",
+            "Of those, sessions whose revenue is above 0.",
+            |t| t.sessions_with_revenue.to_string(),
+        ),
+        (
+            "sessionflow_experiment_events",
+            "Accepted events of those sessions.",
+            |t| t.events.to_string(),
+        ),
+        (
+            "sessionflow_experiment_revenue",
+            "Revenue of those sessions (minor units).",
+            |t| t.revenue.to_string(),
+        ),
+    ];
+    for (name, help, get) in figures {
+        header(out, name, "gauge", help);
+        for (v, t) in &e.totals {
+            let _ = writeln!(
+                out,
+                "{name}{{project_id=\"{}\",experiment_id=\"{}\",variation_id=\"{}\"}} {}",
+                v.project_id,
+                v.experiment_id,
+                v.variation_id,
+                get(t)
+            );
+        }
+    }
 }
 
 /// Binds `addr` (`HOST:PORT`; port 0 picks a free one) and serves `GET /metrics` with
@@ -656,6 +714,54 @@ mod tests {
         }
         assert_eq!(value(&text, "sessionflow_events_read_total"), Some("0"));
         assert_eq!(value(&text, "sessionflow_open_sessions"), Some("0"));
+    }
+
+    #[test]
+    fn experiment_totals_get_a_series_per_variation_once_a_window_is_in() {
+        use sessionflow_operators::session::Variation;
+        let mut latest = LatestTotals::default();
+        let none = Sample {
+            experiments: Some(latest.clone()),
+            ..Sample::default()
+        };
+        assert!(!render(&info(), &none).contains("sessionflow_experiment"));
+        let v = |e| Variation {
+            project_id: 7,
+            experiment_id: e,
+            variation_id: 2,
+        };
+        let t = VariationTotals {
+            sessions: 3,
+            sessions_with_revenue: 1,
+            events: 12,
+            revenue: -40,
+        };
+        latest.apply(28_333_334, &[(v(11), t), (v(12), t)]);
+        let text = render(
+            &info(),
+            &Sample {
+                experiments: Some(latest),
+                ..Sample::default()
+            },
+        );
+        assert_eq!(value(&text, "sessionflow_experiment_window"), Some("28333334"));
+        let series = |name: &str, e: u64| {
+            format!("sessionflow_experiment_{name}{{project_id=\"7\",experiment_id=\"{e}\",variation_id=\"2\"}} ")
+        };
+        for e in [11, 12] {
+            for (name, v) in [
+                ("sessions", "3"),
+                ("sessions_with_revenue", "1"),
+                ("events", "12"),
+                ("revenue", "-40"),
+            ] {
+                assert!(
+                    text.contains(&format!("{}{v}\n", series(name, e))),
+                    "{name} {e} in\n{text}"
+                );
+            }
+        }
+        assert_eq!(text.matches("# TYPE sessionflow_experiment_sessions gauge").count(), 1);
     }
 
     fn part(partition: u32, window: u64, max_ts: Option<i64>, lag: Option<i64>) -> PartitionFigures {

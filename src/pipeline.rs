@@ -40,7 +40,8 @@ use std::time::Duration;
 use sessionflow_operators::record::{DeadLetter, Sourced};
 use sessionflow_operators::session::operator::SessionGauges;
 use sessionflow_operators::session::{ExperimentTotals, SessionStore, Sessionize, Snapshot};
-use sessionflow_operators::sink::files::{SharedLineFile, SinkDeadLetterFile, SinkExperimentFile, SinkSnapshotFile};
+use sessionflow_operators::sink::experiments::{SharedTotals, SinkExperiments};
+use sessionflow_operators::sink::files::{SharedLineFile, SinkDeadLetterFile, SinkSnapshotFile};
 use sessionflow_operators::source::{partitioned_source, Cut, PartitionReader, SourceControl, SourceGauges};
 use timely::dataflow::operators::vec::Input;
 use timely::dataflow::operators::{Concat, Exchange, Inspect, Probe};
@@ -63,6 +64,9 @@ pub struct Outputs<'a> {
     /// The experiment totals' JSON-lines file, sorted by `(window, project_id, experiment_id,
     /// variation_id)` (with `experiments`; `Some` on worker 0 only).
     pub experiment_file: Option<SharedLineFile>,
+    /// The experiment totals as of the latest window, for the metrics (with `experiments`;
+    /// `Some` on worker 0 only).
+    pub latest_experiments: Option<SharedTotals>,
     /// Further sinks on the snapshot stream.
     pub snapshot_sinks: Vec<Box<dyn Attach<Snapshot> + 'a>>,
     /// Further sinks on the dead-letter stream.
@@ -190,7 +194,9 @@ pub fn build<R: PartitionReader>(worker: &mut Worker, job: &JobConfig, reader: R
         if outputs.experiments {
             let (snapshots, totals) = sessions.snapshots.experiment_totals();
             sessions.snapshots = snapshots;
-            totals.sink_experiment_file(outputs.experiment_file).probe_with(&probe);
+            totals
+                .sink_experiments(outputs.experiment_file, outputs.latest_experiments)
+                .probe_with(&probe);
         }
         for sink in outputs.snapshot_sinks {
             sink.attach(sessions.snapshots.clone())

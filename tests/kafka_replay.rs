@@ -342,7 +342,8 @@ fn a_two_process_cluster_equals_replay() {
 /// the Prometheus text format while it runs. Once it read the whole topic, the counters
 /// account for every message (`read = accepted + duplicates + late + invalid + pending`), the
 /// invalid count is replay's, the lag is 0, the committed window trails the frontier and the
-/// snapshot topic's sinks acknowledged every snapshot emitted; a SIGTERM then stops it
+/// snapshot topic's sinks acknowledged every snapshot emitted; with `--experiment-metrics`, the
+/// experiment totals served are replay's as of their window; a SIGTERM then stops it
 /// gracefully.
 #[test]
 #[ignore = "needs a Kafka broker: scripts/test.sh"]
@@ -359,6 +360,7 @@ fn a_live_run_serves_its_figures_as_prometheus_metrics() {
         dead_topic.clone(),
         "--metrics".into(),
         "127.0.0.1:0".into(),
+        "--experiment-metrics".into(),
     ]);
     let mut child = KillOnDrop(Some(
         sessionflow(&args)
@@ -386,6 +388,7 @@ fn a_live_run_serves_its_figures_as_prometheus_metrics() {
             && get("sessionflow_consumer_lag_messages") == Some(0.0)
             && get("sessionflow_committed_window").is_some()
             && labelled(&text, &snap_acked) == get("sessionflow_snapshots_total")
+            && get("sessionflow_experiment_window").is_some()
         {
             break (m, text);
         }
@@ -432,6 +435,40 @@ fn a_live_run_serves_its_figures_as_prometheus_metrics() {
         assert_eq!(get("idle"), Some(0.0), "{p}: {text}");
         assert!(get("holds_frontier").is_some(), "{p}: {text}");
     }
+    // The experiment totals as of their window are replay's at that window: each variation's
+    // last line in replay's --experiments file up to it (variations that emptied are left out).
+    let window = m["sessionflow_experiment_window"];
+    assert!(window < frontier, "{text}");
+    let mut want: std::collections::BTreeMap<String, [f64; 4]> = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(&f.reference.experiments).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["window"].as_f64().unwrap() > window {
+            continue;
+        }
+        let labels = format!(
+            "{{project_id=\"{}\",experiment_id=\"{}\",variation_id=\"{}\"}}",
+            v["project_id"], v["experiment_id"], v["variation_id"]
+        );
+        let figures = ["sessions", "sessions_with_revenue", "events", "revenue"].map(|k| v[k].as_f64().unwrap());
+        if figures[0] == 0.0 {
+            want.remove(&labels);
+        } else {
+            want.insert(labels, figures);
+        }
+    }
+    assert!(!want.is_empty(), "no experiment totals up to window {window}");
+    let names = ["sessions", "sessions_with_revenue", "events", "revenue"];
+    for (labels, figures) in &want {
+        for (name, want) in names.iter().zip(figures) {
+            let series = format!("sessionflow_experiment_{name}{labels}");
+            assert_eq!(labelled(&text, &series), Some(*want), "{series}: {text}");
+        }
+    }
+    let served = text
+        .lines()
+        .filter(|l| l.starts_with("sessionflow_experiment_sessions{"))
+        .count();
+    assert_eq!(served, want.len(), "{text}");
     let mut c = child.0.take().unwrap();
     terminate(&c);
     expect_graceful_exit(&mut c, std::time::Instant::now() + Duration::from_secs(60), &log);

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use sessionflow_operators::record::DeadLetter;
+use sessionflow_operators::sink::experiments::SharedTotals;
 use sessionflow_operators::sink::files::{finish_all, LineFile};
 use sessionflow_operators::sink::kafka::{
     ensure_topic_with, KafkaMessage, KafkaSink, KafkaSinkConfig, KafkaSinkStatus, SinkKafka,
@@ -198,6 +199,10 @@ pub struct RunArgs {
     /// at start). Each process of a cluster serves its own workers'.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics: Option<String>,
+    /// Also serve the totals per experiment variation (as --experiments computes them) at
+    /// --metrics, one series per variation and figure; the cluster's process 0 serves them.
+    #[arg(long, requires = "metrics")]
+    pub experiment_metrics: bool,
     /// On SIGINT or SIGTERM a live run stops reading and waits this long at most for what it
     /// read to become durable and its offsets committed, then exits (e.g. 30s). A second
     /// signal exits at once.
@@ -371,6 +376,7 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
         lags: Arc::default(),
         kafka_sinks: Arc::default(),
         hbase: args.hbase.hbase.is_some().then(|| Arc::clone(&hbase_stats)),
+        experiments: args.experiment_metrics.then(SharedTotals::default),
     };
     let window_ms = args.session.window;
     if let Some(addr) = &args.metrics {
@@ -494,8 +500,9 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
         let mut outputs = Outputs {
             snapshot_file: line_files.as_ref().and_then(|f| f.0.clone()),
             dead_letter_file: line_files.as_ref().and_then(|f| f.1.clone()),
-            experiments: args.experiments.is_some(),
+            experiments: args.experiments.is_some() || args.experiment_metrics,
             experiment_file: line_files.as_ref().and_then(|f| f.2.clone()),
+            latest_experiments: live.experiments.clone().filter(|_| index == 0),
             // A bounded run commits once, at the end: while it runs, partitions that ended hold
             // no frontier, so a frontier committed then could exceed an ended partition's
             // window and a later run would skip records appended to it.
@@ -916,6 +923,8 @@ struct Live {
     kafka_sinks: Arc<Mutex<Vec<(SinkKind, KafkaSinkStatus)>>>,
     /// With `--hbase` only.
     hbase: Option<Arc<sessionflow_operators::sink::hbase::SinkStats>>,
+    /// With `--experiment-metrics` only.
+    experiments: Option<SharedTotals>,
 }
 
 impl Live {
@@ -972,6 +981,8 @@ impl Live {
                 sum.replacements += status.replacements();
             }
         }
+        // Worker 0's (in the other processes of a cluster they stay empty: no window).
+        out.experiments = self.experiments.as_ref().and_then(|e| e.lock().ok().map(|l| l.clone()));
         out.hbase = self.hbase.as_ref().map(|h| metrics::HbaseFigures {
             rows: h.rows.load(Ordering::Relaxed),
             calls: h.calls.load(Ordering::Relaxed),

@@ -12,15 +12,13 @@ use std::rc::Rc;
 use std::sync::mpsc::SyncSender;
 use std::thread::JoinHandle;
 
-use differential_dataflow::VecCollection;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
 use crate::record::DeadLetter;
-use crate::session::experiments::{totals_after, write_totals_json};
-use crate::session::{Snapshot, Variation, VariationTotals};
+use crate::session::Snapshot;
 
 /// A JSON-lines output file written under a temporary name and renamed by [`LineFile::finish`].
 /// A path that exists and is not a regular file (`/dev/null`, `/dev/stdout`, a FIFO) is written
@@ -399,83 +397,6 @@ impl<'scope> SinkSnapshotFile<'scope> for StreamVec<'scope, u64, Snapshot> {
                             // sessions while the window's lines are copied to the kernel.
                             f.borrow_mut()
                                 .write_lines(lines.into_iter().map(|(_, json)| json).collect());
-                        }
-                    }
-                }
-            },
-        )
-    }
-}
-
-/// Extension trait: `totals.sink_experiment_file(file)`.
-pub trait SinkExperimentFile<'scope> {
-    /// Routes the experiment totals' updates to worker 0, which writes, once the frontier passed
-    /// each window, a line per variation the window changed with its totals after it
-    /// ([`totals_after`], [`write_totals_json`]), sorted by variation: the file is sorted by
-    /// `(window, project_id, experiment_id, variation_id)`, each variation's last line holds its
-    /// final totals, and it is byte-identical for any number of workers. Workers other than 0
-    /// pass `None`. Returns an empty stream whose frontier is the written frontier (to probe).
-    ///
-    /// ```
-    /// use sessionflow_operators::sink::files::{LineFile, SinkExperimentFile};
-    /// use sessionflow_operators::session::{Variation, VariationTotals};
-    /// use differential_dataflow::AsCollection;
-    /// use timely::dataflow::operators::{Probe, ToStream};
-    /// use std::{cell::RefCell, rc::Rc};
-    ///
-    /// let path = std::env::temp_dir().join(format!("sf-doc-exp-{}.jsonl", std::process::id()));
-    /// let v = |e| Variation { project_id: 1, experiment_id: e, variation_id: 0 };
-    /// let t = |n| VariationTotals { sessions: n, sessions_with_revenue: 0, events: n, revenue: 0 };
-    /// let p = path.clone();
-    /// timely::execute_directly(move |worker| {
-    ///     let file = Rc::new(RefCell::new(LineFile::create(&p).unwrap()));
-    ///     let f = Some(file.clone());
-    ///     let probe = worker.dataflow::<u64, _, _>(move |scope| {
-    ///         // At window 0, variation 2 goes from 1 session to 2 and variation 1 appears.
-    ///         vec![((v(2), t(1)), 0u64, -1isize), ((v(2), t(2)), 0, 1), ((v(1), t(1)), 0, 1)]
-    ///             .to_stream(scope).as_collection().sink_experiment_file(f).probe().0
-    ///     });
-    ///     while !probe.done() { worker.step(); }
-    ///     file.borrow_mut().finish().unwrap();
-    /// });
-    /// let text = std::fs::read_to_string(&path).unwrap();
-    /// let lines: Vec<&str> = text.lines().collect();
-    /// assert_eq!(lines.len(), 2);
-    /// assert!(lines[0].starts_with("{\"window\":0,\"project_id\":1,\"experiment_id\":1,"));
-    /// assert!(lines[1].contains("\"experiment_id\":2,\"variation_id\":0,\"sessions\":2,"));
-    /// ```
-    fn sink_experiment_file(self, file: Option<SharedLineFile>) -> StreamVec<'scope, u64, ()>;
-}
-
-impl<'scope> SinkExperimentFile<'scope> for VecCollection<'scope, u64, (Variation, VariationTotals), isize> {
-    fn sink_experiment_file(self, file: Option<SharedLineFile>) -> StreamVec<'scope, u64, ()> {
-        type Update = ((Variation, VariationTotals), u64, isize);
-        type Window = Vec<((Variation, VariationTotals), isize)>;
-        self.inner.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-            Exchange::new(|_: &Update| 0u64),
-            "ExperimentFile",
-            move |_cap, _info| {
-                let mut windows: BTreeMap<u64, Window> = BTreeMap::new();
-                move |(input, frontier), _output| {
-                    input.for_each(|_time, data| {
-                        for (d, t, r) in data.drain(..) {
-                            windows.entry(t).or_default().push((d, r));
-                        }
-                    });
-                    while let Some(entry) = windows.first_entry() {
-                        if frontier.less_equal(entry.key()) {
-                            break;
-                        }
-                        let m = *entry.key();
-                        let totals = totals_after(entry.remove());
-                        if let Some(f) = &file {
-                            let mut f = f.borrow_mut();
-                            let mut line = Vec::with_capacity(256);
-                            for (v, t) in &totals {
-                                line.clear();
-                                write_totals_json(&mut line, m, v, t);
-                                f.write_line(&line);
-                            }
                         }
                     }
                 }
