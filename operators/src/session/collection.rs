@@ -129,8 +129,9 @@ pub trait SessionCollection<'scope> {
     ///
     /// `value` gives `None` for a session that is not in the collection, and a session's value,
     /// once `Some`, must stay `Some` while the session is open (a session only gains events:
-    /// "is in an experiment", "has revenue", "saw a conversion" are such predicates). Sessions
-    /// that never had a value then cost nothing past this operator.
+    /// "is in an experiment" or "saw a conversion" are such predicates; "has revenue" is not,
+    /// as revenue can be negative). Sessions that never had a value then cost nothing past this
+    /// operator.
     ///
     /// Each session's open value is held by one worker (exchanged by its [`SessionKey`]'s hash;
     /// one value per open session of the collection, so memory follows those), which turns

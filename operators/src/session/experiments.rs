@@ -2,16 +2,16 @@
 //! of the run, kept up to date window by window with differential dataflow.
 //!
 //! Each session that was in an experiment counts once per `(experiment_id, variation_id)` pair
-//! it has, with its latest snapshot's figures (a session's experiments, counts and revenue only
-//! grow, and its project is its first event's, which an earlier event may still change). The
+//! it has, with its latest snapshot's figures (a session's experiments and event count only
+//! grow; its revenue and its project, the first event's, may still change). The
 //! per-session values come from [`SessionCollection`]; the figures ride in the collection's
 //! difference type ([`VariationTotals`]), so `count_total` keeps one accumulated record per
 //! variation, not one per session: memory follows the variations and the open sessions.
 
-use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
-use differential_dataflow::operators::CountTotal;
 use std::collections::BTreeMap;
 
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{AsCollection, VecCollection};
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
