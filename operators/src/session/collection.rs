@@ -243,10 +243,11 @@ impl<'scope> SessionCollection<'scope> for StreamVec<'scope, u64, Snapshot> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn snap(closed: bool, merged: Option<&str>) -> Snapshot {
+    /// A snapshot of session `s` (opened in window 2 of project 9) at window 5.
+    pub(crate) fn snap(closed: bool, merged: Option<&str>) -> Snapshot {
         Snapshot {
             session_id: "s".into(),
             gap_based: merged.is_some(),

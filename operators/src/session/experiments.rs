@@ -170,22 +170,23 @@ pub fn totals_after(
 /// `{"window":m,"project_id":..,"experiment_id":..,"variation_id":..,"sessions":..,
 /// "sessions_with_revenue":..,"events":..,"revenue":..}`.
 pub fn write_totals_json(out: &mut Vec<u8>, m: u64, v: &Variation, t: &VariationTotals) {
-    out.extend_from_slice(b"{\"window\":");
-    json::write_int(out, m);
-    out.extend_from_slice(b",\"project_id\":");
-    json::write_int(out, v.project_id);
-    out.extend_from_slice(b",\"experiment_id\":");
-    json::write_int(out, v.experiment_id);
-    out.extend_from_slice(b",\"variation_id\":");
-    json::write_int(out, v.variation_id);
-    out.extend_from_slice(b",\"sessions\":");
-    json::write_int(out, t.sessions);
-    out.extend_from_slice(b",\"sessions_with_revenue\":");
-    json::write_int(out, t.sessions_with_revenue);
-    out.extend_from_slice(b",\"events\":");
-    json::write_int(out, t.events);
-    out.extend_from_slice(b",\"revenue\":");
-    json::write_int(out, t.revenue);
+    let fields: [(&str, i128); 8] = [
+        ("window", m.into()),
+        ("project_id", v.project_id.into()),
+        ("experiment_id", v.experiment_id.into()),
+        ("variation_id", v.variation_id.into()),
+        ("sessions", t.sessions.into()),
+        ("sessions_with_revenue", t.sessions_with_revenue.into()),
+        ("events", t.events.into()),
+        ("revenue", t.revenue),
+    ];
+    for (i, (name, value)) in fields.into_iter().enumerate() {
+        out.push(if i == 0 { b'{' } else { b',' });
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        json::write_int(out, value);
+    }
     out.push(b'}');
 }
 
@@ -279,24 +280,7 @@ mod tests {
     use super::*;
 
     fn snapshot() -> Snapshot {
-        Snapshot {
-            session_id: "s".into(),
-            gap_based: false,
-            project_id: 7,
-            visitor_id: "v".into(),
-            start: 0,
-            end: 0,
-            event_count: 1,
-            revenue: 0,
-            experiments: vec![],
-            window: 0,
-            closed: false,
-            opened_window: 0,
-            opened_project: 7,
-            merged_into: None,
-            json: String::new(),
-            state: None,
-        }
+        crate::session::collection::tests::snap(false, None)
     }
 
     fn v(e: u64) -> Variation {
