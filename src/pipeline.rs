@@ -19,8 +19,9 @@
 //!  snapshots (time = window) --> snapshot file sink (sorted)          dead-letter file sink
 //!        |                  |--> [extra sinks: Kafka, HBase ...]
 //!        |                  \--> [experiment totals: sessions as a differential collection
-//!        |                       (upsert arrangement of the open sessions, -previous +new),
-//!        |                       explode into per-variation totals, count_total --> file]
+//!        |                       (-previous +new; the open sessions' values held by key),
+//!        |                       explode into per-variation totals, count_total --> file,
+//!        |                       metrics]
 //!        v
 //!  probe: the frontier of everything written; the source throttles on it
 //!  durable probe (with `commit_on_durable`): the frontier the extra sinks acknowledged;
