@@ -129,9 +129,12 @@ fn bad_topic_group_and_broker_values_are_usage_errors_at_once() {
             "{start}: {err}"
         );
     }
-    // Files need a bounded run; --stop-at bounds it by a time, and is one or the other.
+    // Files need a bounded run; --stop-at bounds it by a time, and is one or the other; the
+    // live experiment totals are served with the metrics.
     for (args, says) in [
         (vec!["--output", "o.jsonl"], "<--stop-at-end|--stop-at <TIME>>"),
+        (vec!["--experiments", "e.jsonl"], "<--stop-at-end|--stop-at <TIME>>"),
+        (vec!["--experiment-metrics"], "--metrics <HOST:PORT>"),
         (vec!["--stop-at-end", "--stop-at", "2026-01-01"], "cannot be used with"),
         (vec!["--stop-at", "2026-01-01T00:00"], "bad time"),
     ] {
@@ -230,6 +233,41 @@ fn a_full_output_is_a_clear_error_and_puts_nothing_in_place() {
     let input = dir.path().join("p0.jsonl");
     std::fs::write(&input, format!("{LINE}\n{{\"a\":1}}\n")).unwrap();
     let out = replay(dir.path(), &[&input], Path::new("/dev/full"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write output /dev/full"), "stderr: {err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["p0.jsonl"], "only the input is left");
+}
+
+/// An experiment totals file that cannot be written fails the replay like the others: nothing
+/// is put in place.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_experiments_file_fails_the_run_and_puts_nothing_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("p0.jsonl");
+    let line = LINE.replace(
+        "\"pageview\"",
+        "\"pageview\",\"experiments\":[{\"experiment_id\":1,\"variation_id\":2}]",
+    );
+    std::fs::write(&input, format!("{line}\n")).unwrap();
+    let out = bin()
+        .arg("replay")
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(dir.path().join("out.jsonl"))
+        .arg("--dead-letter")
+        .arg(dir.path().join("dead.jsonl"))
+        .arg("--stats")
+        .arg(dir.path().join("stats.json"))
+        .args(["--experiments", "/dev/full"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot write output /dev/full"), "stderr: {err}");
