@@ -10,6 +10,11 @@ fn bin() -> Command {
 }
 
 fn replay(dir: &Path, inputs: &[&Path], output: &Path) -> std::process::Output {
+    replay_with(dir, inputs, output, &[])
+}
+
+/// `replay` with `extra` flags.
+fn replay_with(dir: &Path, inputs: &[&Path], output: &Path, extra: &[&str]) -> std::process::Output {
     let mut c = bin();
     c.arg("replay");
     for i in inputs {
@@ -18,7 +23,22 @@ fn replay(dir: &Path, inputs: &[&Path], output: &Path) -> std::process::Output {
     c.arg("--output").arg(output);
     c.arg("--dead-letter").arg(dir.join("dead.jsonl"));
     c.arg("--stats").arg(dir.join("stats.json"));
+    c.args(extra);
     c.output().unwrap()
+}
+
+/// A run that wrote to `/dev/full` failed naming it, and left only its input `p0.jsonl` in
+/// `dir`: no output was put in place.
+#[cfg(target_os = "linux")]
+fn assert_full_device_left_only_the_input(out: &std::process::Output, dir: &Path) {
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write output /dev/full"), "stderr: {err}");
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["p0.jsonl"], "only the input is left");
 }
 
 const LINE: &str = r#"{"event_id":"e1","session_id":"s1","visitor_id":"v1","project_id":7,"timestamp":1700000000000,"type":"pageview"}"#;
@@ -233,14 +253,7 @@ fn a_full_output_is_a_clear_error_and_puts_nothing_in_place() {
     let input = dir.path().join("p0.jsonl");
     std::fs::write(&input, format!("{LINE}\n{{\"a\":1}}\n")).unwrap();
     let out = replay(dir.path(), &[&input], Path::new("/dev/full"));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot write output /dev/full"), "stderr: {err}");
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(left, ["p0.jsonl"], "only the input is left");
+    assert_full_device_left_only_the_input(&out, dir.path());
 }
 
 /// An experiment totals file that cannot be written fails the replay like the others: nothing
@@ -255,27 +268,9 @@ fn a_full_experiments_file_fails_the_run_and_puts_nothing_in_place() {
         "\"pageview\",\"experiments\":[{\"experiment_id\":1,\"variation_id\":2}]",
     );
     std::fs::write(&input, format!("{line}\n")).unwrap();
-    let out = bin()
-        .arg("replay")
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(dir.path().join("out.jsonl"))
-        .arg("--dead-letter")
-        .arg(dir.path().join("dead.jsonl"))
-        .arg("--stats")
-        .arg(dir.path().join("stats.json"))
-        .args(["--experiments", "/dev/full"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot write output /dev/full"), "stderr: {err}");
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(left, ["p0.jsonl"], "only the input is left");
+    let output = dir.path().join("out.jsonl");
+    let out = replay_with(dir.path(), &[&input], &output, &["--experiments", "/dev/full"]);
+    assert_full_device_left_only_the_input(&out, dir.path());
 }
 
 #[test]
