@@ -8,25 +8,17 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde::Serialize;
-use sessionflow_operators::source::kafka::{
-    options_with_file, parse_brokers, parse_option, parse_topic, GroupPosition, MetadataClient,
-};
+use sessionflow_operators::source::kafka::{options_with_file, parse_option, GroupPosition, MetadataClient};
 
-use crate::commands::run::window_start;
+use crate::commands::run::{window_start, JobTopicArgs};
 use crate::config::{format_utc, parse_duration_ms};
 
 /// Flags of `sessionflow offsets`.
 #[derive(Args, Clone, Debug)]
 pub struct OffsetsArgs {
-    /// Bootstrap brokers: comma-separated `host:port` list.
-    #[arg(long, value_parser = parse_brokers)]
-    pub brokers: String,
-    /// Input topic of the job.
-    #[arg(long, value_parser = parse_topic)]
-    pub topic: String,
-    /// The job's consumer group.
-    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
-    pub group: String,
+    /// The job's brokers, input topic and consumer group.
+    #[command(flatten)]
+    pub input: JobTopicArgs,
     /// The job's window length W (e.g. 60s), to date the windows its cuts name.
     #[arg(long, default_value = "60s", value_parser = parse_duration_ms)]
     pub window: u64,
@@ -123,13 +115,13 @@ fn table(r: &Report, window_ms: u64) -> String {
     out
 }
 
-/// Prints where `args.group` stands on `args.topic`.
+/// Prints where the job's group stands on its topic.
 pub fn run(args: OffsetsArgs) -> Result<(), String> {
     let options = options_with_file(args.kafka_config.as_deref(), &args.options)?;
     let deadline = Instant::now() + Duration::from_millis(args.connect_timeout);
-    let client = MetadataClient::new(&args.brokers, &options)?;
-    let positions = client.group_positions(&args.topic, &args.group, deadline)?;
-    let r = report(&args.topic, &args.group, &positions);
+    let client = MetadataClient::new(&args.input.brokers, &options)?;
+    let positions = client.group_positions(&args.input.topic, &args.input.group, deadline)?;
+    let r = report(&args.input.topic, &args.input.group, &positions);
     if args.json {
         println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
     } else {

@@ -105,9 +105,10 @@ fn parse_start(text: &str) -> Result<StartOffset, String> {
     }
 }
 
-/// Flags of `sessionflow run`.
+/// A job's input topic and consumer group (`run`, and `offsets`, which reads where a job's
+/// group stands).
 #[derive(Args, Clone, Debug)]
-pub struct RunArgs {
+pub struct JobTopicArgs {
     /// Bootstrap brokers: comma-separated `host:port` list.
     #[arg(long, value_parser = parse_brokers)]
     pub brokers: String,
@@ -117,6 +118,14 @@ pub struct RunArgs {
     /// Consumer group: offsets are committed under it; a restart with the same group resumes.
     #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub group: String,
+}
+
+/// Flags of `sessionflow run`.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Brokers, input topic and consumer group.
+    #[command(flatten)]
+    pub input: JobTopicArgs,
     /// Where a partition without a committed offset starts: `earliest` (its oldest message),
     /// `latest` (its end: only messages produced after the start) or a time, RFC 3339
     /// (`2026-12-07T10:00:00Z`, `2026-12-07T11:00:00+01:00`, `2026-12-07` for its midnight
@@ -275,7 +284,7 @@ impl<D: KafkaMessage + Clone + 'static> Attach<D> for KafkaAttach {
 
 fn sink_config(args: &RunArgs, topic: &str) -> KafkaSinkConfig {
     KafkaSinkConfig {
-        brokers: args.brokers.clone(),
+        brokers: args.input.brokers.clone(),
         topic: topic.to_string(),
         options: args.options.clone(),
     }
@@ -292,9 +301,9 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
     args.stop_at_end |= args.stop_at.is_some();
     let mut job = args.session.job()?;
     let source = KafkaSourceConfig {
-        brokers: args.brokers.clone(),
-        topic: args.topic.clone(),
-        group: args.group.clone(),
+        brokers: args.input.brokers.clone(),
+        topic: args.input.topic.clone(),
+        group: args.input.group.clone(),
         start: args.start,
         stop_at_end: args.stop_at_end,
         end_time_ms: args.stop_at,
@@ -316,10 +325,10 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
         ("--snapshot-topic", &args.snapshot_topic),
         ("--dead-letter-topic", &args.dead_letter_topic),
     ] {
-        if topic.as_deref() == Some(args.topic.as_str()) {
+        if topic.as_deref() == Some(args.input.topic.as_str()) {
             return Err(format!(
                 "{flag} {} is the input topic: the job would read its own output",
-                args.topic
+                args.input.topic
             ));
         }
     }
@@ -381,8 +390,8 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
     let window_ms = args.session.window;
     if let Some(addr) = &args.metrics {
         let info = metrics::Info {
-            topic: args.topic.clone(),
-            group: args.group.clone(),
+            topic: args.input.topic.clone(),
+            group: args.input.group.clone(),
             snapshot_topic: args.snapshot_topic.clone(),
             dead_letter_topic: args.dead_letter_topic.clone(),
             process: args.cluster.process_id,
@@ -400,9 +409,9 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
 
     // Clear errors (with logged retries) before any dataflow starts.
     let deadline = Instant::now() + Duration::from_millis(args.connect_timeout);
-    let metadata = MetadataClient::new(&args.brokers, &args.options)?;
-    let partitions = metadata.wait_for_topic(&args.topic, deadline)?;
-    metadata.check_group_unused(&args.group, deadline)?;
+    let metadata = MetadataClient::new(&args.input.brokers, &args.options)?;
+    let partitions = metadata.wait_for_topic(&args.input.topic, deadline)?;
+    metadata.check_group_unused(&args.input.group, deadline)?;
     // Its threads are not needed past the checks.
     drop(metadata);
     let outputs = [
@@ -414,7 +423,14 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
     ];
     for (topic, configs) in outputs {
         if let Some(topic) = topic {
-            ensure_topic_with(&args.brokers, topic, partitions, &args.options, &configs, deadline)?;
+            ensure_topic_with(
+                &args.input.brokers,
+                topic,
+                partitions,
+                &args.options,
+                &configs,
+                deadline,
+            )?;
         }
     }
 
@@ -430,7 +446,7 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
 
     let signals = StopSignals::register()?;
     let stop = Arc::new(Mutex::new(StopReport::default()));
-    let (group, shutdown_timeout) = (args.group.clone(), args.shutdown_timeout);
+    let (group, shutdown_timeout) = (args.input.group.clone(), args.shutdown_timeout);
 
     let args = Arc::new(args);
     let shared = (live, Arc::clone(&abort), Arc::clone(&hbase_stats));
@@ -474,7 +490,7 @@ pub fn run(mut args: RunArgs) -> Result<Option<RunStats>, String> {
             Err(e) => {
                 // Every worker must build the same dataflow: carry on with nothing to read.
                 fail(e);
-                KafkaReader::empty(&args.topic)
+                KafkaReader::empty(&args.input.topic)
             }
         };
         let committer = reader.committer();
