@@ -27,7 +27,7 @@ use timely::dataflow::StreamVec;
 use super::operator::key_hash;
 use super::state::Snapshot;
 
-/// What names a session for its whole life: a hash of it (which routes it), its output id,
+/// What names a session for its whole life: a hash of its output id (which routes it), the id,
 /// the project of the event that opened it and the window it opened in (a client id reused
 /// after its closed-set entry expired names a new session; gap-based ids repeat across
 /// projects).
@@ -35,11 +35,8 @@ pub type SessionKey = (u64, String, u64, u64);
 
 /// The key of a snapshot's session.
 pub fn session_key(s: &Snapshot) -> SessionKey {
-    let hash = key_hash(
-        Some(&s.session_id),
-        s.opened_project ^ s.opened_window.rotate_left(32),
-        "",
-    );
+    // With an id, the key hash is of the id alone (the project and visitor are not read).
+    let hash = key_hash(Some(&s.session_id), s.opened_project, "");
     (hash, s.session_id.to_string(), s.opened_project, s.opened_window)
 }
 
