@@ -76,8 +76,8 @@ fn runs_rescaled_across_restarts_equal_an_uninterrupted_run() {
 }
 
 /// Tables A (uninterrupted) and B (stopped three times, then finished) on a stream generated
-/// with `seed`: round `r` of B runs `workers[r]` workers and ends with SIGTERM when `term[r]`,
-/// else with SIGKILL; B's final run and A have `workers[3]`.
+/// with `seed`: round `r` of B runs `rounds[r]` workers and ends with SIGTERM when `term[r]`,
+/// else with SIGKILL; B's final run and A have `rounds[3]`.
 fn killed_runs_equal_an_uninterrupted_run(rounds: [usize; 4], seed: u64, term: [bool; 3]) {
     let workers = rounds[3];
     let _ = brokers();
